@@ -1,0 +1,33 @@
+# Murmur: every target installs what it needs into .venv/ first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO_SRC := $(wildcard protos/murmur/v1/*.proto)
+STAMP := $(VENV)/.installed
+
+.PHONY: install protos run test lint clean
+
+install: $(STAMP) protos
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Generates murmur/v1/*_pb2*.py from protos/ (not committed: always reproducible).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+
+run: install
+	$(BIN)/murmur-cluster
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) murmur/v1/*_pb2*.py murmur/v1/*_pb2*.pyi

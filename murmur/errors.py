@@ -1,0 +1,50 @@
+"""Errors that carry a gRPC status code and a message a person can act on.
+
+Storage and routing code raises ``ServiceError``; the servicers turn it into
+``context.abort`` so every failure reaches the caller as a precise status.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+WRONG_SLOT_METADATA = "murmur-wrong-slot"
+
+
+class ServiceError(Exception):
+    """A failure to report to the caller with ``code`` and ``message``."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        trailing: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.trailing = trailing
+
+
+def invalid(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def already_exists(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, message)
+
+
+def permission_denied(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
+def wrong_slot(shard_id: int, slot: int) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"shard {shard_id} does not own slot {slot}",
+        ((WRONG_SLOT_METADATA, str(slot)),),
+    )

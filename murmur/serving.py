@@ -1,0 +1,110 @@
+"""What every Murmur server process shares: the event loop, logging, health
+checking, reflection, and a graceful stop on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.so_reuseport", 0),
+]
+GRACE_S = 5.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def install_event_loop() -> None:
+    """uvloop where it installs: same throughput as the sync server, better p99."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+class ServingProcess:
+    """An aio gRPC server with health and reflection that stops gracefully.
+
+    On SIGTERM/SIGINT it first marks health NOT_SERVING (load balancers stop
+    sending), then lets in-flight calls finish within the grace period, then
+    runs the shutdown hooks (flush, close the store).
+    """
+
+    def __init__(self, host: str, port: int, service_names: Iterable[str]) -> None:
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                reflection.SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            ],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {host}:{port} (address in use?)")
+        self.host = host
+        self._stop = asyncio.Event()
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    async def _set_health(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def serve(self, banner: str) -> None:
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        print(banner.format(address=f"{self.host}:{self.port}"), flush=True)
+        await self._stop.wait()
+        started = time.monotonic()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(GRACE_S)
+        for hook in self.shutdown_hooks:
+            await hook()
+        logging.getLogger("murmur.serving").info(
+            "stopped cleanly in %.2fs", time.monotonic() - started
+        )
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,44 @@
+"""Hash slots: the fixed unit of ownership and migration.
+
+``slot = murmur3(user_id) mod 4096`` forever, as in Redis Cluster. Handles hash
+to a slot too, and a user is minted into the slot of their handle (see
+``murmur.ids``), so the handle index and the profile share one atomic batch.
+"""
+
+from __future__ import annotations
+
+import mmh3
+
+SLOT_COUNT = 4096
+
+
+def slot_for_user(user_id: int) -> int:
+    """The slot that owns everything the user owns."""
+    return mmh3.hash(user_id.to_bytes(8, "big"), signed=False) % SLOT_COUNT
+
+
+def slot_for_handle(handle: str) -> int:
+    """The slot that owns a handle; handles are compared ignoring case."""
+    return mmh3.hash(handle.lower().encode("ascii"), signed=False) % SLOT_COUNT
+
+
+def even_assignment(shard_ids: list[int]) -> list[int]:
+    """Spread the slots over shards in contiguous, nearly equal runs.
+
+    Returns ``owners`` with ``owners[slot] = shard_id``.
+    """
+    if not shard_ids:
+        raise ValueError("at least one shard is needed")
+    count = len(shard_ids)
+    return [shard_ids[slot * count // SLOT_COUNT] for slot in range(SLOT_COUNT)]
+
+
+def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
+    """Collapse slot numbers into sorted inclusive runs: [1,2,3,7] -> [(1,3),(7,7)]."""
+    runs: list[tuple[int, int]] = []
+    for slot in sorted(set(slots)):
+        if runs and runs[-1][1] == slot - 1:
+            runs[-1] = (runs[-1][0], slot)
+        else:
+            runs.append((slot, slot))
+    return runs

@@ -1,0 +1,86 @@
+"""The input rules every caller can rely on, checked once at the router.
+
+Each check raises ``InvalidInput`` naming the field and the limit, which the
+servicers turn into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+HANDLE_PATTERN = re.compile(r"[A-Za-z0-9_]{1,15}")
+MAX_HANDLE = 15
+MAX_DISPLAY_NAME = 50
+MAX_BIO = 160
+MAX_TWEET = 280
+MAX_REQUEST_ID = 64
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 200
+_ALLOWED_CONTROLS = {"\n", "\t"}
+
+
+class InvalidInput(ValueError):
+    """A request field breaks a documented rule."""
+
+
+def check_handle(handle: str) -> str:
+    if not handle:
+        raise InvalidInput("handle is required (1-15 characters of A-Z a-z 0-9 _)")
+    if len(handle) > MAX_HANDLE:
+        raise InvalidInput(f"handle is {len(handle)} characters; the limit is {MAX_HANDLE}")
+    if not HANDLE_PATTERN.fullmatch(handle):
+        raise InvalidInput("handle may contain only A-Z a-z 0-9 and _")
+    return handle
+
+
+def _check_controls(field: str, value: str) -> None:
+    for char in value:
+        if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
+            raise InvalidInput(f"{field} contains control character U+{ord(char):04X}")
+
+
+def check_short_text(field: str, value: str, limit: int) -> str:
+    """display_name and bio: optional, at most ``limit`` code points after NFC."""
+    normalized = unicodedata.normalize("NFC", value)
+    if len(normalized) > limit:
+        raise InvalidInput(f"{field} is {len(normalized)} characters; the limit is {limit}")
+    _check_controls(field, normalized)
+    return normalized
+
+
+def check_tweet_text(text: str) -> str:
+    """1-280 code points after NFC normalisation, not only white space."""
+    normalized = unicodedata.normalize("NFC", text)
+    if not normalized.strip():
+        raise InvalidInput("text must contain at least one character that is not white space")
+    if len(normalized) > MAX_TWEET:
+        raise InvalidInput(
+            f"text is {len(normalized)} characters after NFC normalisation; "
+            f"the limit is {MAX_TWEET}"
+        )
+    _check_controls("text", normalized)
+    return normalized
+
+
+def check_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidInput(
+            f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID}"
+        )
+    return request_id
+
+
+def check_id(field: str, value: int) -> int:
+    if value <= 0:
+        raise InvalidInput(f"{field} is required (a positive 64-bit id)")
+    return value
+
+
+def page_size(requested: int) -> int:
+    """0 means the default (20); above 200 means 200; negative is an error."""
+    if requested < 0:
+        raise InvalidInput(f"page_size is {requested}; it must be 0-{MAX_PAGE_SIZE}")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)

@@ -1,0 +1,145 @@
+"""``murmur-cluster``: a router and N shards on loopback, in the foreground.
+
+Shard i listens on port+1+i and keeps its LevelDB in DATA_DIR/shard-i, so a
+second start on the same folder serves the same data with the same slot map
+(the map is stored on the shards). Ctrl-C or SIGTERM stops every child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="murmur-cluster", description=__doc__)
+    parser.add_argument("--shards", type=int, default=4, help="number of shard processes")
+    parser.add_argument("--port", type=int, default=50051, help="the router's port")
+    parser.add_argument("--data-dir", default="./data", help="one sub-folder per shard")
+    parser.add_argument("--celebrity-threshold", type=int, default=10_000)
+    parser.add_argument("--inbox-cap", type=int, default=800)
+    parser.add_argument("--host", default="127.0.0.1")
+    return parser.parse_args(argv)
+
+
+def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Block until the server at ``address`` reports SERVING (or its process dies)."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                raise SystemExit(f"process for {address} exited with code {child.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit(f"{address} did not start serving within {timeout_s:.0f}s")
+
+
+def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
+    children: list[subprocess.Popen] = []
+    shard_addresses = []
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(args.shards):
+        address = f"{args.host}:{args.port + 1 + index}"
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shard.main",
+                "--host",
+                args.host,
+                "--port",
+                str(args.port + 1 + index),
+                "--data-dir",
+                str(data_dir / f"shard-{index}"),
+                "--shard-id",
+                str(index),
+                "--celebrity-threshold",
+                str(args.celebrity_threshold),
+                "--inbox-cap",
+                str(args.inbox_cap),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        children.append(child)
+        shard_addresses.append(address)
+    for address, child in zip(shard_addresses, children, strict=True):
+        wait_serving(address, child)
+    router_address = f"{args.host}:{args.port}"
+    router = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.main",
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--shards",
+            ",".join(shard_addresses),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    children.append(router)
+    wait_serving(router_address, router)
+    return children
+
+
+def stop_all(children: list[subprocess.Popen]) -> None:
+    """Router first (no new requests), then shards, each given time to flush."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        children = start_cluster(args)
+        print(
+            f"murmur cluster serving on {args.host}:{args.port} "
+            f"({args.shards} shards, data in {os.path.abspath(args.data_dir)})",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        dead = [c.args[2] for c in children if c.poll() is not None]
+        print(f"a child process exited ({dead}); stopping the cluster", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("stopping murmur cluster", flush=True)
+    finally:
+        stop_all(children)
+
+
+if __name__ == "__main__":
+    main()

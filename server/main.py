@@ -1,0 +1,49 @@
+"""``murmur-router``: the public API in front of the shards."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from murmur.serving import ServingProcess, install_event_loop, setup_logging
+from murmur.v1 import murmur_pb2, murmur_pb2_grpc
+from server.servicer import MurmurServicer
+from server.shard_pool import ShardPool
+from server.slot_map import bootstrap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="murmur-router", description=__doc__)
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--shards", required=True, help="comma-separated shard addresses, host:port,..."
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    addresses = [a.strip() for a in args.shards.split(",") if a.strip()]
+    if not addresses:
+        raise SystemExit("--shards needs at least one address")
+    table = await bootstrap(addresses)
+    pool = ShardPool(table)
+    process = ServingProcess(
+        args.host, args.port, [murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name]
+    )
+    murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
+    process.shutdown_hooks.append(pool.close)
+    await process.serve("murmur-router serving on {address}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    install_event_loop()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The ``murmur.v1.Murmur`` service on the router: validate, route, merge.
+
+The router is stateless apart from its cached slot map: every request is
+checked against the documented rules here, then sent to the shard that owns
+the key, carrying the caller's remaining deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from murmur import page_tokens
+from murmur.errors import ServiceError, invalid, not_found
+from murmur.ids import MAX_ID
+from murmur.page_tokens import BadPageToken, TokenKind
+from murmur.rpc_errors import rpc
+from murmur.v1 import murmur_pb2, murmur_pb2_grpc, shard_pb2
+from murmur.validation import (
+    MAX_BIO,
+    MAX_DISPLAY_NAME,
+    check_handle,
+    check_id,
+    check_request_id,
+    check_short_text,
+    check_tweet_text,
+    page_size,
+)
+from server.home_timeline import merge_home
+from server.shard_pool import ShardPool, WrongSlot
+from server.slot_map import RoutingTable, fetch_infos
+
+log = logging.getLogger("murmur.router")
+
+
+def decode_token(kind: TokenKind, token: str) -> int:
+    try:
+        return page_tokens.decode(kind, token)
+    except BadPageToken as exc:
+        raise invalid(str(exc)) from exc
+
+
+def check_tweet_id(tweet_id: int) -> int:
+    if tweet_id <= 0 or tweet_id > MAX_ID:
+        raise invalid(f"tweet_id {tweet_id} is not a valid tweet id (1..{MAX_ID})")
+    return tweet_id
+
+
+class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
+    component = "router"
+
+    def __init__(self, table: RoutingTable, pool: ShardPool) -> None:
+        self.table = table
+        self.pool = pool
+        self._refresh_lock = asyncio.Lock()
+
+    # routing ------------------------------------------------------------------
+    @staticmethod
+    def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+        return context.time_remaining()
+
+    async def _refresh(self) -> None:
+        """A shard said it no longer owns a slot: re-learn the map from the shards."""
+        async with self._refresh_lock:
+            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=2.0)
+            newest = max(infos.values(), key=lambda info: info.map_version)
+            if newest.map_version > self.table.version:
+                self.table.install(newest.slot_map)
+                log.info("slot map refreshed to version %d", self.table.version)
+
+    async def _routed(self, route: Any, method: str, request: Any, context: Any) -> Any:
+        """Call the owner of a key; on a stale map, refresh once and retry."""
+        try:
+            return await self.pool.call(route(), method, request, self._timeout(context))
+        except WrongSlot:
+            await self._refresh()
+            return await self.pool.call(route(), method, request, self._timeout(context))
+
+    async def _user_call(self, user_id: int, method: str, request: Any, context: Any) -> Any:
+        return await self._routed(
+            lambda: self.table.shard_for_user(user_id), method, request, context
+        )
+
+    async def _tweet_call(self, tweet_id: int, method: str, request: Any, context: Any) -> Any:
+        return await self._routed(
+            lambda: self.table.shard_for_tweet(tweet_id), method, request, context
+        )
+
+    async def _user_records(
+        self, user_ids: list[int], context: Any
+    ) -> dict[int, shard_pb2.UserRecord]:
+        """Multi-get across shards: one GetUsers call per shard, in parallel."""
+        groups = self.table.group_users(user_ids)
+        calls = [
+            self.pool.call(
+                shard_id,
+                "GetUsers",
+                shard_pb2.GetUsersRequest(user_ids=ids),
+                self._timeout(context),
+            )
+            for shard_id, ids in groups.items()
+        ]
+        found: dict[int, shard_pb2.UserRecord] = {}
+        for response in await asyncio.gather(*calls):
+            for record in response.users:
+                found[record.user.user_id] = record
+        return found
+
+    async def _require_user(self, user_id: int, role: str, context: Any) -> shard_pb2.UserRecord:
+        response = await self._user_call(
+            user_id, "GetUsers", shard_pb2.GetUsersRequest(user_ids=[user_id]), context
+        )
+        if not response.users:
+            raise not_found(f"{role} {user_id} does not exist")
+        return response.users[0]
+
+    # users --------------------------------------------------------------------
+    @rpc
+    async def CreateUser(self, request, context):
+        handle = check_handle(request.handle)
+        forwarded = murmur_pb2.CreateUserRequest(
+            handle=handle,
+            display_name=check_short_text("display_name", request.display_name, MAX_DISPLAY_NAME),
+            bio=check_short_text("bio", request.bio, MAX_BIO),
+        )
+        return await self._routed(
+            lambda: self.table.shard_for_handle(handle), "CreateUser", forwarded, context
+        )
+
+    @rpc
+    async def GetUser(self, request, context):
+        which = request.WhichOneof("key")
+        if which == "handle":
+            handle = check_handle(request.handle)
+            return await self._routed(
+                lambda: self.table.shard_for_handle(handle),
+                "GetUserByHandle",
+                shard_pb2.GetUserByHandleRequest(handle=handle),
+                context,
+            )
+        if which == "user_id":
+            user_id = check_id("user_id", request.user_id)
+            return (await self._require_user(user_id, "user", context)).user
+        raise invalid("one of user_id or handle is required")
+
+    # follows ------------------------------------------------------------------
+    @rpc
+    async def Follow(self, request, context):
+        follower = check_id("follower_id", request.follower_id)
+        followee = check_id("followee_id", request.followee_id)
+        if follower == followee:
+            raise invalid(
+                "follower_id and followee_id are the same user; you cannot follow yourself"
+            )
+        target = await self._require_user(followee, "followee", context)
+        forwarded = shard_pb2.ShardFollowRequest(
+            follower_id=follower,
+            followee_id=followee,
+            followee_celebrity=target.user.celebrity,
+            followee_celebrity_version=target.celebrity_version,
+        )
+        return await self._user_call(follower, "Follow", forwarded, context)
+
+    @rpc
+    async def Unfollow(self, request, context):
+        follower = check_id("follower_id", request.follower_id)
+        check_id("followee_id", request.followee_id)
+        return await self._user_call(follower, "Unfollow", request, context)
+
+    async def _list_users(self, request, context, direction: int, kind: TokenKind):
+        user_id = check_id("user_id", request.user_id)
+        limit = page_size(request.page_size)
+        after = decode_token(kind, request.page_token)
+        edges = await self._user_call(
+            user_id,
+            "ListEdges",
+            shard_pb2.ListEdgesRequest(
+                user_id=user_id, direction=direction, after_id=after, limit=limit
+            ),
+            context,
+        )
+        records = await self._user_records(list(edges.user_ids), context)
+        users = [records[uid].user for uid in edges.user_ids if uid in records]
+        token = page_tokens.encode(kind, edges.user_ids[-1]) if edges.more else ""
+        return murmur_pb2.ListUsersResponse(users=users, next_page_token=token)
+
+    @rpc
+    async def ListFollowers(self, request, context):
+        return await self._list_users(request, context, shard_pb2.FOLLOWERS, TokenKind.FOLLOWERS)
+
+    @rpc
+    async def ListFollowing(self, request, context):
+        return await self._list_users(request, context, shard_pb2.FOLLOWING, TokenKind.FOLLOWING)
+
+    # tweets -------------------------------------------------------------------
+    @rpc
+    async def PostTweet(self, request, context):
+        author = check_id("user_id", request.user_id)
+        forwarded = murmur_pb2.PostTweetRequest(
+            user_id=author,
+            text=check_tweet_text(request.text),
+            request_id=check_request_id(request.request_id),
+        )
+        return await self._user_call(author, "PostTweet", forwarded, context)
+
+    @rpc
+    async def GetTweet(self, request, context):
+        tweet_id = check_tweet_id(request.tweet_id)
+        response = await self._tweet_call(
+            tweet_id, "GetTweets", shard_pb2.GetTweetsRequest(tweet_ids=[tweet_id]), context
+        )
+        if not response.tweets:
+            raise not_found(f"tweet {tweet_id} does not exist")
+        return response.tweets[0]
+
+    @rpc
+    async def EditTweet(self, request, context):
+        tweet_id = check_tweet_id(request.tweet_id)
+        forwarded = murmur_pb2.EditTweetRequest(
+            tweet_id=tweet_id,
+            user_id=check_id("user_id", request.user_id),
+            text=check_tweet_text(request.text),
+        )
+        return await self._tweet_call(tweet_id, "EditTweet", forwarded, context)
+
+    @rpc
+    async def DeleteTweet(self, request, context):
+        tweet_id = check_tweet_id(request.tweet_id)
+        check_id("user_id", request.user_id)
+        return await self._tweet_call(tweet_id, "DeleteTweet", request, context)
+
+    # timelines ----------------------------------------------------------------
+    @rpc
+    async def GetUserTimeline(self, request, context):
+        user_id = check_id("user_id", request.user_id)
+        limit = page_size(request.page_size)
+        before = decode_token(TokenKind.USER_TIMELINE, request.page_token)
+        pulled = await self._user_call(
+            user_id,
+            "PullTimelines",
+            shard_pb2.PullTimelinesRequest(
+                author_ids=[user_id], before_id=before, limit=limit, require_authors=True
+            ),
+            context,
+        )
+        tweets = list(pulled.tweets)
+        token = (
+            page_tokens.encode(TokenKind.USER_TIMELINE, tweets[-1].tweet_id)
+            if len(tweets) == limit
+            else ""
+        )
+        return murmur_pb2.TimelineResponse(tweets=tweets, next_page_token=token)
+
+    @rpc
+    async def GetHomeTimeline(self, request, context):
+        reader = check_id("user_id", request.user_id)
+        limit = page_size(request.page_size)
+        before = decode_token(TokenKind.HOME_TIMELINE, request.page_token)
+        inbox = await self._user_call(
+            reader,
+            "ReadInbox",
+            shard_pb2.ReadInboxRequest(user_id=reader, before_id=before, limit=limit),
+            context,
+        )
+        page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
+        tweets = page.tweets
+        token = (
+            page_tokens.encode(TokenKind.HOME_TIMELINE, tweets[-1].tweet_id)
+            if len(tweets) == limit
+            else ""
+        )
+        return murmur_pb2.TimelineResponse(
+            tweets=tweets,
+            next_page_token=token,
+            partial=bool(page.unavailable_shards),
+            unavailable_shards=page.unavailable_shards,
+        )
+
+    @rpc
+    async def Ping(self, request, context):
+        if request.user_id:
+            return await self._user_call(request.user_id, "Ping", request, context)
+        return await self.pool.call(
+            self.table.shard_for_slot(0), "Ping", request, self._timeout(context)
+        )
+
+
+__all__ = ["MurmurServicer", "ServiceError"]

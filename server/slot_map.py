@@ -1,0 +1,123 @@
+"""The router's cached slot -> shard map, and how a router learns it.
+
+The map lives on the shards. A router asks every shard it was given for its
+stored map and adopts the newest; a brand-new cluster (no shard has a map)
+gets an even assignment, pushed to every shard before the router serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from murmur.ids import slot_of_tweet
+from murmur.slots import SLOT_COUNT, even_assignment, slot_for_handle, slot_for_user
+from murmur.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger("murmur.router.slots")
+
+
+class RoutingTable:
+    """owners[slot] = shard id, plus each shard's address."""
+
+    def __init__(self, slot_map: shard_pb2.SlotMap) -> None:
+        self.install(slot_map)
+
+    def install(self, slot_map: shard_pb2.SlotMap) -> None:
+        self.slot_map = slot_map
+        self.version = slot_map.version
+        self.owners = list(slot_map.owners)
+        self.addresses = dict(slot_map.addresses)
+
+    def shard_for_slot(self, slot: int) -> int:
+        return self.owners[slot]
+
+    def shard_for_user(self, user_id: int) -> int:
+        return self.owners[slot_for_user(user_id)]
+
+    def shard_for_handle(self, handle: str) -> int:
+        return self.owners[slot_for_handle(handle)]
+
+    def shard_for_tweet(self, tweet_id: int) -> int:
+        return self.owners[slot_of_tweet(tweet_id)]
+
+    def group_users(self, user_ids: list[int]) -> dict[int, list[int]]:
+        """User ids grouped by owning shard: one batched call per shard."""
+        groups: dict[int, list[int]] = {}
+        for user_id in user_ids:
+            groups.setdefault(self.shard_for_user(user_id), []).append(user_id)
+        return groups
+
+
+async def fetch_infos(addresses: list[str], wait_s: float = 60.0) -> dict[str, shard_pb2.ShardInfo]:
+    """Ask every shard who it is, waiting for the ones still starting up."""
+    infos: dict[str, shard_pb2.ShardInfo] = {}
+    deadline = time.monotonic() + wait_s
+    for address in addresses:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = shard_pb2_grpc.ShardStub(channel)
+            while True:
+                try:
+                    infos[address] = await stub.GetShardInfo(
+                        shard_pb2.GetShardInfoRequest(), timeout=2.0
+                    )
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(
+                            f"shard at {address} did not answer within {wait_s:.0f}s: "
+                            f"{exc.code().name}"
+                        ) from exc
+                    await asyncio.sleep(0.2)
+    return infos
+
+
+def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, bool]:
+    """The map to serve with, and whether it must be pushed to the shards."""
+    by_id: dict[int, str] = {}
+    for address, info in infos.items():
+        if info.shard_id in by_id:
+            raise SystemExit(
+                f"shards at {by_id[info.shard_id]} and {address} both have id {info.shard_id}; "
+                "start each with a distinct --shard-id"
+            )
+        by_id[info.shard_id] = address
+    newest = max(infos.values(), key=lambda info: info.map_version)
+    if newest.map_version == 0:
+        owners = even_assignment(sorted(by_id))
+        return shard_pb2.SlotMap(version=1, addresses=by_id, owners=owners), True
+    slot_map = shard_pb2.SlotMap()
+    slot_map.CopyFrom(newest.slot_map)
+    changed = False
+    for shard_id, address in by_id.items():
+        if shard_id not in set(slot_map.owners):
+            log.warning("shard %d at %s owns no slots; migrate slots to it", shard_id, address)
+        if slot_map.addresses.get(shard_id) != address:
+            slot_map.addresses[shard_id] = address
+            changed = True
+    missing = set(slot_map.owners) - set(by_id)
+    if missing:
+        log.warning("slot owners %s were not given in --shards; using stored addresses", missing)
+    stale = any(info.map_version != newest.map_version for info in infos.values())
+    if changed or stale:
+        slot_map.version += 1
+        return slot_map, True
+    return slot_map, False
+
+
+async def bootstrap(addresses: list[str]) -> RoutingTable:
+    """Learn (or, for a new cluster, create) the slot map and make every shard hold it."""
+    infos = await fetch_infos(addresses)
+    slot_map, push = plan_map(infos)
+    if len(slot_map.owners) != SLOT_COUNT:
+        raise SystemExit(f"stored slot map has {len(slot_map.owners)} slots, not {SLOT_COUNT}")
+    if push:
+        for address in addresses:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = shard_pb2_grpc.ShardStub(channel)
+                await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
+        log.info("slot map version %d pushed to %d shards", slot_map.version, len(addresses))
+    return RoutingTable(slot_map)

@@ -1,0 +1,162 @@
+"""Applies fan-out operations on the shard that owns their users.
+
+Every operation is idempotent, and each checks the follower's own edge on
+this shard before touching an inbox, so a delivery that races an unfollow, or
+a status change, or arrives twice after a crash, leaves the same state as one
+delivered once in order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from murmur.slots import slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2
+from shard.settings import is_celebrity
+from shard.state import ShardState
+from shard.store import Txn
+
+log = logging.getLogger("murmur.shard.delivery")
+
+
+class DeliveryApplier:
+    def __init__(self, state: ShardState) -> None:
+        self.state = state
+
+    def apply(self, ops: list[shard_pb2.DeliveryOp]) -> int:
+        """Apply ``ops`` in order; one fsync for the whole delivery."""
+        written = 0
+        for op in ops:
+            self._check_slots(op)
+        for op in ops:
+            written += self._apply_one(op)
+        self.state.store.sync()
+        return written
+
+    def _check_slots(self, op: shard_pb2.DeliveryOp) -> None:
+        kind = op.WhichOneof("op")
+        body = getattr(op, kind)
+        if kind in ("add_follower", "remove_follower"):
+            users = [body.followee_id]
+        elif kind == "follow_sync":
+            users = list(body.follower_ids)
+        else:
+            users = list(body.owner_ids)
+        for user_id in users:
+            self.state.ownership.check(slot_for_user(user_id))
+
+    def _apply_one(self, op: shard_pb2.DeliveryOp) -> int:
+        kind = op.WhichOneof("op")
+        txn = self.state.store.txn()
+        written = 0
+        touched: list[int] = []
+        if kind == "inbox_put":
+            touched = self._inbox_put(txn, op.inbox_put)
+            written = len(touched)
+        elif kind == "inbox_edit":
+            for owner in op.inbox_edit.owner_ids:
+                self.state.inbox.replace(txn, owner, op.inbox_edit.tweet)
+        elif kind == "inbox_delete":
+            for owner in op.inbox_delete.owner_ids:
+                self.state.inbox.remove(txn, owner, op.inbox_delete.tweet_id)
+        elif kind == "add_follower":
+            self._add_follower(txn, op.add_follower)
+        elif kind == "remove_follower":
+            self._remove_follower(txn, op.remove_follower)
+        elif kind == "follow_sync":
+            touched = self._follow_sync(txn, op.follow_sync)
+            written = len(touched) * len(op.follow_sync.tweets)
+        txn.commit(sync=False)
+        for owner in touched:
+            self.state.inbox.trim(owner, self.state.settings.inbox_cap)
+        return written
+
+    def _inbox_put(self, txn: Txn, put: shard_pb2.InboxPut) -> list[int]:
+        author = put.tweet.user_id
+        written = []
+        for owner in put.owner_ids:
+            edge = self.state.graph.following_edge(txn, owner, author)
+            if edge is None or edge.celebrity:
+                continue
+            if self.state.inbox.put(txn, owner, put.tweet):
+                written.append(owner)
+        return written
+
+    def _add_follower(self, txn: Txn, add: shard_pb2.AddFollower) -> None:
+        graph, users = self.state.graph, self.state.users
+        if graph.has_follower(txn, add.followee_id, add.follower_id):
+            return
+        record = users.get(txn, add.followee_id)
+        if record is None:
+            log.warning("add_follower for unknown user %d dropped", add.followee_id)
+            return
+        graph.put_follower(txn, add.followee_id, add.follower_id)
+        record.user.follower_count += 1
+        self._recheck_celebrity(txn, record)
+        users.put(txn, record)
+        self.state.outbox.append(
+            txn,
+            shard_pb2.OutboxRecord(
+                status_sync=shard_pb2.StatusSync(
+                    followee_id=add.followee_id, follower_id=add.follower_id
+                )
+            ),
+        )
+
+    def _remove_follower(self, txn: Txn, remove: shard_pb2.RemoveFollower) -> None:
+        graph, users = self.state.graph, self.state.users
+        if not graph.has_follower(txn, remove.followee_id, remove.follower_id):
+            return
+        graph.delete_follower(txn, remove.followee_id, remove.follower_id)
+        record = users.get(txn, remove.followee_id)
+        if record is None:
+            return
+        record.user.follower_count = max(0, record.user.follower_count - 1)
+        self._recheck_celebrity(txn, record)
+        users.put(txn, record)
+
+    def _recheck_celebrity(self, txn: Txn, record: shard_pb2.UserRecord) -> None:
+        """Flip the flag with hysteresis; a flip is carried to every follower."""
+        user = record.user
+        now = is_celebrity(
+            user.celebrity, user.follower_count, self.state.settings.celebrity_threshold
+        )
+        if now == user.celebrity:
+            return
+        user.celebrity = now
+        record.celebrity_version += 1
+        log.info(
+            "user %d %s a celebrity at %d followers (version %d)",
+            user.user_id,
+            "became" if now else "is no longer",
+            user.follower_count,
+            record.celebrity_version,
+        )
+        self.state.outbox.append(
+            txn,
+            shard_pb2.OutboxRecord(status_sync=shard_pb2.StatusSync(followee_id=user.user_id)),
+        )
+
+    def _follow_sync(self, txn: Txn, sync: shard_pb2.FollowSync) -> list[int]:
+        """Adopt the followee's status on each follower's edge, newest version wins."""
+        touched = []
+        for follower in sync.follower_ids:
+            edge = self.state.graph.following_edge(txn, follower, sync.followee_id)
+            if edge is None or sync.celebrity_version < edge.celebrity_version:
+                continue
+            edge.celebrity = sync.celebrity
+            edge.celebrity_version = sync.celebrity_version
+            self.state.graph.put_following(txn, follower, sync.followee_id, edge)
+            if sync.celebrity:
+                self.state.inbox.remove_author(txn, follower, sync.followee_id)
+                continue
+            self._backfill(txn, follower, sync)
+            touched.append(follower)
+        return touched
+
+    def _backfill(self, txn: Txn, follower: int, sync: shard_pb2.FollowSync) -> None:
+        tweets: list[murmur_pb2.Tweet] = list(sync.tweets)
+        for tweet in tweets:
+            self.state.inbox.put(txn, follower, tweet)
+        if not sync.complete and tweets:
+            self.state.inbox.raise_exact_from(txn, follower, tweets[-1].tweet_id)

@@ -1,0 +1,245 @@
+"""The fan-out worker: drains this shard's outbox to the destination shards.
+
+Records are taken in order, expanded into per-destination operations (one
+batched ``Deliver`` call per destination shard per round, never one call per
+follower), and removed only after every destination applied them. A record
+with many followers is delivered page by page with a saved resume point, and
+records behind a half-delivered one wait, so an edit or delete never overtakes
+the post it changes. Any failure retries the round: deliveries are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from murmur.ids import now_ms
+from murmur.slots import slot_for_user
+from murmur.v1 import shard_pb2
+from shard.delivery import DeliveryApplier
+from shard.peers import PeerShards
+from shard.state import ShardState
+
+log = logging.getLogger("murmur.shard.fanout")
+
+DELIVER_TIMEOUT_S = 10.0
+MAX_BACKOFF_S = 2.0
+RECORDS_PER_ROUND = 256
+
+
+@dataclass
+class RoundPlan:
+    """Operations per destination shard, in outbox order."""
+
+    ops: dict[int, list[shard_pb2.DeliveryOp]] = field(default_factory=lambda: defaultdict(list))
+    done: list[int] = field(default_factory=list)
+    progress: dict[int, shard_pb2.OutboxRecord] = field(default_factory=dict)
+    delivered_tweets: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+class FanoutStats:
+    """Recent delivery lags (post acknowledged -> in every follower's inbox)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.lags_ms: deque[int] = deque(maxlen=keep)
+        self.inbox_entries = 0
+        self.rounds = 0
+        self.failures = 0
+
+    def percentile(self, fraction: float) -> float:
+        if not self.lags_ms:
+            return 0.0
+        ordered = sorted(self.lags_ms)
+        return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
+
+
+class FanoutWorker:
+    def __init__(self, state: ShardState, applier: DeliveryApplier, peers: PeerShards) -> None:
+        self.state = state
+        self.applier = applier
+        self.peers = peers
+        self.stats = FanoutStats()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="fanout")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.state.outbox.wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            try:
+                worked = await self.run_round()
+                backoff = 0.05
+            except Exception as exc:  # retried: every delivery is idempotent
+                self.stats.failures += 1
+                log.warning("fan-out round failed, retrying in %.2fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            if not worked:
+                self.state.outbox.wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.state.outbox.wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+    async def run_round(self) -> bool:
+        """Deliver one round; False when the outbox was empty."""
+        if not self.state.ownership.assigned:
+            return False
+        records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
+        if not records:
+            return False
+        plan = self._plan(records)
+        await self._deliver(plan)
+        self.state.outbox.finish(plan.done, plan.progress)
+        self._record_lags(plan)
+        self.stats.rounds += 1
+        return True
+
+    # planning -------------------------------------------------------------
+    def _plan(self, records: list[tuple[int, shard_pb2.OutboxRecord]]) -> RoundPlan:
+        plan = RoundPlan()
+        budget = self.state.settings.fanout_batch_entries
+        for seq, record in records:
+            kind = record.WhichOneof("work")
+            if kind == "direct":
+                self._add_op(plan, record.direct)
+                finished, used = True, 1
+            elif kind == "tweet_fanout":
+                finished, used = self._plan_tweet(plan, record.tweet_fanout, budget)
+            elif kind == "status_sync":
+                finished, used = self._plan_status(plan, record.status_sync, budget)
+            else:
+                log.error("outbox record %d has no work; dropping it", seq)
+                finished, used = True, 0
+            budget -= used
+            if not finished:
+                plan.progress[seq] = record
+                break
+            plan.done.append(seq)
+            if kind == "tweet_fanout" and record.tweet_fanout.kind == shard_pb2.FANOUT_PUT:
+                plan.delivered_tweets.append(
+                    (record.tweet_fanout.tweet.tweet_id, record.created_ms, used)
+                )
+            if budget <= 0:
+                break
+        return plan
+
+    def _add_op(self, plan: RoundPlan, op: shard_pb2.DeliveryOp) -> None:
+        kind = op.WhichOneof("op")
+        body = getattr(op, kind)
+        user = body.followee_id if kind in ("add_follower", "remove_follower") else None
+        if user is None:
+            raise ValueError(f"direct outbox op {kind} has no single destination")
+        plan.ops[self.state.ownership.owner_of(slot_for_user(user))].append(op)
+
+    def _followers_page(self, followee: int, after: int, budget: int) -> tuple[list[int], bool]:
+        return self.state.graph.page_followers(followee, after, max(budget, 100))
+
+    def _by_shard(self, user_ids: list[int]) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = defaultdict(list)
+        owner_of = self.state.ownership.owner_of
+        for user_id in user_ids:
+            groups[owner_of(slot_for_user(user_id))].append(user_id)
+        return groups
+
+    def _plan_tweet(
+        self, plan: RoundPlan, fanout: shard_pb2.TweetFanout, budget: int
+    ) -> tuple[bool, int]:
+        followers, more = self._followers_page(fanout.tweet.user_id, fanout.after_follower, budget)
+        for shard_id, owners in self._by_shard(followers).items():
+            if fanout.kind == shard_pb2.FANOUT_PUT:
+                op = shard_pb2.DeliveryOp(
+                    inbox_put=shard_pb2.InboxPut(owner_ids=owners, tweet=fanout.tweet)
+                )
+            elif fanout.kind == shard_pb2.FANOUT_EDIT:
+                op = shard_pb2.DeliveryOp(
+                    inbox_edit=shard_pb2.InboxEdit(owner_ids=owners, tweet=fanout.tweet)
+                )
+            else:
+                op = shard_pb2.DeliveryOp(
+                    inbox_delete=shard_pb2.InboxDelete(
+                        owner_ids=owners, tweet_id=fanout.tweet.tweet_id
+                    )
+                )
+            plan.ops[shard_id].append(op)
+        if more:
+            fanout.after_follower = followers[-1]
+        return not more, len(followers)
+
+    def _plan_status(
+        self, plan: RoundPlan, status: shard_pb2.StatusSync, budget: int
+    ) -> tuple[bool, int]:
+        state = self.state
+        record = state.users.get(state.store.txn(), status.followee_id)
+        if record is None:
+            return True, 0
+        if status.follower_id:
+            followers, more = [status.follower_id], False
+        else:
+            followers, more = self._followers_page(
+                status.followee_id, status.after_follower, budget
+            )
+        sync = shard_pb2.FollowSync(
+            followee_id=status.followee_id,
+            celebrity=record.user.celebrity,
+            celebrity_version=record.celebrity_version,
+        )
+        if not record.user.celebrity:
+            limit = state.settings.backfill_limit
+            recent = list(state.tweets.recent(status.followee_id, 0, limit + 1))
+            sync.tweets.extend(recent[:limit])
+            sync.complete = len(recent) <= limit
+        for shard_id, owners in self._by_shard(followers).items():
+            op = shard_pb2.DeliveryOp(follow_sync=sync)
+            op.follow_sync.follower_ids[:] = owners
+            plan.ops[shard_id].append(op)
+        if more:
+            status.after_follower = followers[-1]
+        used = len(followers) * max(1, len(sync.tweets))
+        return not more, used
+
+    # delivering -----------------------------------------------------------
+    async def _deliver(self, plan: RoundPlan) -> None:
+        calls = []
+        for shard_id, ops in plan.ops.items():
+            if shard_id == self.state.shard_id:
+                self.stats.inbox_entries += self.applier.apply(ops)
+            else:
+                calls.append(self._send(shard_id, ops))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _send(self, shard_id: int, ops: list[shard_pb2.DeliveryOp]) -> None:
+        request = shard_pb2.DeliverRequest(from_shard=self.state.shard_id, ops=ops)
+        try:
+            response = await self.peers.stub(shard_id).Deliver(request, timeout=DELIVER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(
+                f"delivery to shard {shard_id} ({self.peers.address(shard_id)}) failed: "
+                f"{exc.code().name}: {exc.details()}"
+            ) from exc
+        self.stats.inbox_entries += response.inbox_entries_written
+
+    def _record_lags(self, plan: RoundPlan) -> None:
+        finished_at = now_ms()
+        for tweet_id, created_ms, followers in plan.delivered_tweets:
+            if not followers:
+                continue
+            lag = finished_at - created_ms
+            self.stats.lags_ms.append(lag)
+            log.info("fanout tweet=%d followers=%d lag_ms=%d", tweet_id, followers, lag)

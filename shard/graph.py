@@ -1,0 +1,72 @@
+"""Follow edges: ``following`` on the follower's slot, ``followers`` on the
+followee's slot, plus the follower-side index of followed celebrities that
+the home-timeline read pulls from."""
+
+from __future__ import annotations
+
+from murmur.slots import slot_for_user
+from murmur.v1 import shard_pb2
+from shard import keys
+from shard.store import Store, Txn
+
+
+class FollowGraph:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # following side (the follower's slot) ---------------------------------
+    def following_edge(self, txn: Txn, follower: int, followee: int) -> shard_pb2.FollowEdge | None:
+        raw = txn.get(keys.following(slot_for_user(follower), follower, followee))
+        return shard_pb2.FollowEdge.FromString(raw) if raw is not None else None
+
+    def put_following(
+        self, txn: Txn, follower: int, followee: int, edge: shard_pb2.FollowEdge
+    ) -> None:
+        slot = slot_for_user(follower)
+        txn.put(keys.following(slot, follower, followee), edge.SerializeToString())
+        marker = keys.celebrity_followed(slot, follower, followee)
+        if edge.celebrity:
+            txn.put(marker, b"")
+        elif txn.get(marker) is not None:
+            txn.delete(marker)
+
+    def delete_following(self, txn: Txn, follower: int, followee: int) -> None:
+        slot = slot_for_user(follower)
+        txn.delete(keys.following(slot, follower, followee))
+        txn.delete(keys.celebrity_followed(slot, follower, followee))
+
+    def followed_celebrities(self, follower: int) -> list[int]:
+        prefix = keys.celebrity_followed_prefix(slot_for_user(follower), follower)
+        return [keys.last_u64(k) for k in self.store.scan(prefix, include_value=False)]
+
+    def followees(self, follower: int) -> list[int]:
+        prefix = keys.following_prefix(slot_for_user(follower), follower)
+        return [keys.last_u64(k) for k in self.store.scan(prefix, include_value=False)]
+
+    # followers side (the followee's slot) ---------------------------------
+    def has_follower(self, txn: Txn, followee: int, follower: int) -> bool:
+        return txn.get(keys.followers(slot_for_user(followee), followee, follower)) is not None
+
+    def put_follower(self, txn: Txn, followee: int, follower: int) -> None:
+        txn.put(keys.followers(slot_for_user(followee), followee, follower), b"")
+
+    def delete_follower(self, txn: Txn, followee: int, follower: int) -> None:
+        txn.delete(keys.followers(slot_for_user(followee), followee, follower))
+
+    def page_followers(self, followee: int, after: int, limit: int) -> tuple[list[int], bool]:
+        prefix = keys.followers_prefix(slot_for_user(followee), followee)
+        return self._page(prefix, after, limit)
+
+    def page_following(self, follower: int, after: int, limit: int) -> tuple[list[int], bool]:
+        prefix = keys.following_prefix(slot_for_user(follower), follower)
+        return self._page(prefix, after, limit)
+
+    def _page(self, prefix: bytes, after: int, limit: int) -> tuple[list[int], bool]:
+        if after >= keys.MAX_U64:
+            return [], False
+        start = prefix + keys.u64(after + 1) if after else prefix
+        ids = [
+            keys.last_u64(k)
+            for k in self.store.scan(prefix, start=start, limit=limit + 1, include_value=False)
+        ]
+        return ids[:limit], len(ids) > limit

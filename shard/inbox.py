@@ -1,0 +1,107 @@
+"""Capped home inboxes: copies of tweets, newest first, on the reader's slot.
+
+Each inbox keeps ``exact_from``: every home-timeline tweet with an id at or
+above it is present. Trimming the oldest entries and backfills cut short both
+raise it; a read that reaches below it is finished by pulling (see
+``server/home_timeline.py``), so scrolling far back stays exact, only slower.
+"""
+
+from __future__ import annotations
+
+from murmur.slots import slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2
+from shard import keys
+from shard.store import Store, Txn
+
+
+class InboxStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def meta(self, txn: Txn, owner: int) -> shard_pb2.InboxMeta:
+        raw = txn.get(keys.inbox_meta(slot_for_user(owner), owner))
+        return shard_pb2.InboxMeta.FromString(raw) if raw else shard_pb2.InboxMeta()
+
+    def _save_meta(self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta) -> None:
+        txn.put(keys.inbox_meta(slot_for_user(owner), owner), meta.SerializeToString())
+
+    def put(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> bool:
+        """Insert or refresh a copy; True if the entry is new."""
+        key = keys.inbox(slot_for_user(owner), owner, tweet.tweet_id)
+        is_new = txn.get(key) is None
+        txn.put(key, tweet.SerializeToString())
+        if is_new:
+            meta = self.meta(txn, owner)
+            meta.size += 1
+            self._save_meta(txn, owner, meta)
+        return is_new
+
+    def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
+        """Update a copy after an edit, only where the copy exists."""
+        key = keys.inbox(slot_for_user(owner), owner, tweet.tweet_id)
+        if txn.get(key) is not None:
+            txn.put(key, tweet.SerializeToString())
+
+    def remove(self, txn: Txn, owner: int, tweet_id: int) -> None:
+        key = keys.inbox(slot_for_user(owner), owner, tweet_id)
+        if txn.get(key) is None:
+            return
+        txn.delete(key)
+        meta = self.meta(txn, owner)
+        meta.size = max(0, meta.size - 1)
+        self._save_meta(txn, owner, meta)
+
+    def remove_author(self, txn: Txn, owner: int, author: int) -> None:
+        """Drop every copy by ``author`` (unfollow, or the author became a celebrity)."""
+        prefix = keys.inbox_prefix(slot_for_user(owner), owner)
+        for key, raw in self.store.scan(prefix):
+            if key in txn.writes:
+                continue
+            if murmur_pb2.Tweet.FromString(raw).user_id == author:
+                self.remove(txn, owner, keys.last_inverted(key))
+
+    def raise_exact_from(self, txn: Txn, owner: int, tweet_id: int) -> None:
+        meta = self.meta(txn, owner)
+        if tweet_id > meta.exact_from:
+            meta.exact_from = tweet_id
+            self._save_meta(txn, owner, meta)
+
+    def trim(self, owner: int, cap: int) -> None:
+        """Cut the inbox to ``cap`` entries, oldest first; commits on its own."""
+        txn = self.store.txn()
+        meta = self.meta(txn, owner)
+        excess = meta.size - cap
+        if excess <= 0:
+            return
+        prefix = keys.inbox_prefix(slot_for_user(owner), owner)
+        oldest_kept_floor = meta.exact_from
+        removed = 0
+        for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
+            txn.delete(key)
+            oldest_kept_floor = max(oldest_kept_floor, keys.last_inverted(key) + 1)
+            removed += 1
+        meta.size -= removed
+        meta.exact_from = oldest_kept_floor
+        self._save_meta(txn, owner, meta)
+        txn.commit(sync=False)
+
+    def page(
+        self, owner: int, before_id: int, limit: int, skip_authors: set[int], exact_from: int
+    ) -> tuple[list[murmur_pb2.Tweet], bool]:
+        """Up to ``limit`` entries older than ``before_id`` and at or above
+        ``exact_from``, leaving out ``skip_authors``. The flag is True when
+        the page stopped at ``exact_from`` (or the end) before filling up."""
+        slot = slot_for_user(owner)
+        prefix = keys.inbox_prefix(slot, owner)
+        start = keys.inbox(slot, owner, before_id - 1) if before_id else prefix
+        entries: list[murmur_pb2.Tweet] = []
+        for key, raw in self.store.scan(prefix, start=start):
+            if keys.last_inverted(key) < exact_from:
+                return entries, True
+            tweet = murmur_pb2.Tweet.FromString(raw)
+            if tweet.user_id in skip_authors:
+                continue
+            entries.append(tweet)
+            if len(entries) >= limit:
+                return entries, False
+        return entries, True

@@ -1,0 +1,69 @@
+"""``murmur-shard``: one LevelDB-backed shard server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from murmur.serving import ServingProcess, install_event_loop, setup_logging
+from murmur.v1 import shard_pb2, shard_pb2_grpc
+from shard.delivery import DeliveryApplier
+from shard.fanout import FanoutWorker
+from shard.peers import PeerShards
+from shard.servicer import ShardServicer
+from shard.settings import ShardSettings
+from shard.state import ShardState
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="murmur-shard", description=__doc__)
+    parser.add_argument("--port", type=int, default=50061, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--data-dir", required=True, help="folder of this shard's LevelDB")
+    parser.add_argument("--shard-id", type=int, default=0, help="fixed at first start")
+    parser.add_argument("--celebrity-threshold", type=int, default=10_000)
+    parser.add_argument("--inbox-cap", type=int, default=800)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    return parser.parse_args(argv)
+
+
+def check_data_dir(path: str) -> None:
+    """Fail at start-up, clearly, rather than on the first write."""
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise SystemExit(f"data folder {path} is not writable")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    check_data_dir(args.data_dir)
+    settings = ShardSettings(celebrity_threshold=args.celebrity_threshold, inbox_cap=args.inbox_cap)
+    state = ShardState.open(args.data_dir, args.shard_id, settings)
+    applier = DeliveryApplier(state)
+    process = ServingProcess(
+        args.host, args.port, [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name]
+    )
+    shard_pb2_grpc.add_ShardServicer_to_server(ShardServicer(state, applier), process.server)
+    peers = PeerShards(state.ownership)
+    worker = FanoutWorker(state, applier, peers)
+    worker.start()
+
+    async def close() -> None:
+        await worker.stop()
+        await peers.close()
+        state.store.close()
+
+    process.shutdown_hooks.append(close)
+    await process.serve(f"murmur-shard {state.shard_id} serving on {{address}}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    install_event_loop()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Which slots this shard owns, and the cluster's slot map as last stored here.
+
+The map is persisted on every shard (not only in a router's memory) so that a
+router started later, or a second router, learns the current owners, and so
+that a shard's fan-out worker knows where each follower lives.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from murmur.errors import ServiceError, wrong_slot
+from murmur.slots import SLOT_COUNT, slot_ranges
+from murmur.v1 import shard_pb2
+from shard import keys
+from shard.store import Store
+
+
+class SlotOwnership:
+    def __init__(self, store: Store, shard_id: int) -> None:
+        self.store = store
+        self.shard_id = self._load_shard_id(shard_id)
+        self.slot_map = self._load_map()
+        self.owned = self._owned_from(self.slot_map)
+
+    def _load_shard_id(self, requested: int) -> int:
+        stored = self.store.get(keys.shard_meta("shard_id"))
+        if stored is None:
+            self.store.db.put(keys.shard_meta("shard_id"), keys.u64(requested), sync=True)
+            return requested
+        existing = keys.read_u64(stored)
+        if existing != requested:
+            raise SystemExit(
+                f"data folder {self.store.path} belongs to shard {existing}, "
+                f"not shard {requested}; start it with --shard-id {existing}"
+            )
+        return existing
+
+    def _load_map(self) -> shard_pb2.SlotMap:
+        raw = self.store.get(keys.shard_meta("slot_map"))
+        slot_map = shard_pb2.SlotMap()
+        if raw is not None:
+            slot_map.ParseFromString(raw)
+        return slot_map
+
+    def _owned_from(self, slot_map: shard_pb2.SlotMap) -> bytearray:
+        owned = bytearray(SLOT_COUNT)
+        for slot, owner in enumerate(slot_map.owners):
+            if owner == self.shard_id:
+                owned[slot] = 1
+        return owned
+
+    @property
+    def assigned(self) -> bool:
+        return self.slot_map.version > 0
+
+    def adopt(self, slot_map: shard_pb2.SlotMap) -> None:
+        """Store a newer map; a bootstrap may not take slots from a shard that owns data."""
+        if len(slot_map.owners) != SLOT_COUNT:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"slot_map.owners has {len(slot_map.owners)} entries; it must have {SLOT_COUNT}",
+            )
+        if self.assigned and slot_map.version <= self.slot_map.version:
+            if list(slot_map.owners) == list(self.slot_map.owners):
+                return
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {self.shard_id} already holds slot map version "
+                f"{self.slot_map.version}; version {slot_map.version} is not newer",
+            )
+        if self.assigned and list(slot_map.owners) != list(self.slot_map.owners):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {self.shard_id} already owns slots; ownership changes only by migration",
+            )
+        self.store.db.put(keys.shard_meta("slot_map"), slot_map.SerializeToString(), sync=True)
+        self.slot_map = slot_map
+        self.owned = self._owned_from(slot_map)
+
+    def check(self, slot: int) -> None:
+        """Refuse work for a slot this shard does not own (the router's map is stale)."""
+        if not self.assigned:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"shard {self.shard_id} has no slots assigned yet",
+            )
+        if not self.owned[slot]:
+            raise wrong_slot(self.shard_id, slot)
+
+    def owner_of(self, slot: int) -> int:
+        return self.slot_map.owners[slot]
+
+    def info(self) -> shard_pb2.ShardInfo:
+        owned = [slot for slot in range(SLOT_COUNT) if self.owned[slot]]
+        return shard_pb2.ShardInfo(
+            shard_id=self.shard_id,
+            owned=[shard_pb2.SlotRange(start=a, end=b) for a, b in slot_ranges(owned)],
+            map_version=self.slot_map.version,
+            slot_map=self.slot_map,
+        )

@@ -1,0 +1,289 @@
+"""The ``murmur.v1.Shard`` service: one shard's data plane.
+
+Handlers never await between reading and committing a transaction, so on the
+single asyncio loop each write is atomic and counters stay exact without
+locks. Each acknowledged write is one LevelDB batch synced to disk.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from murmur.errors import ServiceError, invalid, not_found
+from murmur.ids import now_ms, slot_of_tweet
+from murmur.rpc_errors import rpc
+from murmur.slots import slot_for_handle, slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from shard.delivery import DeliveryApplier
+from shard.state import ShardState
+from shard.users import timestamp_ms
+
+MAX_PULL_AUTHORS = 100_000
+
+
+class ShardServicer(shard_pb2_grpc.ShardServicer):
+    def __init__(self, state: ShardState, applier: DeliveryApplier) -> None:
+        self.state = state
+        self.applier = applier
+
+    @property
+    def component(self) -> str:
+        return f"shard {self.state.shard_id}"
+
+    def _own_user(self, user_id: int, field: str = "user_id") -> None:
+        if user_id <= 0:
+            raise invalid(f"{field} is required (a positive 64-bit id)")
+        self.state.ownership.check(slot_for_user(user_id))
+
+    # cluster ----------------------------------------------------------------
+    @rpc
+    async def GetShardInfo(self, request, context):
+        return self.state.ownership.info()
+
+    @rpc
+    async def AssignSlots(self, request, context):
+        self.state.ownership.adopt(request.slot_map)
+        return self.state.ownership.info()
+
+    @rpc
+    async def Ping(self, request, context):
+        return murmur_pb2.PingResponse(shard_id=self.state.shard_id)
+
+    # users ------------------------------------------------------------------
+    @rpc
+    async def CreateUser(self, request, context):
+        self.state.ownership.check(slot_for_handle(request.handle))
+        txn = self.state.store.txn()
+        record = self.state.users.create(
+            txn,
+            request.handle,
+            request.display_name,
+            request.bio,
+            self.state.settings.celebrity_threshold,
+        )
+        txn.commit()
+        return record.user
+
+    @rpc
+    async def GetUsers(self, request, context):
+        txn = self.state.store.txn()
+        found = []
+        for user_id in request.user_ids:
+            self._own_user(user_id)
+            record = self.state.users.get(txn, user_id)
+            if record is not None:
+                found.append(record)
+        return shard_pb2.GetUsersResponse(users=found)
+
+    @rpc
+    async def GetUserByHandle(self, request, context):
+        self.state.ownership.check(slot_for_handle(request.handle))
+        record = self.state.users.by_handle(self.state.store.txn(), request.handle)
+        if record is None:
+            raise not_found(f"no user has the handle {request.handle!r}")
+        return record.user
+
+    # follows ----------------------------------------------------------------
+    @rpc
+    async def Follow(self, request, context):
+        follower, followee = request.follower_id, request.followee_id
+        self._own_user(follower, "follower_id")
+        if followee <= 0:
+            raise invalid("followee_id is required (a positive 64-bit id)")
+        if follower == followee:
+            raise invalid(
+                "follower_id and followee_id are the same user; you cannot follow yourself"
+            )
+        state = self.state
+        txn = state.store.txn()
+        record = state.users.require(txn, follower, "follower")
+        if state.graph.following_edge(txn, follower, followee) is not None:
+            return murmur_pb2.FollowResponse()
+        edge = shard_pb2.FollowEdge(
+            followed_ms=now_ms(),
+            celebrity=request.followee_celebrity,
+            celebrity_version=request.followee_celebrity_version,
+        )
+        state.graph.put_following(txn, follower, followee, edge)
+        record.user.following_count += 1
+        state.users.put(txn, record)
+        state.outbox.append(
+            txn,
+            shard_pb2.OutboxRecord(
+                direct=shard_pb2.DeliveryOp(
+                    add_follower=shard_pb2.AddFollower(followee_id=followee, follower_id=follower)
+                )
+            ),
+        )
+        txn.commit()
+        return murmur_pb2.FollowResponse()
+
+    @rpc
+    async def Unfollow(self, request, context):
+        follower, followee = request.follower_id, request.followee_id
+        self._own_user(follower, "follower_id")
+        if followee <= 0:
+            raise invalid("followee_id is required (a positive 64-bit id)")
+        state = self.state
+        txn = state.store.txn()
+        record = state.users.require(txn, follower, "follower")
+        if state.graph.following_edge(txn, follower, followee) is None:
+            return murmur_pb2.UnfollowResponse()
+        state.graph.delete_following(txn, follower, followee)
+        state.inbox.remove_author(txn, follower, followee)
+        record.user.following_count = max(0, record.user.following_count - 1)
+        state.users.put(txn, record)
+        state.outbox.append(
+            txn,
+            shard_pb2.OutboxRecord(
+                direct=shard_pb2.DeliveryOp(
+                    remove_follower=shard_pb2.RemoveFollower(
+                        followee_id=followee, follower_id=follower
+                    )
+                )
+            ),
+        )
+        txn.commit()
+        return murmur_pb2.UnfollowResponse()
+
+    @rpc
+    async def ListEdges(self, request, context):
+        self._own_user(request.user_id)
+        self.state.users.require(self.state.store.txn(), request.user_id)
+        limit = max(1, min(request.limit or 20, 10_000))
+        if request.direction == shard_pb2.FOLLOWERS:
+            ids, more = self.state.graph.page_followers(request.user_id, request.after_id, limit)
+        elif request.direction == shard_pb2.FOLLOWING:
+            ids, more = self.state.graph.page_following(request.user_id, request.after_id, limit)
+        else:
+            raise invalid("direction must be FOLLOWERS or FOLLOWING")
+        return shard_pb2.ListEdgesResponse(user_ids=ids, more=more)
+
+    # tweets -----------------------------------------------------------------
+    @rpc
+    async def PostTweet(self, request, context):
+        author = request.user_id
+        self._own_user(author)
+        state = self.state
+        txn = state.store.txn()
+        record = state.users.require(txn, author)
+        if request.request_id:
+            existing = state.tweets.by_request(txn, author, request.request_id)
+            if existing is not None:
+                return self._retried_post(txn, existing, request.request_id)
+        tweet = state.tweets.create(txn, author, request.text, request.request_id)
+        record.user.tweet_count += 1
+        state.users.put(txn, record)
+        state.inbox.put(txn, author, tweet)
+        if not record.user.celebrity:
+            self._queue_fanout(txn, shard_pb2.FANOUT_PUT, tweet)
+        txn.commit()
+        state.inbox.trim(author, state.settings.inbox_cap)
+        return tweet
+
+    def _retried_post(self, txn, tweet_id: int, request_id: str) -> murmur_pb2.Tweet:
+        tweet = self.state.tweets.get(txn, tweet_id)
+        if tweet is None:
+            raise not_found(
+                f"tweet {tweet_id}, first posted with request_id {request_id!r}, was deleted"
+            )
+        return tweet
+
+    def _queue_fanout(self, txn, kind: int, tweet: murmur_pb2.Tweet) -> None:
+        self.state.outbox.append(
+            txn,
+            shard_pb2.OutboxRecord(tweet_fanout=shard_pb2.TweetFanout(kind=kind, tweet=tweet)),
+        )
+
+    @rpc
+    async def GetTweets(self, request, context):
+        txn = self.state.store.txn()
+        found = []
+        for tweet_id in request.tweet_ids:
+            self.state.ownership.check(slot_of_tweet(tweet_id))
+            tweet = self.state.tweets.get(txn, tweet_id)
+            if tweet is not None:
+                found.append(tweet)
+        return shard_pb2.GetTweetsResponse(tweets=found)
+
+    @rpc
+    async def EditTweet(self, request, context):
+        self.state.ownership.check(slot_of_tweet(request.tweet_id))
+        state = self.state
+        txn = state.store.txn()
+        tweet = state.tweets.require_own(txn, request.tweet_id, request.user_id)
+        author = state.users.require(txn, tweet.user_id)
+        tweet.text = request.text
+        tweet.edited_at.CopyFrom(timestamp_ms(now_ms()))
+        state.tweets.put(txn, tweet)
+        state.inbox.replace(txn, tweet.user_id, tweet)
+        if not author.user.celebrity:
+            self._queue_fanout(txn, shard_pb2.FANOUT_EDIT, tweet)
+        txn.commit()
+        return tweet
+
+    @rpc
+    async def DeleteTweet(self, request, context):
+        self.state.ownership.check(slot_of_tweet(request.tweet_id))
+        state = self.state
+        txn = state.store.txn()
+        tweet = state.tweets.require_own(txn, request.tweet_id, request.user_id)
+        author = state.users.require(txn, tweet.user_id)
+        state.tweets.delete(txn, tweet)
+        author.user.tweet_count = max(0, author.user.tweet_count - 1)
+        state.users.put(txn, author)
+        state.inbox.remove(txn, tweet.user_id, tweet.tweet_id)
+        if not author.user.celebrity:
+            self._queue_fanout(txn, shard_pb2.FANOUT_DELETE, tweet)
+        txn.commit()
+        return murmur_pb2.DeleteTweetResponse()
+
+    # timelines --------------------------------------------------------------
+    @rpc
+    async def PullTimelines(self, request, context):
+        if len(request.author_ids) > MAX_PULL_AUTHORS:
+            raise invalid(
+                f"author_ids has {len(request.author_ids)} ids; the limit is {MAX_PULL_AUTHORS}"
+            )
+        txn = self.state.store.txn()
+        for author in request.author_ids:
+            self._own_user(author, "author_ids")
+            if request.require_authors:
+                self.state.users.require(txn, author)
+        limit = max(1, min(request.limit or 20, 1000))
+        tweets = self.state.tweets.merged(request.author_ids, request.before_id, limit)
+        return shard_pb2.PullTimelinesResponse(tweets=tweets)
+
+    @rpc
+    async def ReadInbox(self, request, context):
+        reader = request.user_id
+        self._own_user(reader)
+        state = self.state
+        txn = state.store.txn()
+        state.users.require(txn, reader)
+        celebrities = state.graph.followed_celebrities(reader)
+        meta = state.inbox.meta(txn, reader)
+        limit = max(1, min(request.limit or 20, 1000))
+        entries, short = state.inbox.page(
+            reader, request.before_id, limit, set(celebrities), meta.exact_from
+        )
+        response = shard_pb2.ReadInboxResponse(
+            entries=entries, celebrity_ids=celebrities, exact_from=meta.exact_from
+        )
+        if short and meta.exact_from > 0:
+            celebrity_set = set(celebrities)
+            ordinary = [u for u in state.graph.followees(reader) if u not in celebrity_set]
+            response.needs_pull_below = True
+            response.pull_below_ids.extend([reader, *ordinary])
+        return response
+
+    # fan-out ----------------------------------------------------------------
+    @rpc
+    async def Deliver(self, request, context):
+        try:
+            written = self.applier.apply(list(request.ops))
+        except ServiceError:
+            raise
+        except ValueError as exc:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        return shard_pb2.DeliverResponse(inbox_entries_written=written)

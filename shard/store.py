@@ -1,0 +1,95 @@
+"""The shard's LevelDB and its write transactions.
+
+A shard serves every request on one asyncio loop and never awaits inside a
+mutation, so a ``Txn`` is read-modify-write atomic without locks: it reads
+through its own pending writes, then commits them as one LevelDB write batch.
+Scans see committed data only; code that scans after writing commits first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import plyvel
+
+from shard.keys import prefix_end
+
+
+class Store:
+    """One LevelDB per shard process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db = plyvel.DB(
+            path,
+            create_if_missing=True,
+            write_buffer_size=16 << 20,
+            lru_cache_size=64 << 20,
+            bloom_filter_bits=10,
+        )
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def txn(self) -> Txn:
+        return Txn(self)
+
+    def scan(
+        self,
+        prefix: bytes,
+        start: bytes | None = None,
+        limit: int | None = None,
+        include_value: bool = True,
+        reverse: bool = False,
+    ) -> Iterator:
+        """Keys (and values) under ``prefix`` from ``start`` on, in key order."""
+        it = self.db.iterator(
+            start=start if start is not None else prefix,
+            stop=prefix_end(prefix),
+            include_value=include_value,
+            reverse=reverse,
+        )
+        if limit is None:
+            yield from it
+            return
+        for count, item in enumerate(it):
+            if count >= limit:
+                break
+            yield item
+
+    def sync(self) -> None:
+        """Make every earlier write durable against power loss (one fsync)."""
+        self.db.write_batch(sync=True).write()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Txn:
+    """Buffered writes committed as one atomic LevelDB batch."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        return self.store.db.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = None
+
+    def commit(self, sync: bool = True) -> None:
+        if not self.writes:
+            return
+        with self.store.db.write_batch(sync=sync) as batch:
+            for key, value in self.writes.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+        self.writes.clear()

@@ -1,0 +1,79 @@
+"""User profiles, the handle index and the per-user counters."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from murmur.errors import already_exists, not_found
+from murmur.ids import IdClock, millis_of_id
+from murmur.slots import slot_for_handle, slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2
+from shard import keys
+from shard.settings import is_celebrity
+from shard.store import Txn
+
+
+def timestamp_ms(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+class UserStore:
+    def __init__(self, clock: IdClock) -> None:
+        self.clock = clock
+
+    def create(
+        self, txn: Txn, handle: str, display_name: str, bio: str, threshold: int
+    ) -> shard_pb2.UserRecord:
+        """Mint a user in the handle's slot: index and profile in one batch."""
+        slot = slot_for_handle(handle)
+        handle_key = keys.handle(slot, handle)
+        if txn.get(handle_key) is not None:
+            raise already_exists(f"handle {handle!r} is already taken (handles ignore case)")
+        load_clock(txn, self.clock, slot)
+        user_id = self.clock.next_user_id(slot)
+        record = shard_pb2.UserRecord(
+            user=murmur_pb2.User(
+                user_id=user_id,
+                handle=handle,
+                display_name=display_name,
+                bio=bio,
+                created_at=timestamp_ms(millis_of_id(user_id)),
+                celebrity=is_celebrity(False, 0, threshold),
+            )
+        )
+        txn.put(handle_key, keys.u64(user_id))
+        txn.put(keys.clock(slot), keys.u64(self.clock.floor(slot)))
+        self.put(txn, record)
+        return record
+
+    def get(self, txn: Txn, user_id: int) -> shard_pb2.UserRecord | None:
+        raw = txn.get(keys.user(slot_for_user(user_id), user_id))
+        if raw is None:
+            return None
+        return shard_pb2.UserRecord.FromString(raw)
+
+    def require(self, txn: Txn, user_id: int, role: str = "user") -> shard_pb2.UserRecord:
+        record = self.get(txn, user_id)
+        if record is None:
+            raise not_found(f"{role} {user_id} does not exist")
+        return record
+
+    def by_handle(self, txn: Txn, handle: str) -> shard_pb2.UserRecord | None:
+        raw = txn.get(keys.handle(slot_for_handle(handle), handle))
+        if raw is None:
+            return None
+        return self.get(txn, keys.read_u64(raw))
+
+    def put(self, txn: Txn, record: shard_pb2.UserRecord) -> None:
+        user_id = record.user.user_id
+        txn.put(keys.user(slot_for_user(user_id), user_id), record.SerializeToString())
+
+
+def load_clock(txn: Txn, clock: IdClock, slot: int) -> None:
+    """Seed a slot's id clock from its persisted floor the first time it is used."""
+    if clock.known(slot):
+        return
+    raw = txn.get(keys.clock(slot))
+    clock.restore(slot, keys.read_u64(raw) if raw else 0)
