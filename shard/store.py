@@ -8,6 +8,7 @@ Scans see committed data only; code that scans after writing commits first.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import plyvel
@@ -20,6 +21,7 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        os.makedirs(path, exist_ok=True)
         self.db = plyvel.DB(
             path,
             create_if_missing=True,
