@@ -24,10 +24,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=4, help="number of shard processes")
     parser.add_argument("--port", type=int, default=50051, help="the router's port")
     parser.add_argument("--data-dir", default="./data", help="one sub-folder per shard")
-    parser.add_argument("--celebrity-threshold", type=int, default=10_000)
-    parser.add_argument("--inbox-cap", type=int, default=800)
+    parser.add_argument(
+        "--celebrity-threshold",
+        type=int,
+        default=None,
+        help="followers at which an account is pulled at read time (default 10000)",
+    )
+    parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
     parser.add_argument("--host", default="127.0.0.1")
     return parser.parse_args(argv)
+
+
+def setting_flags(args: argparse.Namespace) -> list[str]:
+    """Pass on only the settings given, so stored ones survive a restart."""
+    flags = []
+    if args.celebrity_threshold is not None:
+        flags += ["--celebrity-threshold", str(args.celebrity_threshold)]
+    if args.inbox_cap is not None:
+        flags += ["--inbox-cap", str(args.inbox_cap)]
+    return flags
 
 
 def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -68,10 +83,7 @@ def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
                 str(data_dir / f"shard-{index}"),
                 "--shard-id",
                 str(index),
-                "--celebrity-threshold",
-                str(args.celebrity_threshold),
-                "--inbox-cap",
-                str(args.inbox_cap),
+                *setting_flags(args),
             ],
             stdout=subprocess.DEVNULL,
         )

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
-from murmur.v1 import murmur_pb2, murmur_pb2_grpc
+from murmur.v1 import murmur_pb2, murmur_pb2_grpc, shard_pb2
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
 from server.slot_map import bootstrap
@@ -19,9 +19,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shards", required=True, help="comma-separated shard addresses, host:port,..."
     )
+    parser.add_argument(
+        "--celebrity-threshold",
+        type=int,
+        default=None,
+        help="if given, set on every shard at start (cluster-wide setting)",
+    )
+    parser.add_argument(
+        "--inbox-cap", type=int, default=None, help="if given, set on every shard at start"
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
+
+
+async def push_settings(pool: ShardPool, update: shard_pb2.UpdateSettingsRequest) -> None:
+    """Cluster-wide settings live on the shards; a router flag sets them all."""
+    for shard_id in sorted(pool.table.addresses):
+        await pool.call(shard_id, "UpdateSettings", update, timeout=60)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -30,6 +45,13 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit("--shards needs at least one address")
     table = await bootstrap(addresses)
     pool = ShardPool(table)
+    update = shard_pb2.UpdateSettingsRequest()
+    if args.celebrity_threshold is not None:
+        update.celebrity_threshold = args.celebrity_threshold
+    if args.inbox_cap is not None:
+        update.inbox_cap = args.inbox_cap
+    if update.ListFields():
+        await push_settings(pool, update)
     process = ServingProcess(
         args.host, args.port, [murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name]
     )

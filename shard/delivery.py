@@ -12,7 +12,7 @@ import logging
 
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
-from shard.settings import is_celebrity
+from shard.celebrity import recheck_celebrity
 from shard.state import ShardState
 from shard.store import Txn
 
@@ -92,7 +92,7 @@ class DeliveryApplier:
             return
         graph.put_follower(txn, add.followee_id, add.follower_id)
         record.user.follower_count += 1
-        self._recheck_celebrity(txn, record)
+        recheck_celebrity(self.state, txn, record)
         users.put(txn, record)
         self.state.outbox.append(
             txn,
@@ -112,30 +112,8 @@ class DeliveryApplier:
         if record is None:
             return
         record.user.follower_count = max(0, record.user.follower_count - 1)
-        self._recheck_celebrity(txn, record)
+        recheck_celebrity(self.state, txn, record)
         users.put(txn, record)
-
-    def _recheck_celebrity(self, txn: Txn, record: shard_pb2.UserRecord) -> None:
-        """Flip the flag with hysteresis; a flip is carried to every follower."""
-        user = record.user
-        now = is_celebrity(
-            user.celebrity, user.follower_count, self.state.settings.celebrity_threshold
-        )
-        if now == user.celebrity:
-            return
-        user.celebrity = now
-        record.celebrity_version += 1
-        log.info(
-            "user %d %s a celebrity at %d followers (version %d)",
-            user.user_id,
-            "became" if now else "is no longer",
-            user.follower_count,
-            record.celebrity_version,
-        )
-        self.state.outbox.append(
-            txn,
-            shard_pb2.OutboxRecord(status_sync=shard_pb2.StatusSync(followee_id=user.user_id)),
-        )
 
     def _follow_sync(self, txn: Txn, sync: shard_pb2.FollowSync) -> list[int]:
         """Adopt the followee's status on each follower's edge, newest version wins."""

@@ -8,6 +8,7 @@ import os
 
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import shard_pb2, shard_pb2_grpc
+from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.peers import PeerShards
@@ -22,8 +23,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--data-dir", required=True, help="folder of this shard's LevelDB")
     parser.add_argument("--shard-id", type=int, default=0, help="fixed at first start")
-    parser.add_argument("--celebrity-threshold", type=int, default=10_000)
-    parser.add_argument("--inbox-cap", type=int, default=800)
+    parser.add_argument(
+        "--celebrity-threshold",
+        type=int,
+        default=None,
+        help="followers at which an account is pulled at read time (default 10000, "
+        "or the value stored by UpdateSettings)",
+    )
+    parser.add_argument("--inbox-cap", type=int, default=None, help="entries per home inbox (800)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
@@ -38,8 +45,17 @@ def check_data_dir(path: str) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     check_data_dir(args.data_dir)
-    settings = ShardSettings(celebrity_threshold=args.celebrity_threshold, inbox_cap=args.inbox_cap)
-    state = ShardState.open(args.data_dir, args.shard_id, settings)
+    overrides = {
+        name: value
+        for name, value in (
+            ("celebrity_threshold", args.celebrity_threshold),
+            ("inbox_cap", args.inbox_cap),
+        )
+        if value is not None
+    }
+    state = ShardState.open(args.data_dir, args.shard_id, ShardSettings(), overrides)
+    if state.threshold_changed:
+        reevaluate_all(state)
     applier = DeliveryApplier(state)
     process = ServingProcess(
         args.host, args.port, [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name]

@@ -14,7 +14,9 @@ from murmur.ids import now_ms, slot_of_tweet
 from murmur.rpc_errors import rpc
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
+from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
 from shard.users import timestamp_ms
 
@@ -287,3 +289,20 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         except ValueError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         return shard_pb2.DeliverResponse(inbox_entries_written=written)
+
+    # settings ---------------------------------------------------------------
+    @rpc
+    async def GetSettings(self, request, context):
+        return to_message(self.state.settings)
+
+    @rpc
+    async def UpdateSettings(self, request, context):
+        try:
+            check_update(request)
+        except ValueError as exc:
+            raise invalid(str(exc)) from exc
+        changed = apply_update(self.state.settings, request)
+        self.state.persist_settings()
+        if "celebrity_threshold" in changed:
+            reevaluate_all(self.state)
+        return to_message(self.state.settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from murmur.v1 import shard_pb2
+
 NEVER = (1 << 63) - 1  # a celebrity threshold no account reaches
 
 
@@ -33,3 +35,30 @@ def is_celebrity(currently: bool, followers: int, threshold: int) -> bool:
     if currently:
         return followers >= demotion_line(threshold)
     return followers >= threshold
+
+
+RUNTIME_FIELDS = ("celebrity_threshold", "inbox_cap", "backfill_limit")
+
+
+def to_message(settings: ShardSettings) -> shard_pb2.Settings:
+    return shard_pb2.Settings(**{name: getattr(settings, name) for name in RUNTIME_FIELDS})
+
+
+def apply_update(settings: ShardSettings, update: shard_pb2.UpdateSettingsRequest) -> list[str]:
+    """Copy the fields set in ``update``; returns the names that changed."""
+    changed = []
+    for name in RUNTIME_FIELDS:
+        if update.HasField(name) and getattr(update, name) != getattr(settings, name):
+            setattr(settings, name, getattr(update, name))
+            changed.append(name)
+    return changed
+
+
+def check_update(update: shard_pb2.UpdateSettingsRequest) -> None:
+    """Reject settings that would break the service, naming the field."""
+    if update.HasField("inbox_cap") and not 1 <= update.inbox_cap <= 100_000:
+        raise ValueError(f"inbox_cap is {update.inbox_cap}; it must be 1-100000")
+    if update.HasField("backfill_limit") and not 0 <= update.backfill_limit <= 10_000:
+        raise ValueError(f"backfill_limit is {update.backfill_limit}; it must be 0-10000")
+    if update.HasField("celebrity_threshold") and update.celebrity_threshold > NEVER:
+        raise ValueError(f"celebrity_threshold is above the maximum {NEVER}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from murmur.ids import IdClock
+from murmur.v1 import shard_pb2
+from shard import keys
 from shard.graph import FollowGraph
 from shard.inbox import InboxStore
 from shard.outbox import Outbox
 from shard.ownership import SlotOwnership
-from shard.settings import ShardSettings
+from shard.settings import RUNTIME_FIELDS, ShardSettings, to_message
 from shard.store import Store
 from shard.tweets import TweetStore
 from shard.users import UserStore
@@ -28,11 +30,40 @@ class ShardState:
         self.tweets = TweetStore(self.store, self.clock)
         self.inbox = InboxStore(self.store)
         self.outbox = Outbox(self.store)
+        self.threshold_changed = False
 
     @classmethod
-    def open(cls, data_dir: str, shard_id: int, settings: ShardSettings) -> ShardState:
+    def open(
+        cls,
+        data_dir: str,
+        shard_id: int,
+        settings: ShardSettings | None = None,
+        overrides: dict[str, int] | None = None,
+    ) -> ShardState:
+        """Open a shard's store. Settings: defaults, then what was stored by an
+        earlier UpdateSettings, then ``overrides`` (flags given explicitly)."""
         store = Store(data_dir)
-        return cls(store=store, ownership=SlotOwnership(store, shard_id), settings=settings)
+        settings = settings or ShardSettings()
+        raw = store.get(keys.shard_meta("settings"))
+        stored_threshold = None
+        if raw is not None:
+            stored = shard_pb2.Settings.FromString(raw)
+            for name in RUNTIME_FIELDS:
+                setattr(settings, name, getattr(stored, name))
+            stored_threshold = stored.celebrity_threshold
+        for name, value in (overrides or {}).items():
+            setattr(settings, name, value)
+        state = cls(store=store, ownership=SlotOwnership(store, shard_id), settings=settings)
+        state.persist_settings()
+        state.threshold_changed = (
+            stored_threshold is not None and stored_threshold != settings.celebrity_threshold
+        )
+        return state
+
+    def persist_settings(self) -> None:
+        self.store.db.put(
+            keys.shard_meta("settings"), to_message(self.settings).SerializeToString(), sync=True
+        )
 
     @property
     def shard_id(self) -> int:

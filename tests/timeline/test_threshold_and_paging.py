@@ -100,3 +100,42 @@ def test_paging_while_posts_arrive_never_repeats_or_skips(make_cluster, loop):
     assert seen == sorted(seen, reverse=True)
     assert seen == expected, "an older tweet was skipped"
     assert posted > 10
+
+
+def test_changing_the_threshold_at_runtime_reclassifies_and_stays_exact(make_cluster, loop):
+    from murmur.v1 import shard_pb2
+
+    cluster = make_cluster(shards=3, celebrity_threshold=1000)
+    model = Model(cluster, loop)
+    for i in range(8):
+        model.follow(f"f{i}", "star")
+        model.follow(f"f{i}", "plain")
+    for i in range(30):
+        model.post("star" if i % 2 else "plain", f"tweet {i}")
+    model.settle()
+
+    def set_threshold(value: int) -> None:
+        for shard_id in cluster.states:
+            model.run(
+                cluster.pool.call(
+                    shard_id,
+                    "UpdateSettings",
+                    shard_pb2.UpdateSettingsRequest(celebrity_threshold=value),
+                    None,
+                )
+            )
+
+    star = model.user("star")
+    set_threshold(5)
+    model.settle()
+    assert model.call("GetUser", pb.GetUserRequest(user_id=star)).celebrity
+    model.post("star", "now pulled at read time")
+    for i in range(8):
+        model.check_home(model.user(f"f{i}"), pages=2, size=10)
+    set_threshold(1000)
+    model.settle()
+    assert not model.call("GetUser", pb.GetUserRequest(user_id=star)).celebrity
+    model.post("star", "fanned out again")
+    model.settle()
+    for i in range(8):
+        model.check_home(model.user(f"f{i}"), pages=3, size=10)
