@@ -2,7 +2,8 @@
 
 Handlers never await between reading and committing a transaction, so on the
 single asyncio loop each write is atomic and counters stay exact without
-locks. Each acknowledged write is one LevelDB batch synced to disk.
+locks. Each acknowledged write is one LevelDB batch, on disk (fsynced, with
+concurrent writes sharing the fsync: see ``group_commit``) before the reply.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
+from shard.group_commit import GroupCommit
 from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
 from shard.users import timestamp_ms
@@ -27,6 +29,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     def __init__(self, state: ShardState, applier: DeliveryApplier) -> None:
         self.state = state
         self.applier = applier
+        self.commits = GroupCommit(state.store)
 
     @property
     def component(self) -> str:
@@ -63,7 +66,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             request.bio,
             self.state.settings.celebrity_threshold,
         )
-        txn.commit()
+        txn.commit(sync=False)
+        await self.commits.durable()
         return record.user
 
     @rpc
@@ -100,6 +104,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         txn = state.store.txn()
         record = state.users.require(txn, follower, "follower")
         if state.graph.following_edge(txn, follower, followee) is not None:
+            await self.commits.durable()  # the edge we saw may still be syncing
             return murmur_pb2.FollowResponse()
         edge = shard_pb2.FollowEdge(
             followed_ms=now_ms(),
@@ -117,7 +122,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 )
             ),
         )
-        txn.commit()
+        txn.commit(sync=False)
+        await self.commits.durable()
         return murmur_pb2.FollowResponse()
 
     @rpc
@@ -130,6 +136,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         txn = state.store.txn()
         record = state.users.require(txn, follower, "follower")
         if state.graph.following_edge(txn, follower, followee) is None:
+            await self.commits.durable()
             return murmur_pb2.UnfollowResponse()
         state.graph.delete_following(txn, follower, followee)
         state.inbox.remove_author(txn, follower, followee)
@@ -145,7 +152,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 )
             ),
         )
-        txn.commit()
+        txn.commit(sync=False)
+        await self.commits.durable()
         return murmur_pb2.UnfollowResponse()
 
     @rpc
@@ -172,15 +180,18 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if request.request_id:
             existing = state.tweets.by_request(txn, author, request.request_id)
             if existing is not None:
-                return self._retried_post(txn, existing, request.request_id)
+                tweet = self._retried_post(txn, existing, request.request_id)
+                await self.commits.durable()  # the first attempt may still be syncing
+                return tweet
         tweet = state.tweets.create(txn, author, request.text, request.request_id)
         record.user.tweet_count += 1
         state.users.put(txn, record)
         state.inbox.put(txn, author, tweet)
         if not record.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_PUT, tweet)
-        txn.commit()
+        txn.commit(sync=False)
         state.inbox.trim(author, state.settings.inbox_cap)
+        await self.commits.durable()
         return tweet
 
     def _retried_post(self, txn, tweet_id: int, request_id: str) -> murmur_pb2.Tweet:
@@ -221,7 +232,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.inbox.replace(txn, tweet.user_id, tweet)
         if not author.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_EDIT, tweet)
-        txn.commit()
+        txn.commit(sync=False)
+        await self.commits.durable()
         return tweet
 
     @rpc
@@ -237,7 +249,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.inbox.remove(txn, tweet.user_id, tweet.tweet_id)
         if not author.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_DELETE, tweet)
-        txn.commit()
+        txn.commit(sync=False)
+        await self.commits.durable()
         return murmur_pb2.DeleteTweetResponse()
 
     # timelines --------------------------------------------------------------
@@ -284,6 +297,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def Deliver(self, request, context):
         try:
             written = self.applier.apply(list(request.ops))
+            await self.commits.durable()
         except ServiceError:
             raise
         except ValueError as exc:
