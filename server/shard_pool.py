@@ -1,4 +1,10 @@
-"""Calls from the router to shards: deadlines carried, failures named.
+"""Calls from the router to shards: coalesced, deadlines carried, failures named.
+
+Coalescing: each shard has one lane with at most one call in flight. Requests
+that arrive meanwhile queue, and when the call returns everything queued goes
+as one ``Execute`` batch. There is no timer, so a lone request goes at once
+as a plain call; under load batches grow by themselves, like group commit,
+and one gRPC round trip serves many requests.
 
 Every call carries the caller's remaining deadline (or a default when the
 caller set none), and a shard that does not answer becomes UNAVAILABLE or
@@ -8,13 +14,24 @@ and the caller knows whom to blame.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
-from murmur.v1 import shard_pb2_grpc
+from murmur.v1 import shard_pb2, shard_pb2_grpc
 from server.slot_map import RoutingTable
+
+_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+RESPONSE_TYPES = {
+    method.name: message_factory.GetMessageClass(method.output_type) for method in _SERVICE.methods
+}
+NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo"}
+STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 DEFAULT_TIMEOUT_S = 10.0
 CHANNEL_OPTIONS = [
@@ -28,11 +45,108 @@ class WrongSlot(ServiceError):
     """The shard no longer owns the slot: the routing table is stale."""
 
 
+@dataclass
+class Pending:
+    method: str
+    request: Any
+    future: asyncio.Future
+    deadline: float
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+class ShardLane:
+    """One shard's queue: one call in flight, the rest wait and go together."""
+
+    def __init__(self, pool: ShardPool, shard_id: int) -> None:
+        self.pool = pool
+        self.shard_id = shard_id
+        self.pending: list[Pending] = []
+        self.busy = False
+        self.calls = 0
+        self.batched_requests = 0
+
+    async def submit(self, method: str, request: Any, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        item = Pending(method, request, loop.create_future(), time.monotonic() + timeout)
+        self.pending.append(item)
+        if not self.busy:
+            self.busy = True
+            loop.create_task(self._drain())
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
+        except TimeoutError:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"{self.pool.describe(self.shard_id)} did not answer within the deadline",
+            ) from None
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                batch = [item for item in batch if not item.future.done()]
+                if not batch:
+                    continue
+                self.calls += 1
+                self.batched_requests += len(batch)
+                if len(batch) == 1:
+                    await self._send_one(batch[0])
+                else:
+                    await self._send_batch(batch)
+        finally:
+            self.busy = False
+
+    async def _send_one(self, item: Pending) -> None:
+        try:
+            result = await self.pool.direct(
+                self.shard_id, item.method, item.request, item.remaining()
+            )
+        except ServiceError as exc:
+            _settle(item, error=exc)
+            return
+        _settle(item, result=result)
+
+    async def _send_batch(self, batch: list[Pending]) -> None:
+        request = shard_pb2.ExecuteRequest(
+            calls=[
+                shard_pb2.ShardCall(method=item.method, request=item.request.SerializeToString())
+                for item in batch
+            ]
+        )
+        timeout = max(item.remaining() for item in batch)
+        try:
+            response = await self.pool.direct(self.shard_id, "Execute", request, timeout)
+        except ServiceError as exc:
+            for item in batch:
+                _settle(item, error=exc)
+            return
+        for item, result in zip(batch, response.results, strict=True):
+            if result.code == 0:
+                _settle(item, result=RESPONSE_TYPES[item.method].FromString(result.response))
+            else:
+                code = STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
+                error_type = WrongSlot if result.wrong_slot else ServiceError
+                _settle(item, error=error_type(code, result.message))
+
+
+def _settle(item: Pending, result: Any = None, error: BaseException | None = None) -> None:
+    if item.future.done():
+        return
+    if error is not None:
+        item.future.set_exception(error)
+    else:
+        item.future.set_result(result)
+
+
 class ShardPool:
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(self, table: RoutingTable, coalesce: bool = True) -> None:
         self.table = table
+        self.coalesce = coalesce
         self._stubs: dict[tuple[int, str], shard_pb2_grpc.ShardStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self.lanes: dict[int, ShardLane] = {}
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
@@ -52,10 +166,20 @@ class ShardPool:
         return stub
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
-        """Invoke ``method`` on one shard, turning its failure into a ServiceError."""
+        """Invoke ``method`` on one shard (coalesced with concurrent calls)."""
+        timeout = timeout if timeout is not None else DEFAULT_TIMEOUT_S
+        if not self.coalesce or method in NOT_COALESCED:
+            return await self.direct(shard_id, method, request, timeout)
+        lane = self.lanes.get(shard_id)
+        if lane is None:
+            lane = self.lanes[shard_id] = ShardLane(self, shard_id)
+        return await lane.submit(method, request, timeout)
+
+    async def direct(self, shard_id: int, method: str, request: Any, timeout: float) -> Any:
+        """One plain RPC, its failure turned into a ServiceError naming the shard."""
         rpc = getattr(self.stub(shard_id), method)
         try:
-            return await rpc(request, timeout=timeout if timeout is not None else DEFAULT_TIMEOUT_S)
+            return await rpc(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise self._translate(shard_id, exc) from None
 

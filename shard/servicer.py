@@ -15,6 +15,7 @@ from murmur.ids import now_ms, slot_of_tweet
 from murmur.rpc_errors import rpc
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from shard.batch_execute import run_batch
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.group_commit import GroupCommit
@@ -303,6 +304,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         except ValueError as exc:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         return shard_pb2.DeliverResponse(inbox_entries_written=written)
+
+    @rpc
+    async def Execute(self, request, context):
+        return await run_batch(self, request, context.time_remaining())
 
     # settings ---------------------------------------------------------------
     @rpc

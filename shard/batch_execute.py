@@ -1,0 +1,84 @@
+"""Runs a batch of Shard calls that the router coalesced into one Execute.
+
+Each call goes through the same handler as a direct call, with a context that
+captures its status instead of ending the RPC, so a bad call fails alone and
+the others in the batch still succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+
+from murmur.errors import WRONG_SLOT_METADATA
+from murmur.v1 import shard_pb2
+
+_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+_NOT_BATCHABLE = {"Execute", "AssignSlots", "UpdateSettings"}
+REQUEST_TYPES = {
+    method.name: message_factory.GetMessageClass(method.input_type)
+    for method in _SERVICE.methods
+    if method.name not in _NOT_BATCHABLE
+}
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CapturingContext:
+    """The part of ServicerContext the handlers use, recording the outcome."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.trailing: tuple = ()
+        self._remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+    def set_trailing_metadata(self, trailing: tuple) -> None:
+        self.trailing = tuple(trailing)
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Aborted(code, message)
+
+
+async def run_call(
+    servicer: Any, call: shard_pb2.ShardCall, remaining: float | None
+) -> shard_pb2.ShardCallResult:
+    request_type = REQUEST_TYPES.get(call.method)
+    if request_type is None:
+        return shard_pb2.ShardCallResult(
+            code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+            message=f"method {call.method!r} cannot run inside Execute",
+        )
+    try:
+        request = request_type.FromString(call.request)
+    except Exception:
+        return shard_pb2.ShardCallResult(
+            code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+            message=f"request for {call.method} does not parse",
+        )
+    context = CapturingContext(remaining)
+    try:
+        response = await getattr(servicer, call.method)(request, context)
+    except _Aborted as aborted:
+        return shard_pb2.ShardCallResult(
+            code=aborted.code.value[0],
+            message=aborted.message,
+            wrong_slot=any(key == WRONG_SLOT_METADATA for key, _ in context.trailing),
+        )
+    return shard_pb2.ShardCallResult(response=response.SerializeToString())
+
+
+async def run_batch(
+    servicer: Any, request: shard_pb2.ExecuteRequest, remaining: float | None
+) -> shard_pb2.ExecuteResponse:
+    results = await asyncio.gather(*(run_call(servicer, c, remaining) for c in request.calls))
+    return shard_pb2.ExecuteResponse(results=results)
