@@ -1,0 +1,506 @@
+"""``murmur``: a command line for the Murmur API, for people and for scripts.
+
+People get aligned tables; scripts get ``--json`` (one JSON document per run,
+protobuf's canonical JSON mapping, so 64-bit ids are strings). Users can be
+named by handle or id: a value of only digits is an id, ``@123`` is the handle
+"123", and a leading ``@`` is always dropped from a handle. Any failed RPC
+prints ``error: CODE: details`` to stderr and exits 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import click
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from client.client import DEFAULT_TARGET, MurmurClient
+from client.errors import MurmurError
+from murmur import page_tokens
+from murmur.page_tokens import TokenKind
+from murmur.v1 import murmur_pb2 as pb
+
+MAX_UINT64 = (1 << 64) - 1
+MAX_PAGE_SIZE = 200  # the server caps page_size here; asking for more is pointless
+_DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and other digits
+
+
+# -- argument types ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """A user as typed on the command line: an id, or a handle still to look up."""
+
+    user_id: int | None = None
+    handle: str | None = None
+
+    def __str__(self) -> str:
+        return f"@{self.handle}" if self.handle is not None else f"user {self.user_id}"
+
+
+class UserRefType(click.ParamType):
+    """Parses HANDLE | ID | @HANDLE without touching the network (so usage errors exit 2)."""
+
+    name = "user"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, UserRef):
+            return value
+        text = str(value)
+        if _DIGITS.fullmatch(text):
+            user_id = int(text)
+            if user_id > MAX_UINT64:
+                self.fail(f"{text} is too large for a user id", param, ctx)
+            return UserRef(user_id=user_id)
+        handle = _strip_at(text)
+        if not handle:
+            self.fail("a handle cannot be empty", param, ctx)
+        return UserRef(handle=handle)
+
+
+USER = UserRefType()
+ID = click.IntRange(min=1, max=MAX_UINT64)
+
+
+def _strip_at(handle: str) -> str:
+    return handle[1:] if handle.startswith("@") else handle
+
+
+# -- session: the client plus output settings ---------------------------------
+
+
+class Session:
+    """What every command needs: a lazily opened client and the output mode."""
+
+    def __init__(self, target: str, timeout: float, as_json: bool) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.as_json = as_json
+        self._client: MurmurClient | None = None
+        self._ids: dict[str, int] = {}  # handle (lower case) -> id, so `follow a a` looks up once
+
+    @property
+    def client(self) -> MurmurClient:
+        if self._client is None:
+            self._client = MurmurClient(self.target, timeout=self.timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def resolve(self, ref: UserRef) -> int:
+        """The user id for ``ref``; a handle costs one GetUser call."""
+        if ref.user_id is not None:
+            return ref.user_id
+        handle = ref.handle or ""
+        if handle.lower() not in self._ids:
+            self._ids[handle.lower()] = self.client.get_user(handle=handle).user_id
+        return self._ids[handle.lower()]
+
+    def get_user(self, ref: UserRef) -> pb.User:
+        if ref.user_id is not None:
+            return self.client.get_user(user_id=ref.user_id)
+        return self.client.get_user(handle=ref.handle)
+
+
+class RpcFailed(click.ClickException):
+    """A ``MurmurError`` dressed for click: ``error: CODE: details`` on stderr, exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, error: MurmurError) -> None:
+        super().__init__(error.details)
+        self.error = error
+
+    def format_message(self) -> str:
+        return f"{self.error.code.name}: {self.error.details}"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class MurmurGroup(click.Group):
+    """Root group: turns any ``MurmurError`` raised by a subcommand into ``RpcFailed``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MurmurError as exc:
+            raise RpcFailed(exc) from exc
+
+
+pass_session = click.make_pass_decorator(Session)
+
+
+# -- output -------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """Newlines and tabs as spaces, so one record stays on one table row."""
+    return " ".join(text.splitlines()).replace("\t", " ")
+
+
+def _width(text: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _iso(ts: Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[int]) -> str:
+    """Columns padded to their widest cell; ``right`` holds numeric columns' indexes.
+
+    The last column is never padded, so long texts do not grow trailing spaces.
+    """
+    cells = [list(headers)] + [[_one_line(str(c)) for c in row] for row in rows]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - _width(cell))
+            if i == len(row) - 1 and i not in right:
+                parts.append(cell)
+            else:
+                parts.append(pad + cell if i in right else cell + pad)
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+USER_HEADERS = ("id", "handle", "name", "followers", "following", "tweets", "celebrity")
+TWEET_HEADERS = ("id", "author", "created_at", "edited", "text")
+
+
+def users_table(users: Iterable[pb.User]) -> str:
+    rows = [
+        (
+            u.user_id,
+            u.handle,
+            u.display_name,
+            u.follower_count,
+            u.following_count,
+            u.tweet_count,
+            "yes" if u.celebrity else "no",
+        )
+        for u in users
+    ]
+    return render_table(USER_HEADERS, rows, right={0, 3, 4, 5})
+
+
+def tweets_table(tweets: Iterable[pb.Tweet]) -> str:
+    rows = [
+        (
+            t.tweet_id,
+            t.user_id,
+            _iso(t.created_at) if t.HasField("created_at") else "-",
+            "yes" if t.HasField("edited_at") else "no",
+            t.text,
+        )
+        for t in tweets
+    ]
+    return render_table(TWEET_HEADERS, rows, right={0, 1})
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """Canonical proto3 JSON with field names as in the .proto, zero values included
+    (a script should see ``"follower_count": "0"``, not a missing key)."""
+    try:
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    except TypeError:  # protobuf < 5.26 spells it differently
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, including_default_value_fields=True
+        )
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def emit_users(session: Session, users: Sequence[pb.User]) -> None:
+    if session.as_json:
+        emit_json({"users": [to_dict(u) for u in users]})
+    else:
+        click.echo(users_table(users))
+
+
+def emit_user(session: Session, user: pb.User) -> None:
+    if session.as_json:
+        emit_json(to_dict(user))
+    else:
+        click.echo(users_table([user]))
+
+
+def emit_tweet(session: Session, tweet: pb.Tweet) -> None:
+    if session.as_json:
+        emit_json(to_dict(tweet))
+    else:
+        click.echo(tweets_table([tweet]))
+
+
+def emit_ok(session: Session, message: str) -> None:
+    if session.as_json:
+        emit_json({"ok": True})
+    else:
+        click.echo(message)
+
+
+# -- commands -----------------------------------------------------------------
+
+
+@click.group(cls=MurmurGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--target",
+    envvar="MURMUR_TARGET",
+    show_envvar=True,
+    default=DEFAULT_TARGET,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Router address.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Deadline per call, in seconds (retries included).",
+)
+@click.pass_context
+def cli(ctx: click.Context, target: str, as_json: bool, timeout: float) -> None:
+    """Talk to a Murmur router. USER is a handle, @handle, or numeric id."""
+    session = Session(target, timeout, as_json)
+    ctx.obj = session
+    ctx.call_on_close(session.close)
+
+
+@cli.group()
+def user() -> None:
+    """Create and show users."""
+
+
+@user.command("create")
+@click.argument("handle")
+@click.option("--name", "display_name", default="", help="Display name (at most 50 characters).")
+@click.option("--bio", default="", help="Bio (at most 160 characters).")
+@pass_session
+def user_create(session: Session, handle: str, display_name: str, bio: str) -> None:
+    """Register HANDLE."""
+    created = session.client.create_user(_strip_at(handle), display_name=display_name, bio=bio)
+    emit_user(session, created)
+
+
+@user.command("show")
+@click.argument("who", metavar="HANDLE|ID", type=USER)
+@pass_session
+def user_show(session: Session, who: UserRef) -> None:
+    """Show one user."""
+    emit_user(session, session.get_user(who))
+
+
+@cli.command()
+@click.argument("who", type=USER)
+@click.argument("whom", type=USER)
+@pass_session
+def follow(session: Session, who: UserRef, whom: UserRef) -> None:
+    """Make WHO follow WHOM."""
+    session.client.follow(session.resolve(who), session.resolve(whom))
+    emit_ok(session, f"{who} now follows {whom}")
+
+
+@cli.command()
+@click.argument("who", type=USER)
+@click.argument("whom", type=USER)
+@pass_session
+def unfollow(session: Session, who: UserRef, whom: UserRef) -> None:
+    """Make WHO stop following WHOM."""
+    session.client.unfollow(session.resolve(who), session.resolve(whom))
+    emit_ok(session, f"{who} no longer follows {whom}")
+
+
+def _limit_option(help_text: str) -> Any:
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=20,
+        show_default=True,
+        metavar="N",
+        help=help_text,
+    )
+
+
+@cli.command()
+@click.argument("who", metavar="USER", type=USER)
+@_limit_option("Show at most N users.")
+@pass_session
+def followers(session: Session, who: UserRef, limit: int) -> None:
+    """List USER's followers, in user-id order."""
+    user_id = session.resolve(who)
+    page_size = min(limit, MAX_PAGE_SIZE)
+    emit_users(session, list(session.client.iter_followers(user_id, page_size, limit=limit)))
+
+
+@cli.command()
+@click.argument("who", metavar="USER", type=USER)
+@_limit_option("Show at most N users.")
+@pass_session
+def following(session: Session, who: UserRef, limit: int) -> None:
+    """List the users USER follows, in user-id order."""
+    user_id = session.resolve(who)
+    page_size = min(limit, MAX_PAGE_SIZE)
+    emit_users(session, list(session.client.iter_following(user_id, page_size, limit=limit)))
+
+
+@cli.command()
+@click.argument("who", metavar="USER", type=USER)
+@click.argument("text")
+@click.option(
+    "--request-id",
+    default="",
+    metavar="R",
+    help="Idempotency key: re-running with the same R does not post twice.",
+)
+@pass_session
+def post(session: Session, who: UserRef, text: str, request_id: str) -> None:
+    """Post TEXT as USER."""
+    tweet = session.client.post_tweet(session.resolve(who), text, request_id=request_id)
+    emit_tweet(session, tweet)
+
+
+@cli.group()
+def tweet() -> None:
+    """Show, edit and delete tweets."""
+
+
+@tweet.command("show")
+@click.argument("tweet_id", metavar="ID", type=ID)
+@pass_session
+def tweet_show(session: Session, tweet_id: int) -> None:
+    """Show one tweet."""
+    emit_tweet(session, session.client.get_tweet(tweet_id))
+
+
+@tweet.command("edit")
+@click.argument("who", metavar="USER", type=USER)
+@click.argument("tweet_id", metavar="ID", type=ID)
+@click.argument("text")
+@pass_session
+def tweet_edit(session: Session, who: UserRef, tweet_id: int, text: str) -> None:
+    """Replace the text of USER's tweet ID."""
+    emit_tweet(session, session.client.edit_tweet(tweet_id, session.resolve(who), text))
+
+
+@tweet.command("delete")
+@click.argument("who", metavar="USER", type=USER)
+@click.argument("tweet_id", metavar="ID", type=ID)
+@pass_session
+def tweet_delete(session: Session, who: UserRef, tweet_id: int) -> None:
+    """Delete USER's tweet ID."""
+    session.client.delete_tweet(tweet_id, session.resolve(who))
+    emit_ok(session, f"deleted tweet {tweet_id}")
+
+
+def _before_option() -> Any:
+    return click.option(
+        "--before",
+        type=ID,
+        default=None,
+        metavar="ID",
+        help="Only tweets older than tweet ID.",
+    )
+
+
+def _emit_timeline(session: Session, tweets: list[pb.Tweet], missing: set[int]) -> None:
+    """Tweets plus, if any page was partial, which shards did not answer: on stderr
+    for people (the table stays clean), as extra keys in JSON."""
+    if session.as_json:
+        doc: dict[str, Any] = {"tweets": [to_dict(t) for t in tweets]}
+        if missing:
+            doc["partial"] = True
+            doc["unavailable_shards"] = sorted(missing)
+        emit_json(doc)
+        return
+    click.echo(tweets_table(tweets))
+    if missing:
+        shards = ", ".join(str(s) for s in sorted(missing))
+        click.echo(f"warning: partial timeline: shards {shards} did not answer", err=True)
+
+
+def _timeline(session: Session, who: UserRef, limit: int, before: int | None, home: bool) -> None:
+    user_id = session.resolve(who)
+    kind = TokenKind.HOME_TIMELINE if home else TokenKind.USER_TIMELINE
+    token = page_tokens.encode(kind, before) if before is not None else ""
+    missing: set[int] = set()
+
+    def note_partial(page: pb.TimelineResponse) -> None:
+        missing.update(page.unavailable_shards)
+
+    iterate = session.client.iter_home_timeline if home else session.client.iter_user_timeline
+    tweets = list(
+        iterate(
+            user_id,
+            page_size=min(limit, MAX_PAGE_SIZE),
+            limit=limit,
+            page_token=token,
+            on_partial=note_partial,
+        )
+    )
+    _emit_timeline(session, tweets, missing)
+
+
+@cli.command()
+@click.argument("who", metavar="USER", type=USER)
+@_limit_option("Show at most N tweets.")
+@_before_option()
+@pass_session
+def timeline(session: Session, who: UserRef, limit: int, before: int | None) -> None:
+    """USER's own tweets, newest first."""
+    _timeline(session, who, limit, before, home=False)
+
+
+@cli.command()
+@click.argument("who", metavar="USER", type=USER)
+@_limit_option("Show at most N tweets.")
+@_before_option()
+@pass_session
+def home(session: Session, who: UserRef, limit: int, before: int | None) -> None:
+    """USER's home timeline (own tweets and followees'), newest first."""
+    _timeline(session, who, limit, before, home=True)
+
+
+@cli.command()
+@pass_session
+def ping(session: Session) -> None:
+    """Round-trip to a shard through the router."""
+    started = time.perf_counter()
+    answer = session.client.ping()
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if session.as_json:
+        emit_json(to_dict(answer))
+    else:
+        click.echo(f"pong from shard {answer.shard_id} in {elapsed_ms:.1f} ms")
+
+
+def main() -> None:
+    """Console-script entry point (``murmur``); exits with the command's status."""
+    cli(prog_name="murmur")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""A small synchronous Python client for the public ``murmur.v1.Murmur`` API.
+
+Why it exists: the generated stub makes callers build request messages, pass
+a deadline on every call and pick apart ``grpc.RpcError``. ``MurmurClient``
+gives one method per RPC with keyword arguments, applies a default deadline,
+turns failures into the typed exceptions of ``client.errors``, and offers
+generators that follow ``next_page_token`` for the listing RPCs.
+
+Retries. When ``retries`` is true the channel carries a gRPC service config
+that retries UNAVAILABLE (a router or shard that did not answer) with
+exponential backoff: at most 4 attempts, 0.05 s initial backoff doubling up to
+1 s, all inside the call's single deadline. gRPC does this inside the channel,
+so it also covers calls that a server rejected before doing any work, and it
+never retries once a response has started. Only RPCs that are safe to repeat
+are listed:
+
+* reads (GetUser, ListFollowers, ListFollowing, GetTweet, GetUserTimeline,
+  GetHomeTimeline, Ping) change nothing;
+* Follow and Unfollow are idempotent by contract;
+* EditTweet sets the text to a given value, so repeating it converges
+  (edited_at may move forward); DeleteTweet repeated after a lost success
+  answers NOT_FOUND rather than deleting anything else;
+* PostTweet carries a ``request_id`` (this client always fills one in), and the
+  server returns the first tweet for a repeated ``(user_id, request_id)``.
+
+CreateUser is *not* retried: it has no request id, so a retry after a lost
+success would report ALREADY_EXISTS for the user we just created.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from client.errors import Internal, error_from_rpc
+from murmur.v1 import murmur_pb2 as pb
+from murmur.v1 import murmur_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "IDEMPOTENT_METHODS",
+    "SERVICE_NAME",
+    "MurmurClient",
+    "channel_options",
+    "service_config",
+]
+
+DEFAULT_TARGET = "localhost:50051"
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Murmur"].full_name  # "murmur.v1.Murmur"
+
+IDEMPOTENT_METHODS: tuple[str, ...] = (
+    "GetUser",
+    "Follow",
+    "Unfollow",
+    "ListFollowers",
+    "ListFollowing",
+    "PostTweet",
+    "GetTweet",
+    "EditTweet",
+    "DeleteTweet",
+    "GetUserTimeline",
+    "GetHomeTimeline",
+    "Ping",
+)
+
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+_T = TypeVar("_T")
+
+
+class _Paged(Protocol):
+    next_page_token: str
+
+
+_P = TypeVar("_P", bound=_Paged)
+
+
+def service_config() -> str:
+    """The JSON service config that retries UNAVAILABLE on the idempotent RPCs."""
+    names = [{"service": SERVICE_NAME, "method": m} for m in IDEMPOTENT_METHODS]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+def channel_options(retries: bool = True) -> list[tuple[str, Any]]:
+    """Channel options for a Murmur channel; exposed so callers that build their
+    own channel (TLS, interceptors) can still get the retry policy."""
+    if not retries:
+        return []
+    return [("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
+
+
+class MurmurClient:
+    """One connection to a Murmur router. Thread-safe, like the gRPC channel under it.
+
+    ``timeout`` is the deadline in seconds for each call (retries included).
+    Pass ``channel`` to reuse an existing channel; the client then does not
+    close it, and ``retries`` has no effect (use ``channel_options()`` when
+    building that channel).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+        retries: bool = True,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=channel_options(retries))
+        self._stub = pb_grpc.MurmurStub(self._channel)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel if this client created it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> MurmurClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MurmurClient(target={self.target!r}, timeout={self.timeout!r})"
+
+    def _call(self, rpc: Callable[..., _T], request: Any) -> _T:
+        """Invoke one unary RPC with the default deadline and typed errors."""
+        try:
+            return rpc(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    # -- users -------------------------------------------------------------
+
+    def create_user(self, handle: str, display_name: str = "", bio: str = "") -> pb.User:
+        """Register a user. Not retried (see the module docstring)."""
+        request = pb.CreateUserRequest(handle=handle, display_name=display_name, bio=bio)
+        return self._call(self._stub.CreateUser, request)
+
+    def get_user(self, user_id: int | None = None, handle: str | None = None) -> pb.User:
+        """Look a user up by exactly one of ``user_id`` or ``handle`` (case-insensitive)."""
+        if (user_id is None) == (handle is None):
+            raise ValueError("get_user needs exactly one of user_id or handle")
+        if user_id is not None:
+            request = pb.GetUserRequest(user_id=user_id)
+        else:
+            request = pb.GetUserRequest(handle=handle)
+        return self._call(self._stub.GetUser, request)
+
+    def follow(self, follower_id: int, followee_id: int) -> pb.FollowResponse:
+        """Make ``follower_id`` follow ``followee_id`` (idempotent)."""
+        request = pb.FollowRequest(follower_id=follower_id, followee_id=followee_id)
+        return self._call(self._stub.Follow, request)
+
+    def unfollow(self, follower_id: int, followee_id: int) -> pb.UnfollowResponse:
+        """Stop ``follower_id`` following ``followee_id`` (a no-op if it did not)."""
+        request = pb.UnfollowRequest(follower_id=follower_id, followee_id=followee_id)
+        return self._call(self._stub.Unfollow, request)
+
+    def list_followers(
+        self, user_id: int, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListUsersResponse:
+        """One page of ``user_id``'s followers, in user-id order."""
+        request = pb.ListFollowersRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListFollowers, request)
+
+    def list_following(
+        self, user_id: int, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListUsersResponse:
+        """One page of the users ``user_id`` follows, in user-id order."""
+        request = pb.ListFollowingRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListFollowing, request)
+
+    def iter_followers(
+        self, user_id: int, page_size: int = 100, limit: int | None = None, page_token: str = ""
+    ) -> Iterator[pb.User]:
+        """Every follower of ``user_id`` (at most ``limit``), fetching pages lazily."""
+        return _paginate(
+            lambda size, token: self.list_followers(user_id, size, token),
+            _users,
+            page_size=page_size,
+            limit=limit,
+            page_token=page_token,
+        )
+
+    def iter_following(
+        self, user_id: int, page_size: int = 100, limit: int | None = None, page_token: str = ""
+    ) -> Iterator[pb.User]:
+        """Every user ``user_id`` follows (at most ``limit``), fetching pages lazily."""
+        return _paginate(
+            lambda size, token: self.list_following(user_id, size, token),
+            _users,
+            page_size=page_size,
+            limit=limit,
+            page_token=page_token,
+        )
+
+    # -- tweets ------------------------------------------------------------
+
+    def post_tweet(self, user_id: int, text: str, request_id: str = "") -> pb.Tweet:
+        """Post a tweet. An empty ``request_id`` gets a fresh uuid4 so that the
+        channel's automatic retries cannot post it twice; pass your own to make
+        retries across separate calls (or processes) safe too."""
+        request = pb.PostTweetRequest(
+            user_id=user_id, text=text, request_id=request_id or uuid.uuid4().hex
+        )
+        return self._call(self._stub.PostTweet, request)
+
+    def get_tweet(self, tweet_id: int) -> pb.Tweet:
+        """Read one tweet."""
+        return self._call(self._stub.GetTweet, pb.GetTweetRequest(tweet_id=tweet_id))
+
+    def edit_tweet(self, tweet_id: int, user_id: int, text: str) -> pb.Tweet:
+        """Replace a tweet's text; ``user_id`` must be its author."""
+        request = pb.EditTweetRequest(tweet_id=tweet_id, user_id=user_id, text=text)
+        return self._call(self._stub.EditTweet, request)
+
+    def delete_tweet(self, tweet_id: int, user_id: int) -> pb.DeleteTweetResponse:
+        """Delete a tweet; ``user_id`` must be its author."""
+        request = pb.DeleteTweetRequest(tweet_id=tweet_id, user_id=user_id)
+        return self._call(self._stub.DeleteTweet, request)
+
+    # -- timelines ---------------------------------------------------------
+
+    def user_timeline(
+        self, user_id: int, page_size: int = 0, page_token: str = ""
+    ) -> pb.TimelineResponse:
+        """One page of ``user_id``'s own tweets, newest first."""
+        request = pb.GetUserTimelineRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.GetUserTimeline, request)
+
+    def home_timeline(
+        self, user_id: int, page_size: int = 0, page_token: str = ""
+    ) -> pb.TimelineResponse:
+        """One page of ``user_id``'s home timeline, newest first (check ``partial``)."""
+        request = pb.GetHomeTimelineRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.GetHomeTimeline, request)
+
+    def iter_user_timeline(
+        self,
+        user_id: int,
+        page_size: int = 100,
+        limit: int | None = None,
+        page_token: str = "",
+        on_partial: Callable[[pb.TimelineResponse], None] | None = None,
+    ) -> Iterator[pb.Tweet]:
+        """``user_id``'s tweets, newest first, at most ``limit``, fetched lazily.
+
+        ``on_partial`` is called with every page whose ``partial`` flag is set,
+        because a flat stream of tweets would otherwise hide missing shards.
+        """
+        return _paginate(
+            lambda size, token: self.user_timeline(user_id, size, token),
+            _tweets,
+            page_size=page_size,
+            limit=limit,
+            page_token=page_token,
+            on_page=_partial_hook(on_partial),
+        )
+
+    def iter_home_timeline(
+        self,
+        user_id: int,
+        page_size: int = 100,
+        limit: int | None = None,
+        page_token: str = "",
+        on_partial: Callable[[pb.TimelineResponse], None] | None = None,
+    ) -> Iterator[pb.Tweet]:
+        """``user_id``'s home timeline, newest first, at most ``limit``, fetched
+        lazily; ``on_partial`` as for ``iter_user_timeline``."""
+        return _paginate(
+            lambda size, token: self.home_timeline(user_id, size, token),
+            _tweets,
+            page_size=page_size,
+            limit=limit,
+            page_token=page_token,
+            on_page=_partial_hook(on_partial),
+        )
+
+    # -- misc --------------------------------------------------------------
+
+    def ping(self, user_id: int = 0) -> pb.PingResponse:
+        """Round-trip through a router to the shard owning ``user_id`` (0: slot 0's)."""
+        return self._call(self._stub.Ping, pb.PingRequest(user_id=user_id))
+
+
+def _users(page: pb.ListUsersResponse) -> Sequence[pb.User]:
+    return page.users
+
+
+def _tweets(page: pb.TimelineResponse) -> Sequence[pb.Tweet]:
+    return page.tweets
+
+
+def _partial_hook(
+    on_partial: Callable[[pb.TimelineResponse], None] | None,
+) -> Callable[[pb.TimelineResponse], None] | None:
+    if on_partial is None:
+        return None
+
+    def hook(page: pb.TimelineResponse) -> None:
+        if page.partial:
+            on_partial(page)
+
+    return hook
+
+
+def _paginate(
+    fetch: Callable[[int, str], _P],
+    items: Callable[[_P], Sequence[_T]],
+    *,
+    page_size: int,
+    limit: int | None,
+    page_token: str,
+    on_page: Callable[[_P], None] | None = None,
+) -> Iterator[_T]:
+    """Yield items page after page, following ``next_page_token`` until it is empty.
+
+    Lazy, so a caller that stops early fetches no further pages. Never asks
+    for more than the ``limit`` still wanted (``limit=5`` does not fetch 100)
+    and never yields more than ``limit`` even if a server sends a bigger page.
+    A server that hands back the token it was given would make this loop
+    forever; that is raised as INTERNAL instead.
+    """
+    remaining = limit
+    token = page_token
+    while remaining is None or remaining > 0:
+        size = page_size
+        if remaining is not None and (size <= 0 or size > remaining):
+            size = remaining
+        page = fetch(size, token)
+        if on_page is not None:
+            on_page(page)
+        for item in items(page):
+            if remaining is not None:
+                if remaining <= 0:
+                    return
+                remaining -= 1
+            yield item
+        next_token = page.next_page_token
+        if not next_token:
+            return
+        if next_token == token:
+            raise Internal(f"server returned page token {token!r} again; paging would loop")
+        token = next_token

@@ -1,0 +1,154 @@
+"""Typed exceptions for Murmur's gRPC status codes.
+
+Callers should be able to write ``except NotFound:`` instead of inspecting
+``grpc.RpcError.code()`` everywhere, so every client call turns a
+``grpc.RpcError`` into one of these. The mapping is a plain table from status
+code to class, in the style of python-etcd3's ``client.py``: adding a code is
+one line, and a code not in the table still becomes a ``MurmurError`` carrying
+the original code, so nothing is lost and ``except MurmurError`` catches every
+RPC failure.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "MurmurError",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_from_rpc",
+    "exception_class_for",
+]
+
+
+class MurmurError(Exception):
+    """Any failed Murmur RPC: ``.code`` is the gRPC status, ``.details`` its message.
+
+    Subclasses fix ``code`` per class; the base class is also raised directly,
+    with the real code, for statuses the table below does not name.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str = "", code: grpc.StatusCode | None = None) -> None:
+        super().__init__(details)
+        self.details = details
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}" if self.details else self.code.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(details={self.details!r}, code={self.code.name})"
+
+    def __reduce__(self) -> tuple[type[MurmurError], tuple[str, grpc.StatusCode]]:
+        # Keep ``code`` across pickling (e.g. multiprocessing), not just ``details``.
+        return (type(self), (self.details, self.code))
+
+
+class InvalidArgument(MurmurError):
+    """A request field broke a documented rule; the details name the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(MurmurError):
+    """The user or tweet does not exist (or was deleted)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(MurmurError):
+    """The handle is already taken."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(MurmurError):
+    """Editing or deleting somebody else's tweet."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(MurmurError):
+    """The request conflicts with the cluster's current state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(MurmurError):
+    """A router or shard did not answer; worth retrying later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(MurmurError):
+    """The call's deadline ran out; the server may or may not have done the work."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(MurmurError):
+    """The caller has no valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(MurmurError):
+    """A quota, rate limit or message-size limit was hit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Internal(MurmurError):
+    """A bug or broken invariant on the server side."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+_EXCEPTIONS_BY_CODE: dict[grpc.StatusCode, type[MurmurError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def exception_class_for(code: grpc.StatusCode) -> type[MurmurError]:
+    """The class raised for ``code``; ``MurmurError`` itself for unmapped codes."""
+    return _EXCEPTIONS_BY_CODE.get(code, MurmurError)
+
+
+def error_from_rpc(exc: grpc.RpcError) -> MurmurError:
+    """Translate a failed call into a typed ``MurmurError`` (not raised: the caller
+    writes ``raise error_from_rpc(e) from e`` so the traceback keeps the gRPC error).
+
+    A ``grpc.RpcError`` is only guaranteed to be a ``grpc.Call`` when it came
+    from a real channel; anything else (interceptors, test doubles) becomes
+    UNKNOWN with its ``str()`` as details rather than crashing here.
+    """
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    code = code_fn() if callable(code_fn) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    details = details_fn() if callable(details_fn) else None
+    if details is None:
+        details = str(exc)
+    return exception_class_for(code)(details, code)
