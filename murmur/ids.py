@@ -77,6 +77,12 @@ class IdClock:
             if ms > clock.ms:
                 clock.ms, clock.counter = ms, MAX_LOW
 
+    def forget(self, slot: int) -> None:
+        """Drop a slot's clock so it is re-read from its stored floor (after a
+        slot moves here, the floor came with its data)."""
+        self._tweets.pop(slot, None)
+        self._users.pop(slot, None)
+
     def floor(self, slot: int) -> int:
         return max(self._tweets.get(slot, SlotClock()).ms, self._users.get(slot, SlotClock()).ms)
 

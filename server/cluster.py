@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("MURMUR_ADMIN_TOKEN"),
+        help="operator token passed to the router (or MURMUR_ADMIN_TOKEN)",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,6 +48,14 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
     if args.inbox_cap is not None:
         flags += ["--inbox-cap", str(args.inbox_cap)]
     return flags
+
+
+def router_env(args: argparse.Namespace) -> dict[str, str]:
+    """The admin token travels in the environment, never on a command line."""
+    env = dict(os.environ)
+    if args.admin_token:
+        env["MURMUR_ADMIN_TOKEN"] = args.admin_token
+    return env
 
 
 def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -105,6 +118,7 @@ def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
             ",".join(shard_addresses),
         ],
         stdout=subprocess.DEVNULL,
+        env=router_env(args),
     )
     children.append(router)
     wait_serving(router_address, router)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
-from murmur.v1 import murmur_pb2, murmur_pb2_grpc, shard_pb2
+from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, murmur_pb2_grpc, shard_pb2
+from server.admin import AdminServicer
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
 from server.slot_map import bootstrap
@@ -27,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--inbox-cap", type=int, default=None, help="if given, set on every shard at start"
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("MURMUR_ADMIN_TOKEN"),
+        help="operator token for the Admin API (or MURMUR_ADMIN_TOKEN); without one, "
+        "Admin calls are refused",
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -52,10 +60,15 @@ async def serve(args: argparse.Namespace) -> None:
         update.inbox_cap = args.inbox_cap
     if update.ListFields():
         await push_settings(pool, update)
-    process = ServingProcess(
-        args.host, args.port, [murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name]
-    )
+    services = [
+        murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    ]
+    process = ServingProcess(args.host, args.port, services)
     murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(pool, args.admin_token), process.server
+    )
     process.shutdown_hooks.append(pool.close)
     await process.serve("murmur-router serving on {address}")
 

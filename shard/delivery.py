@@ -23,18 +23,18 @@ class DeliveryApplier:
     def __init__(self, state: ShardState) -> None:
         self.state = state
 
-    def apply(self, ops: list[shard_pb2.DeliveryOp]) -> int:
+    def apply(self, ops: list[shard_pb2.DeliveryOp], local: bool = False) -> int:
         """Apply ``ops`` in order, without fsync: a remote sender awaits the
         group commit before acknowledging; for local deliveries LevelDB's log
         order already guarantees the outbox deletion never outlives them."""
         written = 0
         for op in ops:
-            self._check_slots(op)
+            self._check_slots(op, local)
         for op in ops:
             written += self._apply_one(op)
         return written
 
-    def _check_slots(self, op: shard_pb2.DeliveryOp) -> None:
+    def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> None:
         kind = op.WhichOneof("op")
         body = getattr(op, kind)
         if kind in ("add_follower", "remove_follower"):
@@ -44,7 +44,7 @@ class DeliveryApplier:
         else:
             users = list(body.owner_ids)
         for user_id in users:
-            self.state.ownership.check(slot_for_user(user_id))
+            self.state.ownership.check(slot_for_user(user_id), local_delivery=local)
 
     def _apply_one(self, op: shard_pb2.DeliveryOp) -> int:
         kind = op.WhichOneof("op")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from murmur.errors import WRONG_SLOT_METADATA
 from murmur.ids import now_ms
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2
@@ -216,7 +217,7 @@ class FanoutWorker:
         calls = []
         for shard_id, ops in plan.ops.items():
             if shard_id == self.state.shard_id:
-                self.stats.inbox_entries += self.applier.apply(ops)
+                self.stats.inbox_entries += self.applier.apply(ops, local=True)
             else:
                 calls.append(self._send(shard_id, ops))
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -229,11 +230,26 @@ class FanoutWorker:
         try:
             response = await self.peers.stub(shard_id).Deliver(request, timeout=DELIVER_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
+            if any(key == WRONG_SLOT_METADATA for key, _ in exc.trailing_metadata() or ()):
+                await self._learn_map_from(shard_id)
             raise ConnectionError(
                 f"delivery to shard {shard_id} ({self.peers.address(shard_id)}) failed: "
                 f"{exc.code().name}: {exc.details()}"
             ) from exc
         self.stats.inbox_entries += response.inbox_entries_written
+
+    async def _learn_map_from(self, shard_id: int) -> None:
+        """A destination no longer owns a slot: adopt its (newer) slot map, so
+        the retried round goes to the new owner even if no operator pushes it."""
+        try:
+            info = await self.peers.stub(shard_id).GetShardInfo(
+                shard_pb2.GetShardInfoRequest(), timeout=DELIVER_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError:
+            return
+        if info.map_version > self.state.ownership.slot_map.version:
+            self.state.ownership.adopt(info.slot_map)
+            log.info("slot map refreshed to version %d from shard %d", info.map_version, shard_id)
 
     def _record_lags(self, plan: RoundPlan) -> None:
         finished_at = now_ms()

@@ -60,9 +60,10 @@ async def serve(args: argparse.Namespace) -> None:
     process = ServingProcess(
         args.host, args.port, [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name]
     )
-    shard_pb2_grpc.add_ShardServicer_to_server(ShardServicer(state, applier), process.server)
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)
+    servicer = ShardServicer(state, applier, worker, peers)
+    shard_pb2_grpc.add_ShardServicer_to_server(servicer, process.server)
     worker.start()
 
     async def close() -> None:

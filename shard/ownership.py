@@ -7,6 +7,8 @@ that a shard's fan-out worker knows where each follower lives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from murmur.errors import ServiceError, wrong_slot
@@ -22,6 +24,11 @@ class SlotOwnership:
         self.shard_id = self._load_shard_id(shard_id)
         self.slot_map = self._load_map()
         self.owned = self._owned_from(self.slot_map)
+        # Slots in the last step of a move: "frozen" refuses callers (local
+        # fan-out may still write, and is forwarded); "sealed" refuses all.
+        self.frozen: dict[int, str] = {}
+        self.sealed: set[int] = set()
+        self.on_change: list[Callable[[set[int], set[int]], None]] = []
 
     def _load_shard_id(self, requested: int) -> int:
         stored = self.store.get(keys.shard_meta("shard_id"))
@@ -55,31 +62,43 @@ class SlotOwnership:
         return self.slot_map.version > 0
 
     def adopt(self, slot_map: shard_pb2.SlotMap) -> None:
-        """Store a newer map; a bootstrap may not take slots from a shard that owns data."""
+        """Store a newer map (an older or equal version is ignored or refused).
+
+        Ownership of data-holding slots changes only through a move, which
+        hands the slots over before any shard adopts the map that says so.
+        """
         if len(slot_map.owners) != SLOT_COUNT:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"slot_map.owners has {len(slot_map.owners)} entries; it must have {SLOT_COUNT}",
             )
         if self.assigned and slot_map.version <= self.slot_map.version:
-            if list(slot_map.owners) == list(self.slot_map.owners):
+            if slot_map.version == self.slot_map.version and list(slot_map.owners) == list(
+                self.slot_map.owners
+            ):
+                return
+            if slot_map.version < self.slot_map.version:
                 return
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard {self.shard_id} already holds slot map version "
-                f"{self.slot_map.version}; version {slot_map.version} is not newer",
+                f"shard {self.shard_id} already holds a different slot map version "
+                f"{self.slot_map.version}",
             )
-        if self.assigned and list(slot_map.owners) != list(self.slot_map.owners):
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard {self.shard_id} already owns slots; ownership changes only by migration",
-            )
+        before = self.owned
         self.store.db.put(keys.shard_meta("slot_map"), slot_map.SerializeToString(), sync=True)
         self.slot_map = slot_map
         self.owned = self._owned_from(slot_map)
+        gained = {s for s in range(SLOT_COUNT) if self.owned[s] and not before[s]}
+        lost = {s for s in range(SLOT_COUNT) if before[s] and not self.owned[s]}
+        for slot in lost:
+            self.frozen.pop(slot, None)
+            self.sealed.discard(slot)
+        for callback in self.on_change:
+            callback(gained, lost)
 
-    def check(self, slot: int) -> None:
-        """Refuse work for a slot this shard does not own (the router's map is stale)."""
+    def check(self, slot: int, local_delivery: bool = False) -> None:
+        """Refuse work for a slot this shard does not own (the router's map is
+        stale) or that is in the last step of a move (retry shortly)."""
         if not self.assigned:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -87,6 +106,11 @@ class SlotOwnership:
             )
         if not self.owned[slot]:
             raise wrong_slot(self.shard_id, slot)
+        if slot in self.sealed or (slot in self.frozen and not local_delivery):
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                self.frozen.get(slot, f"slot {slot} is being handed over; retry shortly"),
+            )
 
     def owner_of(self, slot: int) -> int:
         return self.slot_map.owners[slot]

@@ -24,8 +24,9 @@ class PeerShards:
     def address(self, shard_id: int) -> str:
         return self.ownership.slot_map.addresses.get(shard_id, "")
 
-    def stub(self, shard_id: int) -> shard_pb2_grpc.ShardStub:
-        address = self.address(shard_id)
+    def stub(self, shard_id: int, address: str = "") -> shard_pb2_grpc.ShardStub:
+        """A stub for ``shard_id`` at ``address`` (default: its slot-map address)."""
+        address = address or self.address(shard_id)
         if not address:
             raise LookupError(f"shard {shard_id} has no address in slot map")
         key = (shard_id, address)

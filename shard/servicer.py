@@ -17,8 +17,13 @@ from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from shard.batch_execute import run_batch
 from shard.celebrity import reevaluate_all
+from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier
+from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
+from shard.maintenance import backup, compact, local_stats
+from shard.migration import SlotMigrator, import_entries
+from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
 from shard.users import timestamp_ms
@@ -27,10 +32,18 @@ MAX_PULL_AUTHORS = 100_000
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
-    def __init__(self, state: ShardState, applier: DeliveryApplier) -> None:
+    def __init__(
+        self,
+        state: ShardState,
+        applier: DeliveryApplier,
+        worker: FanoutWorker | None = None,
+        peers: PeerShards | None = None,
+    ) -> None:
         self.state = state
         self.applier = applier
         self.commits = GroupCommit(state.store)
+        self.worker = worker
+        self.peers = peers
 
     @property
     def component(self) -> str:
@@ -325,3 +338,43 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if "celebrity_threshold" in changed:
             reevaluate_all(self.state)
         return to_message(self.state.settings)
+
+    # operators ----------------------------------------------------------------
+    @rpc
+    async def GetStats(self, request, context):
+        return await local_stats(self.state, self.worker, self.commits)
+
+    @rpc
+    async def Compact(self, request, context):
+        return await compact(self.state)
+
+    async def Backup(self, request, context):
+        try:
+            async for status in backup(self.state, request.path):
+                yield status
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def MigrateSlots(self, request, context):
+        if self.peers is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this shard cannot reach peers")
+        try:
+            async for status in SlotMigrator(self.state, self.peers).migrate(request):
+                yield status
+        except ServiceError as exc:
+            await context.abort(exc.code, exc.message)
+
+    @rpc
+    async def ImportEntries(self, request, context):
+        stored = import_entries(self.state, request)
+        return shard_pb2.ImportEntriesResponse(stored=stored)
+
+    @rpc
+    async def CheckSlots(self, request, context):
+        return check_slots(self.state, request)
+
+    @rpc
+    async def CheckEdges(self, request, context):
+        response = check_edges(self.state, request)
+        await self.commits.durable()
+        return response

@@ -31,6 +31,11 @@ class ShardState:
         self.inbox = InboxStore(self.store)
         self.outbox = Outbox(self.store)
         self.threshold_changed = False
+        self.ownership.on_change.append(self._slots_changed)
+
+    def _slots_changed(self, gained: set[int], lost: set[int]) -> None:
+        for slot in gained | lost:
+            self.clock.forget(slot)
 
     @classmethod
     def open(

@@ -16,11 +16,24 @@ import plyvel
 from shard.keys import prefix_end
 
 
+class ChangeCapture:
+    """Records every committed write to some slots while they are being moved."""
+
+    def __init__(self, slots: set[int]) -> None:
+        self.prefixes = {slot.to_bytes(2, "big") for slot in slots}
+        self.changes: list[tuple[bytes, bytes | None]] = []
+
+    def take(self) -> list[tuple[bytes, bytes | None]]:
+        taken, self.changes = self.changes, []
+        return taken
+
+
 class Store:
     """One LevelDB per shard process."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.captures: list[ChangeCapture] = []
         os.makedirs(path, exist_ok=True)
         self.db = plyvel.DB(
             path,
@@ -88,6 +101,10 @@ class Txn:
     def commit(self, sync: bool = True) -> None:
         if not self.writes:
             return
+        for capture in self.store.captures:
+            capture.changes.extend(
+                (key, value) for key, value in self.writes.items() if key[:2] in capture.prefixes
+            )
         with self.store.db.write_batch(sync=sync) as batch:
             for key, value in self.writes.items():
                 if value is None:

@@ -1,0 +1,402 @@
+"""The ``murmur.v1.Admin`` service on the router: one RPC per operator verb.
+
+Map changes (moves, adding and removing shards) are serialized by one lock
+per router and versioned on the shards, which refuse a map that is not newer,
+so two routers cannot interleave two different histories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import grpc
+
+from murmur.errors import ServiceError, invalid, not_found
+from murmur.rpc_errors import rpc
+from murmur.slots import SLOT_COUNT, slot_ranges
+from murmur.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
+from server.admin_auth import operator_only
+from server.shard_pool import ShardPool
+from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
+
+log = logging.getLogger("murmur.router.admin")
+MOVE_TIMEOUT_S = 600.0
+STATS_TIMEOUT_S = 30.0
+
+
+async def streamed(context: grpc.aio.ServicerContext, items: AsyncIterator) -> AsyncIterator:
+    """Relay a stream, turning failures into a status like unary calls get."""
+    try:
+        async for item in items:
+            yield item
+    except ServiceError as exc:
+        await context.abort(exc.code, exc.message)
+    except grpc.aio.AioRpcError as exc:
+        await context.abort(exc.code(), exc.details() or exc.code().name)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    component = "router admin"
+
+    def __init__(self, pool: ShardPool, admin_token: str | None) -> None:
+        self.pool = pool
+        self.table = pool.table
+        self.admin_token = admin_token
+        self._map_lock = asyncio.Lock()
+
+    # status -------------------------------------------------------------------
+    async def _shard_status(
+        self, shard_id: int
+    ) -> tuple[admin_pb2.ShardStatus, shard_pb2.LocalStats | None]:
+        slots = [slot for slot, owner in enumerate(self.table.owners) if owner == shard_id]
+        status = admin_pb2.ShardStatus(
+            shard_id=shard_id,
+            address=self.table.addresses.get(shard_id, ""),
+            slots=[shard_pb2.SlotRange(start=a, end=b) for a, b in slot_ranges(slots)],
+            slot_count=len(slots),
+        )
+        try:
+            stats = await self.pool.direct(
+                shard_id, "GetStats", shard_pb2.GetStatsRequest(), STATS_TIMEOUT_S
+            )
+        except ServiceError as exc:
+            status.health = f"{exc.code.name}: {exc.message}"
+            return status, None
+        status.health = "SERVING"
+        status.key_counts.update(stats.key_counts)
+        status.disk_bytes = stats.disk_bytes
+        return status, stats
+
+    def _require_shard(self, shard_id: int) -> None:
+        if shard_id not in self.table.addresses:
+            known = ", ".join(str(s) for s in sorted(self.table.addresses))
+            raise not_found(f"shard {shard_id} is not in the cluster (shards: {known})")
+
+    @operator_only
+    @rpc
+    async def GetClusterStatus(self, request, context):
+        results = await asyncio.gather(
+            *(self._shard_status(shard_id) for shard_id in sorted(self.table.addresses))
+        )
+        return admin_pb2.ClusterStatus(
+            map_version=self.table.version, shards=[status for status, _ in results]
+        )
+
+    @operator_only
+    @rpc
+    async def GetShardStats(self, request, context):
+        self._require_shard(request.shard_id)
+        status, stats = await self._shard_status(request.shard_id)
+        response = admin_pb2.ShardStats(status=status)
+        if stats is not None:
+            response.leveldb_stats = stats.leveldb_stats
+            response.outbox_backlog = stats.outbox_backlog
+            response.oldest_outbox_ms = stats.oldest_outbox_ms
+            response.delivery_lag_p50_ms = stats.delivery_lag_p50_ms
+            response.delivery_lag_p99_ms = stats.delivery_lag_p99_ms
+            response.inbox_entries_delivered = stats.inbox_entries_delivered
+            response.fsyncs = stats.fsyncs
+            response.synced_writes = stats.synced_writes
+        return response
+
+    # the slot map -------------------------------------------------------------
+    def _next_map(self) -> shard_pb2.SlotMap:
+        new_map = shard_pb2.SlotMap()
+        new_map.CopyFrom(self.table.slot_map)
+        new_map.version = self.table.version + 1
+        return new_map
+
+    async def _publish(self, new_map: shard_pb2.SlotMap) -> None:
+        """Install a map here and on every shard (a shard that is down learns
+        it later from its peers' wrong-slot answers or a router restart)."""
+        self.table.install(new_map)
+        request = shard_pb2.AssignSlotsRequest(slot_map=new_map)
+        calls = [
+            self.pool.direct(shard_id, "AssignSlots", request, STATS_TIMEOUT_S)
+            for shard_id in new_map.addresses
+        ]
+        for shard_id, result in zip(
+            list(new_map.addresses),
+            await asyncio.gather(*calls, return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "shard %d did not take map version %d: %s", shard_id, new_map.version, result
+                )
+
+    async def _move(
+        self, slots: list[int], target: int, done: int, total: int
+    ) -> AsyncIterator[admin_pb2.MoveProgress]:
+        """Move ``slots`` (any owners) to ``target``, one source and chunk at a time."""
+        by_source: dict[int, list[int]] = defaultdict(list)
+        for slot in slots:
+            owner = self.table.owners[slot]
+            if owner != target:
+                by_source[owner].append(slot)
+            else:
+                done += 1
+        for source, source_slots in sorted(by_source.items()):
+            for chunk, _ in chunked(source_slots, target):
+                new_map = self._next_map()
+                for slot in chunk:
+                    new_map.owners[slot] = target
+                request = shard_pb2.MigrateSlotsRequest(
+                    slots=chunk, target_shard=target, new_map=new_map
+                )
+                copied = 0
+                stream = self.pool.stub(source).MigrateSlots(request, timeout=MOVE_TIMEOUT_S)
+                async for status in stream:
+                    copied = status.keys_copied
+                    yield admin_pb2.MoveProgress(
+                        slots_done=done,
+                        slots_total=total,
+                        keys_copied=copied,
+                        step=f"shard {source} -> shard {target}: {status.step}",
+                        map_version=self.table.version,
+                    )
+                await self._publish(new_map)
+                done += len(chunk)
+                yield admin_pb2.MoveProgress(
+                    slots_done=done,
+                    slots_total=total,
+                    keys_copied=copied,
+                    step=f"slots {chunk[0]}-{chunk[-1]} now on shard {target}",
+                    map_version=new_map.version,
+                )
+
+    async def _run_plan(
+        self, plan: list[tuple[list[int], int]], dry_run: bool
+    ) -> AsyncIterator[admin_pb2.MoveProgress]:
+        total = sum(len(slots) for slots, _ in plan)
+        if dry_run or not plan:
+            done = 0
+            for slots, target in plan:
+                done += len(slots)
+                yield admin_pb2.MoveProgress(
+                    slots_done=0,
+                    slots_total=total,
+                    step=f"would move slots {slot_ranges(slots)} to shard {target}",
+                    map_version=self.table.version,
+                )
+            if not plan:
+                yield admin_pb2.MoveProgress(step="nothing to move", map_version=self.table.version)
+            return
+        done = 0
+        for slots, target in plan:
+            async for progress in self._move(slots, target, done, total):
+                yield progress
+            done += len(slots)
+
+    @operator_only
+    async def MoveSlots(self, request, context):
+        async def run():
+            self._require_shard(request.target_shard)
+            bad = [s for s in request.slots if s >= SLOT_COUNT]
+            if bad or not request.slots:
+                raise invalid(f"slots must be 1 or more of 0-{SLOT_COUNT - 1}; got {bad or 'none'}")
+            async with self._map_lock:
+                async for progress in self._run_plan(
+                    [(sorted(set(request.slots)), request.target_shard)], False
+                ):
+                    yield progress
+
+        async for item in streamed(context, run()):
+            yield item
+
+    @operator_only
+    async def Rebalance(self, request, context):
+        async def run():
+            async with self._map_lock:
+                plan = rebalance_plan(self.table.owners, sorted(self.table.addresses))
+                async for progress in self._run_plan(plan, request.dry_run):
+                    yield progress
+
+        async for item in streamed(context, run()):
+            yield item
+
+    @operator_only
+    async def DrainShard(self, request, context):
+        async def run():
+            self._require_shard(request.shard_id)
+            async with self._map_lock:
+                try:
+                    plan = drain_plan(
+                        self.table.owners, request.shard_id, sorted(self.table.addresses)
+                    )
+                except ValueError as exc:
+                    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                async for progress in self._run_plan(plan, False):
+                    yield progress
+
+        async for item in streamed(context, run()):
+            yield item
+
+    @operator_only
+    @rpc
+    async def AddShard(self, request, context):
+        address = request.address.strip()
+        if not address or ":" not in address:
+            raise invalid(f"address {request.address!r} must be host:port")
+        async with grpc.aio.insecure_channel(address) as channel:
+            from murmur.v1 import shard_pb2_grpc
+
+            try:
+                info = await shard_pb2_grpc.ShardStub(channel).GetShardInfo(
+                    shard_pb2.GetShardInfoRequest(), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, f"no shard answers at {address}: {exc.code().name}"
+                ) from exc
+        async with self._map_lock:
+            known = self.table.addresses.get(info.shard_id)
+            if known == address:
+                return admin_pb2.AddShardResponse(
+                    shard_id=info.shard_id, map_version=self.table.version
+                )
+            if known is not None:
+                raise ServiceError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"shard id {info.shard_id} is already used by {known}; start the new shard "
+                    "with an unused --shard-id",
+                )
+            if any(info.owned):
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"shard at {address} already owns slots; only an empty shard can join",
+                )
+            new_map = self._next_map()
+            new_map.addresses[info.shard_id] = address
+            await self._publish(new_map)
+        log.info("shard %d at %s joined (map version %d)", info.shard_id, address, new_map.version)
+        return admin_pb2.AddShardResponse(shard_id=info.shard_id, map_version=new_map.version)
+
+    @operator_only
+    @rpc
+    async def RemoveShard(self, request, context):
+        self._require_shard(request.shard_id)
+        async with self._map_lock:
+            held = owned_by(self.table.owners).get(request.shard_id, [])
+            if held:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"shard {request.shard_id} still owns {len(held)} slots; drain it first",
+                )
+            new_map = self._next_map()
+            del new_map.addresses[request.shard_id]
+            await self._publish(new_map)
+        return admin_pb2.RemoveShardResponse(map_version=new_map.version)
+
+    # maintenance --------------------------------------------------------------
+    @operator_only
+    @rpc
+    async def CompactShard(self, request, context):
+        self._require_shard(request.shard_id)
+        reply = await self.pool.direct(
+            request.shard_id, "Compact", shard_pb2.CompactRequest(), MOVE_TIMEOUT_S
+        )
+        return admin_pb2.CompactShardResponse(
+            disk_bytes_before=reply.disk_bytes_before, disk_bytes_after=reply.disk_bytes_after
+        )
+
+    @operator_only
+    async def BackupShard(self, request, context):
+        async def run():
+            self._require_shard(request.shard_id)
+            stream = self.pool.stub(request.shard_id).Backup(
+                shard_pb2.BackupRequest(path=request.path), timeout=MOVE_TIMEOUT_S
+            )
+            async for status in stream:
+                yield admin_pb2.BackupProgress(
+                    keys_copied=status.keys_copied,
+                    keys_total=status.keys_copied if status.done else 0,
+                    done=status.done,
+                    path=status.path,
+                )
+
+        async for item in streamed(context, run()):
+            yield item
+
+    @operator_only
+    @rpc
+    async def GetSettings(self, request, context):
+        first = min(self.table.addresses)
+        return await self.pool.direct(
+            first, "GetSettings", shard_pb2.GetSettingsRequest(), STATS_TIMEOUT_S
+        )
+
+    @operator_only
+    @rpc
+    async def UpdateSettings(self, request, context):
+        replies = await asyncio.gather(
+            *(
+                self.pool.direct(shard_id, "UpdateSettings", request, MOVE_TIMEOUT_S)
+                for shard_id in sorted(self.table.addresses)
+            )
+        )
+        return replies[0]
+
+    # consistency --------------------------------------------------------------
+    async def _check(self, request, repair: bool) -> admin_pb2.ConsistencyReport:
+        slots = list(request.slots)
+        if any(s >= SLOT_COUNT for s in slots):
+            raise invalid(f"slots must be 0-{SLOT_COUNT - 1}")
+        report = admin_pb2.ConsistencyReport()
+        shards = sorted(set(self.table.owners[s] for s in slots) if slots else self.table.addresses)
+        local = await asyncio.gather(
+            *(
+                self.pool.direct(
+                    shard_id,
+                    "CheckSlots",
+                    shard_pb2.CheckSlotsRequest(
+                        slots=[s for s in slots if self.table.owners[s] == shard_id], repair=repair
+                    ),
+                    MOVE_TIMEOUT_S,
+                )
+                for shard_id in shards
+            )
+        )
+        following_by_shard: dict[int, list] = defaultdict(list)
+        followers_by_shard: dict[int, list] = defaultdict(list)
+        for reply in local:
+            report.wrong_counters += reply.wrong_counters
+            report.repaired += reply.repaired
+            report.stale_outbox_records += reply.stale_outbox_records
+            report.findings.extend(reply.findings[: 100 - len(report.findings)])
+            for edge in reply.following_edges:
+                following_by_shard[self.table.shard_for_user(edge.followee_id)].append(edge)
+            for edge in reply.follower_edges:
+                followers_by_shard[self.table.shard_for_user(edge.follower_id)].append(edge)
+        for groups, side in (
+            (following_by_shard, shard_pb2.FOLLOWERS),
+            (followers_by_shard, shard_pb2.FOLLOWING),
+        ):
+            for shard_id, edges in groups.items():
+                reply = await self.pool.direct(
+                    shard_id,
+                    "CheckEdges",
+                    shard_pb2.CheckEdgesRequest(edges=edges, side=side, repair=repair),
+                    MOVE_TIMEOUT_S,
+                )
+                report.one_sided_edges += len(reply.missing)
+                report.repaired += reply.repaired
+                for edge in reply.missing[: max(0, 100 - len(report.findings))]:
+                    where = "followers" if side == shard_pb2.FOLLOWERS else "following"
+                    report.findings.append(
+                        f"edge {edge.follower_id} -> {edge.followee_id} has no {where} side"
+                    )
+        return report
+
+    @operator_only
+    @rpc
+    async def CheckConsistency(self, request, context):
+        return await self._check(request, repair=False)
+
+    @operator_only
+    @rpc
+    async def Repair(self, request, context):
+        return await self._check(request, repair=True)

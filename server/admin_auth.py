@@ -1,0 +1,60 @@
+"""The operator token check for ``murmur.v1.Admin``.
+
+Admin calls carry ``authorization: Bearer <token>``. The token comes from the
+router's --admin-token or MURMUR_ADMIN_TOKEN; it is compared in constant time
+and never written to logs or error messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+async def refuse_unless_operator(expected: str | None, context: grpc.aio.ServicerContext) -> None:
+    if not expected:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "the Admin API is disabled: start the router with --admin-token or MURMUR_ADMIN_TOKEN",
+        )
+    presented = bearer_token(context)
+    if presented is None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Admin calls need metadata 'authorization: Bearer <operator token>'",
+        )
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the operator token is not valid")
+
+
+def operator_only(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Guard a unary or server-streaming Admin method with the token check."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self: Any, request: Any, context: Any) -> Any:
+            await refuse_unless_operator(self.admin_token, context)
+            async for item in method(self, request, context):
+                yield item
+
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self: Any, request: Any, context: Any) -> Any:
+        await refuse_unless_operator(self.admin_token, context)
+        return await method(self, request, context)
+
+    return unary

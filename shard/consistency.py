@@ -1,0 +1,117 @@
+"""Consistency checks and repair for one shard's slots.
+
+Counters are recomputed from the edges and tweets they count. Follow edges
+have a side on each user's slot; this shard reports the sides it holds so the
+router can ask the other shard for the matching side (``CheckEdges``). A side
+that the outbox is still carrying is not an error, so edges are reported only
+when the outbox is empty, and stale outbox records are counted separately.
+"""
+
+from __future__ import annotations
+
+from murmur.ids import now_ms
+from murmur.slots import SLOT_COUNT, slot_for_user
+from murmur.v1 import shard_pb2
+from shard import keys
+from shard.state import ShardState
+
+STALE_OUTBOX_MS = 60_000
+MAX_FINDINGS = 100
+
+
+def _count(state: ShardState, prefix: bytes) -> int:
+    return sum(1 for _ in state.store.scan(prefix, include_value=False))
+
+
+def check_slots(
+    state: ShardState, request: shard_pb2.CheckSlotsRequest
+) -> shard_pb2.CheckSlotsResponse:
+    slots = list(request.slots) or [s for s in range(SLOT_COUNT) if state.ownership.owned[s]]
+    response = shard_pb2.CheckSlotsResponse()
+    txn = state.store.txn()
+    for slot in slots:
+        if not state.ownership.owned[slot]:
+            continue
+        for _key, raw in state.store.scan(keys.slot_prefix(slot) + keys.USER):
+            record = shard_pb2.UserRecord.FromString(raw)
+            _check_counters(state, record, response, request.repair, txn)
+        for key in state.store.scan(keys.slot_prefix(slot) + keys.FOLLOWING, include_value=False):
+            follower, followee = keys.read_u64(key, 3), keys.read_u64(key, 11)
+            response.following_edges.add(follower_id=follower, followee_id=followee)
+        for key in state.store.scan(keys.slot_prefix(slot) + keys.FOLLOWERS, include_value=False):
+            followee, follower = keys.read_u64(key, 3), keys.read_u64(key, 11)
+            response.follower_edges.add(follower_id=follower, followee_id=followee)
+    if request.repair:
+        txn.commit()
+    cutoff = now_ms() - STALE_OUTBOX_MS
+    response.stale_outbox_records = sum(
+        1 for _seq, record in state.outbox.peek(1_000_000) if record.created_ms < cutoff
+    )
+    return response
+
+
+def _check_counters(state, record, response, repair: bool, txn) -> None:
+    user = record.user
+    slot = slot_for_user(user.user_id)
+    actual = {
+        "following_count": _count(state, keys.following_prefix(slot, user.user_id)),
+        "follower_count": _count(state, keys.followers_prefix(slot, user.user_id)),
+        "tweet_count": _count(state, keys.timeline_prefix(slot, user.user_id)),
+    }
+    wrong = {name: value for name, value in actual.items() if getattr(user, name) != value}
+    if not wrong:
+        return
+    response.wrong_counters += 1
+    if len(response.findings) < MAX_FINDINGS:
+        detail = ", ".join(f"{n} {getattr(user, n)} should be {v}" for n, v in wrong.items())
+        response.findings.append(f"user {user.user_id}: {detail}")
+    if repair:
+        for name, value in wrong.items():
+            setattr(user, name, value)
+        state.users.put(txn, record)
+        response.repaired += 1
+
+
+def check_edges(
+    state: ShardState, request: shard_pb2.CheckEdgesRequest
+) -> shard_pb2.CheckEdgesResponse:
+    """Which edges lack their ``side`` here; with repair, add missing followers sides."""
+    response = shard_pb2.CheckEdgesResponse()
+    txn = state.store.txn()
+    for edge in request.edges:
+        if request.side == shard_pb2.FOLLOWERS:
+            present = state.graph.has_follower(txn, edge.followee_id, edge.follower_id)
+        else:
+            present = (
+                state.graph.following_edge(txn, edge.follower_id, edge.followee_id) is not None
+            )
+        if present:
+            continue
+        response.missing.append(edge)
+        if request.repair and request.side == shard_pb2.FOLLOWERS:
+            state.outbox.append(
+                txn,
+                shard_pb2.OutboxRecord(
+                    direct=shard_pb2.DeliveryOp(
+                        add_follower=shard_pb2.AddFollower(
+                            followee_id=edge.followee_id, follower_id=edge.follower_id
+                        )
+                    )
+                ),
+            )
+            response.repaired += 1
+        elif request.repair:
+            # a followers side with no following side: the follow was undone
+            state.outbox.append(
+                txn,
+                shard_pb2.OutboxRecord(
+                    direct=shard_pb2.DeliveryOp(
+                        remove_follower=shard_pb2.RemoveFollower(
+                            followee_id=edge.followee_id, follower_id=edge.follower_id
+                        )
+                    )
+                ),
+            )
+            response.repaired += 1
+    txn.commit()
+    return response

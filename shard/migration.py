@@ -1,0 +1,244 @@
+"""Online slot moves, source and target side (Redis Cluster's
+importing/migrating steps, with Gizzard-style forwarding of writes).
+
+Source: start capturing writes to the slots, copy a LevelDB snapshot of them
+to the target while still serving them, send the captured writes until few
+are left, then freeze the slots (callers get UNAVAILABLE and retry), wait
+until no outbox record still needs the slots' local data, send the last
+writes, and hand over: the target adopts the new map first, then the source.
+The source then deletes its copy. Routers learn the new owner from the
+source's "wrong slot" answer; other shards from the map the operator pushes.
+
+Target: stores entries for slots it does not own yet; an aborted move is
+cleared by the next move's first batch (``reset``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from murmur.errors import ServiceError, invalid
+from murmur.slots import slot_for_user
+from murmur.v1 import shard_pb2
+from shard import keys
+from shard.peers import PeerShards
+from shard.state import ShardState
+from shard.store import ChangeCapture
+
+log = logging.getLogger("murmur.shard.migration")
+
+BATCH_KEYS = 2_000
+CATCH_UP_ROUNDS = 20
+FREEZE_WAIT_S = 10.0
+IMPORT_TIMEOUT_S = 60.0
+
+
+def slot_range(slot: int) -> bytes:
+    return keys.slot_prefix(slot)
+
+
+def outbox_needs(record: shard_pb2.OutboxRecord, slots: set[int], slot_of) -> bool:
+    """Does delivering this record read local data of ``slots``?"""
+    kind = record.WhichOneof("work")
+    if kind == "tweet_fanout":
+        return slot_of(record.tweet_fanout.tweet.user_id) in slots
+    if kind == "status_sync":
+        return slot_of(record.status_sync.followee_id) in slots
+    return False
+
+
+class SlotMigrator:
+    def __init__(self, state: ShardState, peers: PeerShards) -> None:
+        self.state = state
+        self.peers = peers
+        self.copied = 0
+
+    def _validate(self, request: shard_pb2.MigrateSlotsRequest) -> set[int]:
+        ownership = self.state.ownership
+        slots = set(request.slots)
+        if not slots:
+            raise invalid("slots is empty")
+        if request.target_shard == ownership.shard_id:
+            raise invalid(f"target_shard {request.target_shard} is this shard")
+        for slot in slots:
+            if not 0 <= slot < len(ownership.owned) or not ownership.owned[slot]:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"shard {ownership.shard_id} does not own slot {slot}",
+                )
+        new_owners = request.new_map.owners
+        if request.new_map.version <= ownership.slot_map.version or any(
+            new_owners[slot] != request.target_shard for slot in slots
+        ):
+            raise invalid("new_map must be newer and give every moving slot to target_shard")
+        if request.target_shard not in request.new_map.addresses:
+            raise invalid(f"new_map has no address for shard {request.target_shard}")
+        return slots
+
+    async def migrate(
+        self, request: shard_pb2.MigrateSlotsRequest
+    ) -> AsyncIterator[shard_pb2.MigrateStatus]:
+        slots = self._validate(request)
+        target = request.target_shard
+        self.target_address = request.new_map.addresses[target]
+        capture = ChangeCapture(slots)
+        self.state.store.captures.append(capture)
+        described = f"{len(slots)} slots to shard {target}"
+        try:
+            yield shard_pb2.MigrateStatus(step=f"copying {described}")
+            await self._copy_snapshot(slots, target)
+            yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="catching up")
+            for _ in range(CATCH_UP_ROUNDS):
+                if len(capture.changes) < BATCH_KEYS // 4:
+                    break
+                await self._send(slots, target, capture.take(), reset=False)
+            yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="freezing")
+            await self._freeze_and_hand_over(slots, target, capture, request.new_map)
+        except BaseException:
+            for slot in slots:
+                self.state.ownership.frozen.pop(slot, None)
+                self.state.ownership.sealed.discard(slot)
+            raise
+        finally:
+            self.state.store.captures.remove(capture)
+        yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="deleting source copy")
+        await self._delete_local(slots)
+        yield shard_pb2.MigrateStatus(keys_copied=self.copied, step=f"moved {described}", done=True)
+
+    async def _copy_snapshot(self, slots: set[int], target: int) -> None:
+        snapshot = self.state.store.db.snapshot()
+        first = True
+        try:
+            for slot in sorted(slots):
+                batch: list[tuple[bytes, bytes | None]] = []
+                prefix = slot_range(slot)
+                for key, value in snapshot.iterator(prefix=prefix):
+                    batch.append((key, value))
+                    if len(batch) >= BATCH_KEYS:
+                        await self._send(slots, target, batch, reset=first)
+                        first, batch = False, []
+                if batch or first:
+                    await self._send(slots, target, batch, reset=first)
+                    first = False
+        finally:
+            snapshot.close()
+
+    async def _send(
+        self, slots: set[int], target: int, changes: list[tuple[bytes, bytes | None]], reset: bool
+    ) -> None:
+        request = shard_pb2.ImportEntriesRequest(slots=sorted(slots), reset=reset)
+        for key, value in changes:
+            if value is None:
+                request.entries.add(key=key, deleted=True)
+            else:
+                request.entries.add(key=key, value=value)
+        try:
+            await self.peers.stub(target, self.target_address).ImportEntries(
+                request, timeout=IMPORT_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"copying to shard {target} failed: {exc.code().name}: {exc.details()}",
+            ) from exc
+        self.copied += len(changes)
+
+    async def _freeze_and_hand_over(
+        self,
+        slots: set[int],
+        target: int,
+        capture: ChangeCapture,
+        new_map: shard_pb2.SlotMap,
+    ) -> None:
+        ownership = self.state.ownership
+        message = (
+            f"slots are moving from shard {ownership.shard_id} to shard {target}; retry shortly"
+        )
+        for slot in slots:
+            ownership.frozen[slot] = message
+        started = time.monotonic()
+        await self._wait_outbox_clear(slots)
+        ownership.sealed.update(slots)
+        await self._send(slots, target, capture.take(), reset=False)
+        try:
+            await self.peers.stub(target, self.target_address).AssignSlots(
+                shard_pb2.AssignSlotsRequest(slot_map=new_map), timeout=IMPORT_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"shard {target} did not take the slots: {exc.code().name}: {exc.details()}",
+            ) from exc
+        ownership.adopt(new_map)
+        log.info(
+            "handed %d slots to shard %d (frozen %.0f ms)",
+            len(slots),
+            target,
+            (time.monotonic() - started) * 1000,
+        )
+
+    async def _wait_outbox_clear(self, slots: set[int]) -> None:
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while True:
+            pending = any(
+                outbox_needs(record, slots, slot_for_user)
+                for _seq, record in self.state.outbox.peek(1_000_000)
+            )
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "fan-out for the moving slots did not drain within "
+                    f"{FREEZE_WAIT_S:.0f}s (is a destination shard down?); move aborted",
+                )
+            self.state.outbox.wakeup.set()
+            await asyncio.sleep(0.01)
+
+    async def _delete_local(self, slots: set[int]) -> None:
+        """Drop the source copy in small batches, letting requests run between."""
+        db = self.state.store.db
+        for slot in sorted(slots):
+            while True:
+                keys_iter = db.iterator(prefix=slot_range(slot), include_value=False)
+                doomed = list(itertools.islice(keys_iter, BATCH_KEYS))
+                keys_iter.close()
+                if not doomed:
+                    break
+                with db.write_batch() as batch:
+                    for key in doomed:
+                        batch.delete(key)
+                await asyncio.sleep(0)
+
+
+def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:
+    """Target side: store copied entries of slots this shard does not own yet."""
+    slots = set(request.slots)
+    for slot in slots:
+        if state.ownership.owned[slot]:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {state.shard_id} already owns slot {slot}; refusing to import into it",
+            )
+    prefixes = {keys.slot_prefix(slot) for slot in slots}
+    for entry in request.entries:
+        if entry.key[:2] not in prefixes:
+            raise invalid(f"entry key {entry.key[:12].hex()} is outside the imported slots")
+    db = state.store.db
+    with db.write_batch(sync=True) as batch:
+        if request.reset:
+            for prefix in prefixes:
+                for key in db.iterator(prefix=prefix, include_value=False):
+                    batch.delete(key)
+        for entry in request.entries:
+            if entry.deleted:
+                batch.delete(entry.key)
+            else:
+                batch.put(entry.key, entry.value)
+    return len(request.entries)
