@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port of the router; shard i uses this + 1 + i (off if not given)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=os.environ.get("MURMUR_ADMIN_TOKEN"),
         help="operator token passed to the router (or MURMUR_ADMIN_TOKEN)",
@@ -48,6 +54,12 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
     if args.inbox_cap is not None:
         flags += ["--inbox-cap", str(args.inbox_cap)]
     return flags
+
+
+def metrics_flags(args: argparse.Namespace, offset: int) -> list[str]:
+    if args.metrics_port is None:
+        return []
+    return ["--metrics-port", str(args.metrics_port + offset)]
 
 
 def router_env(args: argparse.Namespace) -> dict[str, str]:
@@ -97,6 +109,7 @@ def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
                 "--shard-id",
                 str(index),
                 *setting_flags(args),
+                *metrics_flags(args, 1 + index),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -116,6 +129,7 @@ def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
             str(args.port),
             "--shards",
             ",".join(shard_addresses),
+            *metrics_flags(args, 0),
         ],
         stdout=subprocess.DEVNULL,
         env=router_env(args),

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 
+from murmur.observability import serve_metrics
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, murmur_pb2_grpc, shard_pb2
 from server.admin import AdminServicer
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="operator token for the Admin API (or MURMUR_ADMIN_TOKEN); without one, "
         "Admin calls are refused",
     )
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
@@ -64,7 +66,8 @@ async def serve(args: argparse.Namespace) -> None:
         murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     ]
-    process = ServingProcess(args.host, args.port, services)
+    process = ServingProcess(args.host, args.port, services, component="router")
+    serve_metrics(args.host, args.metrics_port)
     murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(pool, args.admin_token), process.server

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
+from prometheus_client import Histogram
 
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
 from murmur.v1 import shard_pb2, shard_pb2_grpc
@@ -32,6 +33,12 @@ RESPONSE_TYPES = {
 }
 NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo"}
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+BATCH_SIZE = Histogram(
+    "murmur_router_shard_batch_requests",
+    "Requests carried per router-to-shard call (coalescing)",
+    ["shard"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 DEFAULT_TIMEOUT_S = 10.0
 CHANNEL_OPTIONS = [
@@ -91,6 +98,7 @@ class ShardLane:
                     continue
                 self.calls += 1
                 self.batched_requests += len(batch)
+                BATCH_SIZE.labels(str(self.shard_id)).observe(len(batch))
                 if len(batch) == 1:
                     await self._send_one(batch[0])
                 else:

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 
+from murmur.observability import serve_metrics
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
+from shard.metrics import register as register_metrics
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
@@ -31,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or the value stored by UpdateSettings)",
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per home inbox (800)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
@@ -58,12 +61,17 @@ async def serve(args: argparse.Namespace) -> None:
         reevaluate_all(state)
     applier = DeliveryApplier(state)
     process = ServingProcess(
-        args.host, args.port, [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name]
+        args.host,
+        args.port,
+        [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name],
+        component=f"shard {state.shard_id}",
     )
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)
     servicer = ShardServicer(state, applier, worker, peers)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, process.server)
+    register_metrics(state, worker, servicer.commits)
+    serve_metrics(args.host, args.metrics_port)
     worker.start()
 
     async def close() -> None:

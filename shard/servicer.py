@@ -22,6 +22,7 @@ from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
 from shard.maintenance import backup, compact, local_stats
+from shard.metrics import INBOX_SIZE
 from shard.migration import SlotMigrator, import_entries
 from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
@@ -292,6 +293,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.users.require(txn, reader)
         celebrities = state.graph.followed_celebrities(reader)
         meta = state.inbox.meta(txn, reader)
+        INBOX_SIZE.observe(meta.size)
         limit = max(1, min(request.limit or 20, 1000))
         entries, short = state.inbox.page(
             reader, request.before_id, limit, set(celebrities), meta.exact_from
