@@ -85,7 +85,10 @@ class ServingProcess:
             ],
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # grpcio raises where older versions returned 0
+            raise SystemExit(f"cannot listen on {host}:{port} (address in use?): {exc}") from None
         if self.port == 0:
             raise SystemExit(f"cannot listen on {host}:{port} (address in use?)")
         self.host = host

@@ -88,8 +88,9 @@ def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0)
     raise SystemExit(f"{address} did not start serving within {timeout_s:.0f}s")
 
 
-def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
-    children: list[subprocess.Popen] = []
+def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
+    """Start shards, then the router, appending each child to ``children`` at
+    once so that a failure part-way still stops everything already started."""
     shard_addresses = []
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,6 @@ def start_cluster(args: argparse.Namespace) -> list[subprocess.Popen]:
     )
     children.append(router)
     wait_serving(router_address, router)
-    return children
 
 
 def stop_all(children: list[subprocess.Popen]) -> None:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        children = start_cluster(args)
+        start_cluster(args, children)
         print(
             f"murmur cluster serving on {args.host}:{args.port} "
             f"({args.shards} shards, data in {os.path.abspath(args.data_dir)})",

@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="operator token for the Admin API (or MURMUR_ADMIN_TOKEN); without one, "
         "Admin calls are refused",
     )
+    parser.add_argument(
+        "--shard-wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for shards at start; silent ones are served without",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -53,7 +59,7 @@ async def serve(args: argparse.Namespace) -> None:
     addresses = [a.strip() for a in args.shards.split(",") if a.strip()]
     if not addresses:
         raise SystemExit("--shards needs at least one address")
-    table = await bootstrap(addresses)
+    table = await bootstrap(addresses, args.shard_wait)
     pool = ShardPool(table)
     update = shard_pb2.UpdateSettingsRequest()
     if args.celebrity_threshold is not None:

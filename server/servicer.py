@@ -65,7 +65,12 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def _refresh(self) -> None:
         """A shard said it no longer owns a slot: re-learn the map from the shards."""
         async with self._refresh_lock:
-            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=2.0)
+            try:
+                infos = await fetch_infos(list(self.table.addresses.values()), wait_s=1.0)
+            except SystemExit as exc:
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc}"
+                ) from None
             newest = max(infos.values(), key=lambda info: info.map_version)
             if newest.map_version > self.table.version:
                 self.table.install(newest.slot_map)

@@ -52,26 +52,35 @@ class RoutingTable:
         return groups
 
 
-async def fetch_infos(addresses: list[str], wait_s: float = 60.0) -> dict[str, shard_pb2.ShardInfo]:
-    """Ask every shard who it is, waiting for the ones still starting up."""
-    infos: dict[str, shard_pb2.ShardInfo] = {}
+async def fetch_info(address: str, deadline: float) -> shard_pb2.ShardInfo | None:
+    """Ask one shard who it is, retrying while it starts up; None if it never answers."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardStub(channel)
+        while True:
+            try:
+                return await stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(0.2)
+
+
+async def fetch_infos(
+    addresses: list[str], wait_s: float = 30.0, require_all: bool = False
+) -> dict[str, shard_pb2.ShardInfo]:
+    """Ask every shard who it is, in parallel, waiting for ones still starting.
+
+    Shards that stay silent are left out (their users get UNAVAILABLE until
+    they return), unless ``require_all`` or none answered at all.
+    """
     deadline = time.monotonic() + wait_s
-    for address in addresses:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = shard_pb2_grpc.ShardStub(channel)
-            while True:
-                try:
-                    infos[address] = await stub.GetShardInfo(
-                        shard_pb2.GetShardInfoRequest(), timeout=2.0
-                    )
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(
-                            f"shard at {address} did not answer within {wait_s:.0f}s: "
-                            f"{exc.code().name}"
-                        ) from exc
-                    await asyncio.sleep(0.2)
+    answers = await asyncio.gather(*(fetch_info(a, deadline) for a in addresses))
+    infos = {a: info for a, info in zip(addresses, answers, strict=True) if info is not None}
+    silent = [a for a in addresses if a not in infos]
+    if silent and (require_all or not infos):
+        raise SystemExit(f"shards at {', '.join(silent)} did not answer within {wait_s:.0f}s")
+    if silent:
+        log.warning("shards at %s are not answering; serving without them", ", ".join(silent))
     return infos
 
 
@@ -108,14 +117,16 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     return slot_map, False
 
 
-async def bootstrap(addresses: list[str]) -> RoutingTable:
+async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
     """Learn (or, for a new cluster, create) the slot map and make every shard hold it."""
-    infos = await fetch_infos(addresses)
+    infos = await fetch_infos(addresses, wait_s)
+    if len(infos) < len(addresses) and max(i.map_version for i in infos.values()) == 0:
+        raise SystemExit("a new cluster needs every shard to answer before slots are assigned")
     slot_map, push = plan_map(infos)
     if len(slot_map.owners) != SLOT_COUNT:
         raise SystemExit(f"stored slot map has {len(slot_map.owners)} slots, not {SLOT_COUNT}")
     if push:
-        for address in addresses:
+        for address in infos:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = shard_pb2_grpc.ShardStub(channel)
                 await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
