@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import plyvel
 
 from murmur.errors import ServiceError
 from murmur.validation import InvalidInput
@@ -37,6 +38,14 @@ def rpc(method: Handler) -> Handler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.aio.AbortError:
             raise
+        except (plyvel.Error, OSError) as exc:
+            log.error("%s: storage failure in %s: %s", component, method.__name__, exc)
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if "space" in str(exc).lower()
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            await context.abort(code, f"{component} cannot write to its storage: {exc}")
         except Exception:
             log.exception("%s: %s failed", component, method.__name__)
             await context.abort(

@@ -23,6 +23,14 @@ from murmur.v1 import murmur_pb2, shard_pb2
 from server.shard_pool import ShardPool
 
 DEGRADABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+PULL_BUDGET_S = 2.0  # a silent celebrity shard costs a read at most this, then "partial"
+
+
+def pull_timeout(remaining: float | None) -> float:
+    """Leave a fifth of the caller's time to answer with a partial page."""
+    if remaining is None:
+        return PULL_BUDGET_S
+    return max(0.01, min(PULL_BUDGET_S, remaining * 0.8))
 
 
 @dataclass
@@ -81,6 +89,7 @@ async def merge_home(
     timeout: float | None,
 ) -> MergedPage:
     table = pool.table
+    timeout = pull_timeout(timeout)
     pulls = [
         pull_groups(pool, table.group_users(list(inbox.celebrity_ids)), before_id, limit, timeout)
     ]

@@ -15,6 +15,7 @@ and the caller knows whom to blame.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,10 @@ from google.protobuf import message_factory
 from prometheus_client import Histogram
 
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
-from murmur.v1 import shard_pb2, shard_pb2_grpc
+from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.slot_map import RoutingTable
 
+log = logging.getLogger("murmur.router.shards")
 _SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 RESPONSE_TYPES = {
     method.name: message_factory.GetMessageClass(method.output_type) for method in _SERVICE.methods
@@ -41,6 +43,8 @@ BATCH_SIZE = Histogram(
 )
 
 DEFAULT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 0.5
+PROBE_INTERVAL_S = 0.5
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
@@ -75,6 +79,8 @@ class ShardLane:
         self.batched_requests = 0
 
     async def submit(self, method: str, request: Any, timeout: float) -> Any:
+        if self.shard_id in self.pool.suspect:  # don't queue behind a call to a silent shard
+            return await self.pool.direct(self.shard_id, method, request, timeout)
         loop = asyncio.get_running_loop()
         item = Pending(method, request, loop.create_future(), time.monotonic() + timeout)
         self.pending.append(item)
@@ -155,6 +161,8 @@ class ShardPool:
         self._stubs: dict[tuple[int, str], shard_pb2_grpc.ShardStub] = {}
         self._channels: list[grpc.aio.Channel] = []
         self.lanes: dict[int, ShardLane] = {}
+        self.suspect: set[int] = set()
+        self._probes: dict[int, asyncio.Task] = {}
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
@@ -184,12 +192,53 @@ class ShardPool:
         return await lane.submit(method, request, timeout)
 
     async def direct(self, shard_id: int, method: str, request: Any, timeout: float) -> Any:
-        """One plain RPC, its failure turned into a ServiceError naming the shard."""
+        """One plain RPC, its failure turned into a ServiceError naming the shard.
+
+        A shard whose health probe failed is refused at once (fail fast, so a
+        stopped shard costs callers nothing but its own users' requests).
+        """
+        if shard_id in self.suspect:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.describe(shard_id)} is not answering its health probe; retry later",
+            )
         rpc = getattr(self.stub(shard_id), method)
         try:
             return await rpc(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._probe(shard_id)
             raise self._translate(shard_id, exc) from None
+
+    def _probe(self, shard_id: int) -> None:
+        """After a failure, ping the shard until it answers; meanwhile it is suspect.
+
+        Only a failed ping makes it suspect: an UNAVAILABLE that a live shard
+        sends on purpose (a slot in the last step of a move) does not.
+        """
+        task = self._probes.get(shard_id)
+        if task is None or task.done():
+            self._probes[shard_id] = asyncio.get_running_loop().create_task(
+                self._probe_until_healthy(shard_id)
+            )
+
+    async def _probe_until_healthy(self, shard_id: int) -> None:
+        while True:
+            try:
+                await self.stub(shard_id).Ping(murmur_pb2.PingRequest(), timeout=PROBE_TIMEOUT_S)
+            except (grpc.aio.AioRpcError, ServiceError):
+                if shard_id not in self.suspect:
+                    log.warning(
+                        "%s failed its health probe; failing its calls fast",
+                        self.describe(shard_id),
+                    )
+                self.suspect.add(shard_id)
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                continue
+            if shard_id in self.suspect:
+                log.info("%s answers again", self.describe(shard_id))
+            self.suspect.discard(shard_id)
+            return
 
     def _translate(self, shard_id: int, exc: grpc.aio.AioRpcError) -> ServiceError:
         code = exc.code()
@@ -207,5 +256,7 @@ class ShardPool:
         return ServiceError(code, exc.details() or f"{code.name} from {self.describe(shard_id)}")
 
     async def close(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
         for channel in self._channels:
             await channel.close()
