@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTO_SRC := $(wildcard protos/murmur/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos run test lint clean
+.PHONY: install protos run test lint clean certs bench
 
 install: $(STAMP) protos
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 # Generates murmur/v1/*_pb2*.py from protos/ (not committed: always reproducible).
@@ -25,6 +25,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# make bench                 full run (under 20 minutes on 2 cores)
+# make bench ARGS=--quick     about two minutes; results in bench/results/
+bench: install
+	$(BIN)/murmur-bench $(ARGS)
+
+# A development CA and cluster certificates in certs/ (see README "TLS").
+certs: install
+	$(BIN)/python deploy/dev_ca.py certs
 
 lint: install
 	$(BIN)/ruff check .

@@ -82,8 +82,11 @@ def _strip_at(handle: str) -> str:
 class Session:
     """What every command needs: a lazily opened client and the output mode."""
 
-    def __init__(self, target: str, timeout: float, as_json: bool) -> None:
+    def __init__(
+        self, target: str, timeout: float, as_json: bool, tls_ca: str | None = None
+    ) -> None:
         self.target = target
+        self.tls_ca = tls_ca
         self.timeout = timeout
         self.as_json = as_json
         self._client: MurmurClient | None = None
@@ -92,7 +95,7 @@ class Session:
     @property
     def client(self) -> MurmurClient:
         if self._client is None:
-            self._client = MurmurClient(self.target, timeout=self.timeout)
+            self._client = MurmurClient(self.target, timeout=self.timeout, tls_ca=self.tls_ca)
         return self._client
 
     def close(self) -> None:
@@ -282,10 +285,18 @@ def emit_ok(session: Session, message: str) -> None:
     metavar="S",
     help="Deadline per call, in seconds (retries included).",
 )
+@click.option(
+    "--tls-ca",
+    envvar="MURMUR_TLS_CA",
+    show_envvar=True,
+    default=None,
+    metavar="PEM",
+    help="Use TLS, trusting this CA certificate file.",
+)
 @click.pass_context
-def cli(ctx: click.Context, target: str, as_json: bool, timeout: float) -> None:
+def cli(ctx: click.Context, target: str, as_json: bool, timeout: float, tls_ca: str | None) -> None:
     """Talk to a Murmur router. USER is a handle, @handle, or numeric id."""
-    session = Session(target, timeout, as_json)
+    session = Session(target, timeout, as_json, tls_ca)
     ctx.obj = session
     ctx.call_on_close(session.close)
 

@@ -100,6 +100,16 @@ def channel_options(retries: bool = True) -> list[tuple[str, Any]]:
     return [("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
 
 
+def open_channel(target: str, options: list[tuple[str, Any]], tls_ca: str | None) -> grpc.Channel:
+    """Plain, or TLS trusting the PEM CA file ``tls_ca`` (the router's port
+    asks no client certificate)."""
+    if not tls_ca:
+        return grpc.insecure_channel(target, options=options)
+    with open(tls_ca, "rb") as handle:
+        credentials = grpc.ssl_channel_credentials(root_certificates=handle.read())
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class MurmurClient:
     """One connection to a Murmur router. Thread-safe, like the gRPC channel under it.
 
@@ -116,11 +126,12 @@ class MurmurClient:
         timeout: float = 10.0,
         channel: grpc.Channel | None = None,
         retries: bool = True,
+        tls_ca: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=channel_options(retries))
+        self._channel = channel or open_channel(target, channel_options(retries), tls_ca)
         self._stub = pb_grpc.MurmurStub(self._channel)
 
     # -- lifecycle ---------------------------------------------------------

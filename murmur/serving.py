@@ -17,6 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from murmur.observability import CallObserver
+from murmur.tls import TlsFiles
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -69,7 +70,13 @@ class ServingProcess:
     """
 
     def __init__(
-        self, host: str, port: int, service_names: Iterable[str], component: str = "server"
+        self,
+        host: str,
+        port: int,
+        service_names: Iterable[str],
+        component: str = "server",
+        tls_files: TlsFiles | None = None,
+        require_client_cert: bool = False,
     ) -> None:
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS, interceptors=[CallObserver(component)]
@@ -86,7 +93,11 @@ class ServingProcess:
             self.server,
         )
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            if tls_files is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                credentials = tls_files.server_credentials(require_client_cert)
+                self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError as exc:  # grpcio raises where older versions returned 0
             raise SystemExit(f"cannot listen on {host}:{port} (address in use?): {exc}") from None
         if self.port == 0:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc
 from murmur.slots import SLOT_COUNT, slot_ranges
@@ -241,7 +242,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         address = request.address.strip()
         if not address or ":" not in address:
             raise invalid(f"address {request.address!r} must be host:port")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with tls.aio_channel(address) as channel:
             from murmur.v1 import shard_pb2_grpc
 
             try:

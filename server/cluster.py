@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from murmur import tls
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-cluster", description=__doc__)
@@ -32,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
     parser.add_argument("--host", default="127.0.0.1")
+    tls.add_flags(parser)
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -56,6 +59,12 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def tls_flags(args: argparse.Namespace) -> list[str]:
+    if not args.tls_cert:
+        return []
+    return ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key, "--tls-ca", args.tls_ca]
+
+
 def metrics_flags(args: argparse.Namespace, offset: int) -> list[str]:
     if args.metrics_port is None:
         return []
@@ -73,7 +82,7 @@ def router_env(args: argparse.Namespace) -> dict[str, str]:
 def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0) -> None:
     """Block until the server at ``address`` reports SERVING (or its process dies)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with tls.sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child.poll() is not None:
@@ -111,6 +120,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
                 str(index),
                 *setting_flags(args),
                 *metrics_flags(args, 1 + index),
+                *tls_flags(args),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -131,6 +141,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
             "--shards",
             ",".join(shard_addresses),
             *metrics_flags(args, 0),
+            *tls_flags(args),
         ],
         stdout=subprocess.DEVNULL,
         env=router_env(args),
@@ -154,6 +165,7 @@ def stop_all(children: list[subprocess.Popen]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    tls.configure_from(args)
     children: list[subprocess.Popen] = []
     stopping = False
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 
+from murmur import tls
 from murmur.observability import serve_metrics
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, murmur_pb2_grpc, shard_pb2
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds to wait for shards at start; silent ones are served without",
     )
+    tls.add_flags(parser)
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -56,6 +58,7 @@ async def push_settings(pool: ShardPool, update: shard_pb2.UpdateSettingsRequest
 
 
 async def serve(args: argparse.Namespace) -> None:
+    tls_files = tls.configure_from(args)
     addresses = [a.strip() for a in args.shards.split(",") if a.strip()]
     if not addresses:
         raise SystemExit("--shards needs at least one address")
@@ -72,7 +75,9 @@ async def serve(args: argparse.Namespace) -> None:
         murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     ]
-    process = ServingProcess(args.host, args.port, services, component="router")
+    process = ServingProcess(
+        args.host, args.port, services, component="router", tls_files=tls_files
+    )
     serve_metrics(args.host, args.metrics_port)
     murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
     admin_pb2_grpc.add_AdminServicer_to_server(

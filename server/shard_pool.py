@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import message_factory
 from prometheus_client import Histogram
 
+from murmur import tls
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.slot_map import RoutingTable
@@ -176,7 +177,7 @@ class ShardPool:
         key = (shard_id, address)
         stub = self._stubs.get(key)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = tls.aio_channel(address, options=CHANNEL_OPTIONS)
             self._channels.append(channel)
             stub = self._stubs[key] = shard_pb2_grpc.ShardStub(channel)
         return stub

@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from murmur import tls
 from murmur.ids import slot_of_tweet
 from murmur.slots import SLOT_COUNT, even_assignment, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
@@ -54,7 +55,7 @@ class RoutingTable:
 
 async def fetch_info(address: str, deadline: float) -> shard_pb2.ShardInfo | None:
     """Ask one shard who it is, retrying while it starts up; None if it never answers."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.aio_channel(address) as channel:
         stub = shard_pb2_grpc.ShardStub(channel)
         while True:
             try:
@@ -127,7 +128,7 @@ async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
         raise SystemExit(f"stored slot map has {len(slot_map.owners)} slots, not {SLOT_COUNT}")
     if push:
         for address in infos:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with tls.aio_channel(address) as channel:
                 stub = shard_pb2_grpc.ShardStub(channel)
                 await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
         log.info("slot map version %d pushed to %d shards", slot_map.version, len(addresses))

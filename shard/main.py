@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 
+from murmur import tls
 from murmur.observability import serve_metrics
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import shard_pb2, shard_pb2_grpc
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or the value stored by UpdateSettings)",
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per home inbox (800)")
+    tls.add_flags(parser)
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -65,6 +67,8 @@ async def serve(args: argparse.Namespace) -> None:
         args.port,
         [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name],
         component=f"shard {state.shard_id}",
+        tls_files=tls.configure_from(args),
+        require_client_cert=True,  # only routers and shards hold cluster certificates
     )
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from murmur import tls
 from murmur.v1 import shard_pb2_grpc
 from shard.ownership import SlotOwnership
 
@@ -31,7 +32,7 @@ class PeerShards:
             raise LookupError(f"shard {shard_id} has no address in slot map")
         key = (shard_id, address)
         if key not in self._stubs:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = tls.aio_channel(address, options=CHANNEL_OPTIONS)
             self._channels.append(channel)
             self._stubs[key] = shard_pb2_grpc.ShardStub(channel)
         return self._stubs[key]

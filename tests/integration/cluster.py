@@ -204,6 +204,8 @@ class LocalCluster:
         inbox_cap: int = 800,
         *,
         shard_ports: list[int] | None = None,
+        extra_args: list[str] | None = None,
+        router_args: list[str] | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError("a cluster needs at least one shard")
@@ -218,6 +220,8 @@ class LocalCluster:
         if len(shard_ports) != shards:
             raise ValueError(f"shard_ports has {len(shard_ports)} ports for {shards} shards")
         self._requested_ports = list(shard_ports)
+        self.extra_args = list(extra_args or [])  # given to every process (e.g. TLS flags)
+        self.router_args = list(router_args or [])
         self._shards = [
             ServerProcess(
                 f"shard {i}",
@@ -234,6 +238,7 @@ class LocalCluster:
                     str(celebrity_threshold),
                     "--inbox-cap",
                     str(inbox_cap),
+                    *self.extra_args,
                 ],
                 self.tmp_path / f"shard-{i}.log",
                 SHARD_BANNER,
@@ -253,7 +258,16 @@ class LocalCluster:
             self._record_ports()
             self._router = ServerProcess(
                 "router",
-                ["-m", "server.main", "--host", HOST, "--shards", ",".join(self.shard_addresses)],
+                [
+                    "-m",
+                    "server.main",
+                    "--host",
+                    HOST,
+                    "--shards",
+                    ",".join(self.shard_addresses),
+                    *self.extra_args,
+                    *self.router_args,
+                ],
                 self.tmp_path / "router.log",
                 ROUTER_BANNER,
             )

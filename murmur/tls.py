@@ -1,0 +1,85 @@
+"""TLS for every port, and mutual TLS inside the cluster.
+
+A process started with ``--tls-cert/--tls-key/--tls-ca`` serves TLS with that
+certificate and dials other Murmur servers with it as its client identity,
+trusting only the cluster CA. Shards require a client certificate signed by
+that CA, so only routers and other shards can call them; a router's public
+port asks no client certificate. ``configure`` is called once at start-up;
+every internal channel is opened through ``aio_channel``/``sync_channel``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    @classmethod
+    def load(cls, cert: str, key: str, ca: str) -> TlsFiles:
+        try:
+            return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes())
+        except OSError as exc:
+            raise SystemExit(f"cannot read TLS file: {exc}") from None
+
+    def server_credentials(self, require_client_cert: bool) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)],
+            root_certificates=self.ca,
+            require_client_auth=require_client_cert,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+_cluster_tls: TlsFiles | None = None
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", help="PEM certificate of this server (enables TLS)")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument("--tls-ca", help="PEM CA that signed every cluster member's certificate")
+
+
+def configure_from(args: argparse.Namespace) -> TlsFiles | None:
+    """Read the TLS flags: all three or none."""
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("--tls-cert, --tls-key and --tls-ca go together")
+    return configure(TlsFiles.load(args.tls_cert, args.tls_key, args.tls_ca))
+
+
+def configure(files: TlsFiles | None) -> TlsFiles | None:
+    global _cluster_tls
+    _cluster_tls = files
+    return files
+
+
+def current() -> TlsFiles | None:
+    return _cluster_tls
+
+
+def aio_channel(address: str, options: list | None = None) -> grpc.aio.Channel:
+    """A channel to another cluster member, mutual TLS when configured."""
+    if _cluster_tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, _cluster_tls.channel_credentials(), options=options)
+
+
+def sync_channel(address: str, options: list | None = None) -> grpc.Channel:
+    if _cluster_tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, _cluster_tls.channel_credentials(), options=options)
