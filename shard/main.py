@@ -14,6 +14,7 @@ from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.metrics import register as register_metrics
+from shard.migration import pending_handover, settle_at_start
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
@@ -77,6 +78,11 @@ async def serve(args: argparse.Namespace) -> None:
     register_metrics(state, worker, servicer.commits)
     serve_metrics(args.host, args.metrics_port)
     worker.start()
+    if pending_handover(state) is not None:
+        for slot in pending_handover(state).slots:
+            state.ownership.sealed.add(slot)
+        settling = asyncio.get_running_loop().create_task(settle_at_start(state, peers))
+        process.shutdown_hooks.append(lambda: _cancel(settling))
 
     async def close() -> None:
         await worker.stop()
@@ -85,6 +91,10 @@ async def serve(args: argparse.Namespace) -> None:
 
     process.shutdown_hooks.append(close)
     await process.serve(f"murmur-shard {state.shard_id} serving on {{address}}")
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,9 +101,10 @@ class SlotMigrator:
             yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="freezing")
             await self._freeze_and_hand_over(slots, target, capture, request.new_map)
         except BaseException:
-            for slot in slots:
-                self.state.ownership.frozen.pop(slot, None)
-                self.state.ownership.sealed.discard(slot)
+            if pending_handover(self.state) is None:  # else the slots stay sealed until settled
+                for slot in slots:
+                    self.state.ownership.frozen.pop(slot, None)
+                    self.state.ownership.sealed.discard(slot)
             raise
         finally:
             self.state.store.captures.remove(capture)
@@ -166,16 +167,27 @@ class SlotMigrator:
         await self._wait_outbox_clear(slots)
         ownership.sealed.update(slots)
         await self._send(slots, target, capture.take(), reset=False)
+        record_handover(
+            self.state,
+            shard_pb2.MigrateSlotsRequest(
+                slots=sorted(slots), target_shard=target, new_map=new_map
+            ),
+        )
         try:
             await self.peers.stub(target, self.target_address).AssignSlots(
                 shard_pb2.AssignSlotsRequest(slot_map=new_map), timeout=IMPORT_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"shard {target} did not take the slots: {exc.code().name}: {exc.details()}",
-            ) from exc
-        ownership.adopt(new_map)
+            # the target may have adopted the map and only the answer was lost
+            if not await settle_handover(self.state, self.peers):
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"shard {target} did not take the slots ({exc.code().name}); "
+                    "the move was rolled back",
+                ) from exc
+        else:
+            ownership.adopt(new_map)
+            clear_handover(self.state)
         log.info(
             "handed %d slots to shard %d (frozen %.0f ms)",
             len(slots),
@@ -203,18 +215,7 @@ class SlotMigrator:
 
     async def _delete_local(self, slots: set[int]) -> None:
         """Drop the source copy in small batches, letting requests run between."""
-        db = self.state.store.db
-        for slot in sorted(slots):
-            while True:
-                keys_iter = db.iterator(prefix=slot_range(slot), include_value=False)
-                doomed = list(itertools.islice(keys_iter, BATCH_KEYS))
-                keys_iter.close()
-                if not doomed:
-                    break
-                with db.write_batch() as batch:
-                    for key in doomed:
-                        batch.delete(key)
-                await asyncio.sleep(0)
+        await _drop_slots(self.state, slots)
 
 
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:
@@ -242,3 +243,95 @@ def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -
             else:
                 batch.put(entry.key, entry.value)
     return len(request.entries)
+
+
+# A hand-over that a crash interrupted ------------------------------------------
+#
+# Before asking the target to adopt the new map, the source writes the move
+# down. If it dies (or loses the answer) before adopting the map itself, the
+# record tells it at the next start to ask the target whether the hand-over
+# happened: if the target owns the slots, the source adopts the map and drops
+# its copy; if not, it keeps serving them. Until it knows, the slots stay
+# sealed, so two shards never both accept writes for one slot.
+
+HANDOVER_KEY = keys.shard_meta("handover")
+SETTLE_ATTEMPTS = 20
+
+
+def record_handover(state: ShardState, request: shard_pb2.MigrateSlotsRequest) -> None:
+    state.store.db.put(HANDOVER_KEY, request.SerializeToString(), sync=True)
+
+
+def clear_handover(state: ShardState) -> None:
+    state.store.db.delete(HANDOVER_KEY, sync=True)
+
+
+def pending_handover(state: ShardState) -> shard_pb2.MigrateSlotsRequest | None:
+    raw = state.store.get(HANDOVER_KEY)
+    return shard_pb2.MigrateSlotsRequest.FromString(raw) if raw is not None else None
+
+
+async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
+    """Find out whether the recorded hand-over happened; True if it did.
+
+    Raises ServiceError if the target cannot be asked (the slots stay sealed).
+    """
+    request = pending_handover(state)
+    if request is None:
+        return False
+    slots = set(request.slots)
+    state.ownership.sealed.update(s for s in slots if state.ownership.owned[s])
+    address = request.new_map.addresses[request.target_shard]
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            info = await peers.stub(request.target_shard, address).GetShardInfo(
+                shard_pb2.GetShardInfoRequest(), timeout=2.0
+            )
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+    else:
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"cannot reach shard {request.target_shard} to settle the hand-over of "
+            f"{len(slots)} slots; they stay sealed",
+        )
+    owners = info.slot_map.owners
+    handed = bool(owners) and all(owners[s] == request.target_shard for s in slots)
+    if handed:
+        if request.new_map.version > state.ownership.slot_map.version:
+            state.ownership.adopt(request.new_map)
+        await _drop_slots(state, slots)
+        log.info("hand-over of %d slots to shard %d completed", len(slots), request.target_shard)
+    else:
+        log.info("hand-over to shard %d did not happen; keeping the slots", request.target_shard)
+    for slot in slots:
+        state.ownership.sealed.discard(slot)
+        state.ownership.frozen.pop(slot, None)
+    clear_handover(state)
+    return handed
+
+
+async def _drop_slots(state: ShardState, slots: set[int]) -> None:
+    db = state.store.db
+    for slot in sorted(slots):
+        while True:
+            keys_iter = db.iterator(prefix=slot_range(slot), include_value=False)
+            doomed = list(itertools.islice(keys_iter, BATCH_KEYS))
+            keys_iter.close()
+            if not doomed:
+                break
+            with db.write_batch() as batch:
+                for key in doomed:
+                    batch.delete(key)
+            await asyncio.sleep(0)
+
+
+async def settle_at_start(state: ShardState, peers: PeerShards) -> None:
+    """At start-up: keep trying until an interrupted hand-over is settled."""
+    while pending_handover(state) is not None:
+        try:
+            await settle_handover(state, peers)
+        except ServiceError as exc:
+            log.warning("%s; retrying", exc.message)
+            await asyncio.sleep(2.0)
