@@ -19,7 +19,7 @@ def slot_for_user(user_id: int) -> int:
 
 def slot_for_handle(handle: str) -> int:
     """The slot that owns a handle; handles are compared ignoring case."""
-    return mmh3.hash(handle.lower().encode("ascii"), signed=False) % SLOT_COUNT
+    return mmh3.hash(handle.lower().encode("utf-8"), signed=False) % SLOT_COUNT
 
 
 def even_assignment(shard_ids: list[int]) -> list[int]:

@@ -8,6 +8,7 @@ the others in the batch still succeed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -16,12 +17,13 @@ from google.protobuf import message_factory
 from murmur.errors import WRONG_SLOT_METADATA
 from murmur.v1 import shard_pb2
 
+log = logging.getLogger("murmur.shard.execute")
 _SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 _NOT_BATCHABLE = {"Execute", "AssignSlots", "UpdateSettings"}
 REQUEST_TYPES = {
     method.name: message_factory.GetMessageClass(method.input_type)
     for method in _SERVICE.methods
-    if method.name not in _NOT_BATCHABLE
+    if method.name not in _NOT_BATCHABLE and not method.server_streaming
 }
 
 
@@ -73,6 +75,12 @@ async def run_call(
             code=aborted.code.value[0],
             message=aborted.message,
             wrong_slot=any(key == WRONG_SLOT_METADATA for key, _ in context.trailing),
+        )
+    except Exception:  # one broken call must not fail its neighbours
+        log.exception("call %s inside Execute failed", call.method)
+        return shard_pb2.ShardCallResult(
+            code=grpc.StatusCode.INTERNAL.value[0],
+            message=f"internal error while serving {call.method}; see the shard's log",
         )
     return shard_pb2.ShardCallResult(response=response.SerializeToString())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from murmur.errors import invalid
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard.celebrity import recheck_celebrity
@@ -36,6 +37,8 @@ class DeliveryApplier:
 
     def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> None:
         kind = op.WhichOneof("op")
+        if kind is None:
+            raise invalid("a delivery op carries no operation this shard knows (newer peer?)")
         body = getattr(op, kind)
         if kind in ("add_follower", "remove_follower"):
             users = [body.followee_id]
@@ -65,8 +68,7 @@ class DeliveryApplier:
         elif kind == "remove_follower":
             self._remove_follower(txn, op.remove_follower)
         elif kind == "follow_sync":
-            touched = self._follow_sync(txn, op.follow_sync)
-            written = len(touched) * len(op.follow_sync.tweets)
+            touched, written = self._follow_sync(txn, op.follow_sync)
         txn.commit(sync=False)
         for owner in touched:
             self.state.inbox.trim(owner, self.state.settings.inbox_cap)
@@ -116,9 +118,11 @@ class DeliveryApplier:
         recheck_celebrity(self.state, txn, record)
         users.put(txn, record)
 
-    def _follow_sync(self, txn: Txn, sync: shard_pb2.FollowSync) -> list[int]:
-        """Adopt the followee's status on each follower's edge, newest version wins."""
+    def _follow_sync(self, txn: Txn, sync: shard_pb2.FollowSync) -> tuple[list[int], int]:
+        """Adopt the followee's status on each follower's edge, newest version
+        wins; returns the followers whose inboxes grew and the new entries."""
         touched = []
+        written = 0
         for follower in sync.follower_ids:
             edge = self.state.graph.following_edge(txn, follower, sync.followee_id)
             if edge is None or sync.celebrity_version < edge.celebrity_version:
@@ -129,13 +133,13 @@ class DeliveryApplier:
             if sync.celebrity:
                 self.state.inbox.remove_author(txn, follower, sync.followee_id)
                 continue
-            self._backfill(txn, follower, sync)
+            written += self._backfill(txn, follower, sync)
             touched.append(follower)
-        return touched
+        return touched, written
 
-    def _backfill(self, txn: Txn, follower: int, sync: shard_pb2.FollowSync) -> None:
+    def _backfill(self, txn: Txn, follower: int, sync: shard_pb2.FollowSync) -> int:
         tweets: list[murmur_pb2.Tweet] = list(sync.tweets)
-        for tweet in tweets:
-            self.state.inbox.put(txn, follower, tweet)
+        new = sum(self.state.inbox.put(txn, follower, tweet) for tweet in tweets)
         if not sync.complete and tweets:
             self.state.inbox.raise_exact_from(txn, follower, tweets[-1].tweet_id)
+        return new

@@ -74,7 +74,7 @@ def user(slot: int, user_id: int) -> bytes:
 
 
 def handle(slot: int, handle_text: str) -> bytes:
-    return SLOT.pack(slot) + HANDLE + handle_text.lower().encode("ascii")
+    return SLOT.pack(slot) + HANDLE + handle_text.lower().encode("utf-8")
 
 
 def following(slot: int, follower: int, followee: int) -> bytes:

@@ -362,13 +362,14 @@ class LocalCluster:
         if self._router is not None:
             self._router.kill()
 
-    def restart_router(self) -> str:
-        """Start the router again (maybe on a new port); updates and returns ``target``."""
+    def restart_router(self, same_port: bool = False) -> str:
+        """Start the router again (on a new port unless ``same_port``); updates
+        and returns ``target``."""
         if self._router is None:
             raise ClusterError("the router was never started")
         if self._router.alive():
             self._router.kill()
-        self._router.start(0)
+        self._router.start(self._router.port if same_port else 0)
         self.target = self._router.address
         return self.target
 
