@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTO_SRC := $(wildcard protos/murmur/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos run test lint clean certs bench
+.PHONY: install protos run test lint clean certs soak bench
 
 install: $(STAMP) protos
 
@@ -34,6 +34,10 @@ bench: install
 # A development CA and cluster certificates in certs/ (see README "TLS").
 certs: install
 	$(BIN)/python deploy/dev_ca.py certs
+
+# 10 minutes of mixed load on the real graph with a kill -9 every minute.
+soak: install
+	$(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -34,7 +34,8 @@ _SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 RESPONSE_TYPES = {
     method.name: message_factory.GetMessageClass(method.output_type) for method in _SERVICE.methods
 }
-NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo"}
+# Ping is the benchmark's floor: exactly one router -> shard call per request.
+NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo", "Ping"}
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 BATCH_SIZE = Histogram(
     "murmur_router_shard_batch_requests",
@@ -89,7 +90,8 @@ class ShardLane:
             self.busy = True
             loop.create_task(self._drain())
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
+            async with asyncio.timeout(timeout):
+                return await item.future
         except TimeoutError:
             raise ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -1,0 +1,135 @@
+"""``make soak``: the mixed workload for N minutes on the real graph, with a
+random kill -9 every minute, then the oracle comparison.
+
+    python -m tests.faults.soak [--minutes 10] [--edges 20000] [--out soak.json]
+
+Reports operations, errors by code, kills survived, acknowledged writes lost
+(must be 0), and each process's resident memory at the start and the end.
+Everything runs on loopback and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from client import MurmurClient
+from tests.datasets import load_edges, load_texts
+from tests.faults.workload import Workload, verify
+from tests.integration.cluster import LocalCluster, eventually
+from tests.timeline.oracle import JoinOracle
+
+
+def rss_kb(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def memory(cluster: LocalCluster) -> dict[str, int]:
+    sizes = {f"shard {i}": rss_kb(cluster.shard_pid(i)) for i in range(cluster.shards)}
+    sizes["router"] = rss_kb(cluster.router_pid)
+    return sizes
+
+
+def load(cluster: LocalCluster, oracle: JoinOracle, edges: int) -> list[int]:
+    graph = load_edges(max_edges=edges)
+    nodes = sorted({n for edge in graph for n in edge})
+    with MurmurClient(cluster.target, timeout=30) as client, ThreadPoolExecutor(8) as pool:
+        ids = dict(
+            zip(
+                nodes,
+                pool.map(lambda n: client.create_user(f"s{n % 10**12}").user_id, nodes),
+                strict=True,
+            )
+        )
+        list(pool.map(lambda e: client.follow(ids[e[0]], ids[e[1]]), graph))
+    for a, b in graph:
+        oracle.follow(ids[a], ids[b])
+    return list(ids.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--edges", type=int, default=20_000, help="edges of the real graph to load")
+    parser.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
+    parser.add_argument("--out", default="bench/results/soak.json")
+    args = parser.parse_args()
+    rng = random.Random(11)
+    with tempfile.TemporaryDirectory(prefix="murmur-soak-") as tmp:
+        cluster = LocalCluster(Path(tmp), shards=3, celebrity_threshold=200).start()
+        try:
+            oracle = JoinOracle()
+            started = time.monotonic()
+            users = load(cluster, oracle, args.edges)
+            print(f"loaded {len(users)} users in {time.monotonic() - started:.0f}s", flush=True)
+            rss_start = memory(cluster)
+            texts = [t for t in load_texts(20_000) if len(t) <= 280]
+            workload = Workload(lambda: cluster.target, users, oracle, texts, seed=3)
+            workload.start()
+            kills: list[str] = []
+            end = time.monotonic() + args.minutes * 60
+            while time.monotonic() < end:
+                time.sleep(min(args.kill_every, max(0.0, end - time.monotonic())))
+                if time.monotonic() >= end or workload.failure:
+                    break
+                if rng.random() < 0.25:
+                    cluster.kill_router()
+                    cluster.restart_router(same_port=True)
+                    kills.append("router")
+                else:
+                    victim = rng.randrange(cluster.shards)
+                    cluster.kill_shard(victim)
+                    time.sleep(rng.uniform(0.2, 2.0))
+                    cluster.restart_shard(victim)
+                    kills.append(f"shard {victim}")
+                print(f"{len(kills)} kills, ops {dict(workload.ops)}", flush=True)
+            workload.stop()
+            rss_end = memory(cluster)
+            lost = 0
+            with MurmurClient(cluster.target, timeout=30) as client:
+                eventually(
+                    lambda: verify(client, oracle, users, rng.sample(users, 100)),
+                    timeout=120,
+                    interval=2,
+                )
+                for tweet_id in oracle.tweets:
+                    lost += client.get_tweet(tweet_id).tweet_id != tweet_id
+            report = {
+                "minutes": args.minutes,
+                "users": len(users),
+                "edges": args.edges,
+                "operations": dict(workload.ops),
+                "errors_by_code": dict(workload.errors),
+                "kills_survived": kills,
+                "acknowledged_tweets": len(oracle.tweets),
+                "data_lost": lost,
+                "oracle_match": True,
+                "rss_kb_start": rss_start,
+                "rss_kb_end": rss_end,
+            }
+        finally:
+            cluster.stop()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    sys.exit(0 if report["data_lost"] == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
