@@ -57,6 +57,8 @@ async def pull_groups(
     """One PullTimelines call per shard, in parallel. A shard that does not
     answer is reported, not fatal: the page is then marked partial."""
     shard_ids = list(groups)
+    if not shard_ids:
+        return [], []
     calls = [
         pool.call(
             shard_id,
@@ -68,7 +70,13 @@ async def pull_groups(
         )
         for shard_id in shard_ids
     ]
-    results = await asyncio.gather(*calls, return_exceptions=True)
+    if len(calls) == 1:
+        try:
+            results = [await calls[0]]
+        except ServiceError as exc:
+            results = [exc]
+    else:
+        results = await asyncio.gather(*calls, return_exceptions=True)
     tweets: list[murmur_pb2.Tweet] = []
     missing: list[int] = []
     for shard_id, result in zip(shard_ids, results, strict=True):
@@ -88,6 +96,8 @@ async def merge_home(
     limit: int,
     timeout: float | None,
 ) -> MergedPage:
+    if not inbox.celebrity_ids and not inbox.needs_pull_below:
+        return MergedPage(list(inbox.entries))  # the common case: one shard read, done
     table = pool.table
     timeout = pull_timeout(timeout)
     pulls = [
@@ -97,7 +107,7 @@ async def merge_home(
         below = min(before_id, inbox.exact_from) if before_id else inbox.exact_from
         groups = table.group_users(list(inbox.pull_below_ids))
         pulls.append(pull_groups(pool, groups, below, limit, timeout))
-    results = await asyncio.gather(*pulls)
+    results = [await pulls[0]] if len(pulls) == 1 else await asyncio.gather(*pulls)
     pulled = [tweet for tweets, _ in results for tweet in tweets]
     missing = sorted({shard for _, shards in results for shard in shards})
     return MergedPage(newest([*inbox.entries, *pulled], limit), missing)
