@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import grpc
 import plyvel
 
 from murmur.errors import ServiceError
+from murmur.observability import observe_call
 from murmur.validation import InvalidInput
 
 log = logging.getLogger("murmur.rpc")
@@ -28,15 +30,20 @@ def rpc(method: Handler) -> Handler:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         component = getattr(self, "component", type(self).__name__)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except ServiceError as exc:
+            code = exc.code
             if exc.trailing:
                 context.set_trailing_metadata(exc.trailing)
             await context.abort(exc.code, exc.message)
         except InvalidInput as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(exc))
         except grpc.aio.AbortError:
+            code = _aborted_code(context)
             raise
         except (plyvel.Error, OSError) as exc:
             log.error("%s: storage failure in %s: %s", component, method.__name__, exc)
@@ -47,10 +54,25 @@ def rpc(method: Handler) -> Handler:
             )
             await context.abort(code, f"{component} cannot write to its storage: {exc}")
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("%s: %s failed", component, method.__name__)
             await context.abort(
-                grpc.StatusCode.INTERNAL,
+                code,
                 f"internal error in {component} while serving {method.__name__}; see its log",
+            )
+        finally:
+            observe_call(
+                component,
+                getattr(self, "service_name", type(self).__name__),
+                method.__name__,
+                code,
+                time.perf_counter() - started,
+                request,
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _aborted_code(context: Any) -> grpc.StatusCode:
+    code = context.code() if hasattr(context, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

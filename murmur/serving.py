@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from murmur.observability import CallObserver
 from murmur.tls import TlsFiles
 
 SERVER_OPTIONS = [
@@ -74,13 +73,10 @@ class ServingProcess:
         host: str,
         port: int,
         service_names: Iterable[str],
-        component: str = "server",
         tls_files: TlsFiles | None = None,
         require_client_cert: bool = False,
     ) -> None:
-        self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[CallObserver(component)]
-        )
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

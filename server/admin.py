@@ -41,6 +41,7 @@ async def streamed(context: grpc.aio.ServicerContext, items: AsyncIterator) -> A
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     component = "router admin"
+    service_name = "Admin"
 
     def __init__(self, pool: ShardPool, admin_token: str | None) -> None:
         self.pool = pool

@@ -75,9 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     ]
-    process = ServingProcess(
-        args.host, args.port, services, component="router", tls_files=tls_files
-    )
+    process = ServingProcess(args.host, args.port, services, tls_files=tls_files)
     serve_metrics(args.host, args.metrics_port)
     murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
     admin_pb2_grpc.add_AdminServicer_to_server(

@@ -51,6 +51,7 @@ def check_tweet_id(tweet_id: int) -> int:
 
 class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     component = "router"
+    service_name = "Murmur"
 
     def __init__(self, table: RoutingTable, pool: ShardPool) -> None:
         self.table = table

@@ -67,7 +67,6 @@ async def serve(args: argparse.Namespace) -> None:
         args.host,
         args.port,
         [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name],
-        component=f"shard {state.shard_id}",
         tls_files=tls.configure_from(args),
         require_client_cert=True,  # only routers and shards hold cluster certificates
     )

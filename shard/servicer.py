@@ -33,6 +33,8 @@ MAX_PULL_AUTHORS = 100_000
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
+    service_name = "Shard"
+
     def __init__(
         self,
         state: ShardState,
