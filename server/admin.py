@@ -21,6 +21,7 @@ from murmur.slots import SLOT_COUNT, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
 from server.admin_auth import operator_only
 from server.shard_pool import ShardPool
+from server.slot_map import fetch_infos
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 
 log = logging.getLogger("murmur.router.admin")
@@ -37,6 +38,10 @@ async def streamed(context: grpc.aio.ServicerContext, items: AsyncIterator) -> A
         await context.abort(exc.code, exc.message)
     except grpc.aio.AioRpcError as exc:
         await context.abort(exc.code(), exc.details() or exc.code().name)
+
+
+def describe_ranges(slots: list[int]) -> str:
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(slots))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -130,6 +135,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "shard %d did not take map version %d: %s", shard_id, new_map.version, result
                 )
 
+    async def _adopt_newest_map(self) -> None:
+        """Learn the newest map the shards hold and make every shard hold it."""
+        infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        newest = max(infos.values(), key=lambda info: info.map_version)
+        if newest.map_version > self.table.version:
+            await self._publish(newest.slot_map)
+
     async def _move(
         self, slots: list[int], target: int, done: int, total: int
     ) -> AsyncIterator[admin_pb2.MoveProgress]:
@@ -141,6 +153,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 by_source[owner].append(slot)
             else:
                 done += 1
+        copied_before = 0
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
                 new_map = self._next_map()
@@ -151,23 +164,27 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 )
                 copied = 0
                 stream = self.pool.stub(source).MigrateSlots(request, timeout=MOVE_TIMEOUT_S)
-                async for status in stream:
-                    copied = status.keys_copied
-                    yield admin_pb2.MoveProgress(
-                        slots_done=done,
-                        slots_total=total,
-                        keys_copied=copied,
-                        step=f"shard {source} -> shard {target}: {status.step}",
-                        map_version=self.table.version,
-                    )
-                await self._publish(new_map)
+                try:
+                    async for status in stream:
+                        copied = status.keys_copied
+                        yield admin_pb2.MoveProgress(
+                            slots_done=done,
+                            slots_total=total,
+                            keys_copied=copied_before + copied,
+                            step=f"shard {source} -> shard {target}: {status.step}",
+                            map_version=self.table.version,
+                        )
+                finally:
+                    # also when the caller cancels: the hand-over may have happened
+                    await self._adopt_newest_map()
+                copied_before += copied
                 done += len(chunk)
                 yield admin_pb2.MoveProgress(
                     slots_done=done,
                     slots_total=total,
-                    keys_copied=copied,
+                    keys_copied=copied_before,
                     step=f"slots {chunk[0]}-{chunk[-1]} now on shard {target}",
-                    map_version=new_map.version,
+                    map_version=self.table.version,
                 )
 
     async def _run_plan(
@@ -181,7 +198,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 yield admin_pb2.MoveProgress(
                     slots_done=0,
                     slots_total=total,
-                    step=f"would move slots {slot_ranges(slots)} to shard {target}",
+                    step=f"would move slots {describe_ranges(slots)} to shard {target}",
                     map_version=self.table.version,
                 )
             if not plan:
@@ -277,6 +294,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         log.info("shard %d at %s joined (map version %d)", info.shard_id, address, new_map.version)
         return admin_pb2.AddShardResponse(shard_id=info.shard_id, map_version=new_map.version)
 
+    async def _require_empty_outbox(self, shard_id: int) -> None:
+        """A drained shard may still hold fan-out for others: removing it then
+        would strand those deliveries."""
+        try:
+            stats = await self.pool.direct(
+                shard_id, "GetStats", shard_pb2.GetStatsRequest(), STATS_TIMEOUT_S
+            )
+        except ServiceError as exc:
+            log.warning(
+                "removing shard %d without checking its outbox: %s", shard_id, exc.message
+            )
+            return
+        if stats.outbox_backlog:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {shard_id} still has {stats.outbox_backlog} fan-out records to "
+                "deliver; retry in a moment",
+            )
+
     @operator_only
     @rpc
     async def RemoveShard(self, request, context):
@@ -288,6 +324,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"shard {request.shard_id} still owns {len(held)} slots; drain it first",
                 )
+            await self._require_empty_outbox(request.shard_id)
             new_map = self._next_map()
             del new_map.addresses[request.shard_id]
             await self._publish(new_map)

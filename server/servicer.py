@@ -98,7 +98,17 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def _user_records(
         self, user_ids: list[int], context: Any
     ) -> dict[int, shard_pb2.UserRecord]:
-        """Multi-get across shards: one GetUsers call per shard, in parallel."""
+        """Multi-get across shards: one GetUsers call per shard, in parallel;
+        a stale map is refreshed once."""
+        try:
+            return await self._user_records_once(user_ids, context)
+        except WrongSlot:
+            await self._refresh()
+            return await self._user_records_once(user_ids, context)
+
+    async def _user_records_once(
+        self, user_ids: list[int], context: Any
+    ) -> dict[int, shard_pb2.UserRecord]:
         groups = self.table.group_users(user_ids)
         calls = [
             self.pool.call(
@@ -271,7 +281,11 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             shard_pb2.ReadInboxRequest(user_id=reader, before_id=before, limit=limit),
             context,
         )
-        page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
+        try:
+            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
+        except WrongSlot:  # a pulled celebrity's slot moved: re-learn the map, once
+            await self._refresh()
+            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
         tweets = page.tweets
         token = (
             page_tokens.encode(TokenKind.HOME_TIMELINE, tweets[-1].tweet_id)

@@ -101,10 +101,12 @@ class SlotMigrator:
             yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="freezing")
             await self._freeze_and_hand_over(slots, target, capture, request.new_map)
         except BaseException:
-            if pending_handover(self.state) is None:  # else the slots stay sealed until settled
+            if pending_handover(self.state) is None:
                 for slot in slots:
                     self.state.ownership.frozen.pop(slot, None)
                     self.state.ownership.sealed.discard(slot)
+            else:  # interrupted mid-hand-over (e.g. the caller cancelled): settle it
+                asyncio.get_running_loop().create_task(settle_at_start(self.state, self.peers))
             raise
         finally:
             self.state.store.captures.remove(capture)
