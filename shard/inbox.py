@@ -25,16 +25,29 @@ class InboxStore:
     def _save_meta(self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta) -> None:
         txn.put(keys.inbox_meta(slot_for_user(owner), owner), meta.SerializeToString())
 
-    def put(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> bool:
-        """Insert or refresh a copy; True if the entry is new."""
-        key = keys.inbox(slot_for_user(owner), owner, tweet.tweet_id)
+    def put(
+        self,
+        txn: Txn,
+        owner: int,
+        tweet: murmur_pb2.Tweet,
+        raw: bytes | None = None,
+        slot: int | None = None,
+    ) -> int:
+        """Insert or refresh a copy. Returns the inbox's new size if the entry
+        is new, else 0 (so callers know whom to trim without reading again).
+        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops."""
+        slot = slot_for_user(owner) if slot is None else slot
+        key = keys.inbox(slot, owner, tweet.tweet_id)
         is_new = txn.get(key) is None
-        txn.put(key, tweet.SerializeToString())
-        if is_new:
-            meta = self.meta(txn, owner)
-            meta.size += 1
-            self._save_meta(txn, owner, meta)
-        return is_new
+        txn.put(key, raw if raw is not None else tweet.SerializeToString())
+        if not is_new:
+            return 0
+        meta_key = keys.inbox_meta(slot, owner)
+        raw_meta = txn.get(meta_key)
+        meta = shard_pb2.InboxMeta.FromString(raw_meta) if raw_meta else shard_pb2.InboxMeta()
+        meta.size += 1
+        txn.put(meta_key, meta.SerializeToString())
+        return meta.size
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
         """Update a copy after an edit, only where the copy exists."""

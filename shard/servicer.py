@@ -18,7 +18,7 @@ from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from shard.batch_execute import run_batch
 from shard.celebrity import reevaluate_all
 from shard.consistency import check_edges, check_slots
-from shard.delivery import DeliveryApplier
+from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
 from shard.maintenance import backup, compact, local_stats
@@ -203,11 +203,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         tweet = state.tweets.create(txn, author, request.text, request.request_id)
         record.user.tweet_count += 1
         state.users.put(txn, record)
-        state.inbox.put(txn, author, tweet)
+        own_inbox_size = state.inbox.put(txn, author, tweet)
         if not record.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_PUT, tweet)
         txn.commit(sync=False)
-        state.inbox.trim(author, state.settings.inbox_cap)
+        if own_inbox_size > trim_threshold(state.settings.inbox_cap):
+            state.inbox.trim(author, state.settings.inbox_cap)
         await self.commits.durable()
         return tweet
 

@@ -21,7 +21,7 @@ from murmur.errors import WRONG_SLOT_METADATA
 from murmur.ids import IdClock, compose_tweet_id, lowest_id_at, now_ms, slot_of_tweet
 from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
-from shard.delivery import DeliveryApplier
+from shard.delivery import DeliveryApplier, trim_threshold
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
 from shard.state import ShardState
@@ -848,8 +848,13 @@ def test_inbox_cap_trims_oldest_and_asks_for_pull_below(open_shard) -> None:
     written = shard.deliver(*(inbox_put([reader], t) for t in tweets))
     assert written == 8
 
-    kept = sorted(ids, reverse=True)[:5]
-    trimmed = sorted(ids)[:3]
+    size = 0  # inboxes are cut back to the cap once they pass trim_threshold(cap)
+    for _ in tweets:
+        size += 1
+        if size > trim_threshold(5):
+            size = 5
+    kept = sorted(ids, reverse=True)[:size]
+    trimmed = sorted(ids)[: len(ids) - size]
     page = shard.inbox(reader, limit=20)
     assert [t.tweet_id for t in page.entries] == kept
     # every home tweet at or above exact_from is present; trimmed ones are below
@@ -868,9 +873,10 @@ def test_inbox_cap_trims_oldest_and_asks_for_pull_below(open_shard) -> None:
     # the author's own inbox is capped too (PostTweet trims)
     assert shard.inbox_ids(author, limit=20) == kept
 
-    # re-delivering a trimmed tweet stores it only until the next trim
+    # re-delivering a trimmed tweet stores it only until the next trim, which
+    # this put triggers (6 held + 1 > trim_threshold(5)): back to the newest 5
     shard.deliver(inbox_put([reader], tweets[0]))
-    assert shard.inbox_ids(reader, limit=20) == kept
+    assert shard.inbox_ids(reader, limit=20) == kept[:5]
 
 
 def test_inbox_cap_property_over_many_puts(open_shard) -> None:
@@ -878,15 +884,20 @@ def test_inbox_cap_property_over_many_puts(open_shard) -> None:
     author, reader = shard.create_user("author"), shard.create_user("reader")
     shard.follow(reader, author)
     seen: list[int] = []
+    held = 0  # entries held: back to the cap once past trim_threshold(cap)
     for n in range(12):
         tweet = shard.post(author, f"t{n}")
         shard.deliver(inbox_put([reader], tweet))
         seen.append(tweet.tweet_id)
+        held += 1
+        if held > trim_threshold(5):
+            held = 5
         page = shard.inbox(reader, limit=50)
         got = [t.tweet_id for t in page.entries]
-        assert got == sorted(seen, reverse=True)[:5]
-        if len(seen) > 5:
-            assert sorted(seen)[-6] < page.exact_from <= min(got)
+        assert got == sorted(seen, reverse=True)[:held]
+        assert len(got) <= trim_threshold(5)
+        if len(seen) > held:
+            assert sorted(seen)[-held - 1] < page.exact_from <= min(got)
 
 
 # celebrity hysteresis ------------------------------------------------------
