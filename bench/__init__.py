@@ -1,0 +1,1 @@
+"""``murmur-bench``: Murmur's benchmark harness (see ``bench/main.py``)."""

@@ -1,0 +1,202 @@
+"""Fan-out measurements made from the bench process: delivery probes (post,
+then poll a follower's home timeline until the tweet is there) and bursts
+timed with the shards' ``fanout tweet=<id> followers=<n> lag_ms=<ms>`` log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.loader import call_retrying
+from murmur.ids import millis_of_id
+from murmur.v1 import murmur_pb2 as pb
+from murmur.v1 import murmur_pb2_grpc as pb_grpc
+
+FANOUT_LINE = re.compile(r"fanout tweet=(\d+) followers=(\d+) lag_ms=(\d+)")
+POLL_INTERVAL_S = 0.005
+
+
+async def probe_one(
+    stub: pb_grpc.MurmurStub,
+    author: int,
+    watcher: int,
+    followers: int,
+    text: str,
+    tag: str,
+    timeout_s: float = 10.0,
+) -> dict:
+    """Post as ``author``; poll ``watcher``'s home until the tweet appears."""
+    sent = time.perf_counter()
+    tweet = await call_retrying(
+        stub.PostTweet, pb.PostTweetRequest(user_id=author, text=text, request_id=tag)
+    )
+    acked = time.perf_counter()
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            page = await stub.GetHomeTimeline(
+                pb.GetHomeTimelineRequest(user_id=watcher, page_size=50), timeout=5.0
+            )
+            if any(t.tweet_id == tweet.tweet_id for t in page.tweets):
+                seen = time.perf_counter()
+                return {
+                    "author": author,
+                    "followers": followers,
+                    "tweet_id": tweet.tweet_id,
+                    "post_ms": round((acked - sent) * 1000, 3),
+                    "visible_ms": round((seen - sent) * 1000, 3),
+                    "polls": polls,
+                    "timed_out": False,
+                }
+        except grpc.aio.AioRpcError:
+            pass
+        if time.perf_counter() - sent > timeout_s:
+            return {
+                "author": author,
+                "followers": followers,
+                "tweet_id": tweet.tweet_id,
+                "post_ms": round((acked - sent) * 1000, 3),
+                "visible_ms": None,
+                "polls": polls,
+                "timed_out": True,
+            }
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def run_probes(
+    stub: pb_grpc.MurmurStub,
+    targets: list[tuple[int, int, int]],
+    texts: list[str],
+    tag: str,
+    concurrency: int = 4,
+    deadline_s: float = 120.0,
+) -> list[dict]:
+    """targets: (author id, watcher id, follower count). Bounded in count and time."""
+    results: list[dict] = []
+    queue = list(enumerate(targets))
+    stop_at = time.monotonic() + deadline_s
+
+    async def worker() -> None:
+        while queue and time.monotonic() < stop_at:
+            index, (author, watcher, followers) = queue.pop(0)
+            results.append(
+                await probe_one(
+                    stub, author, watcher, followers, texts[index % len(texts)], f"{tag}-{index}"
+                )
+            )
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+def log_offsets(paths: list[Path]) -> dict[Path, int]:
+    return {p: p.stat().st_size if p.exists() else 0 for p in paths}
+
+
+def fanout_lines(offsets: dict[Path, int]) -> dict[int, tuple[int, int]]:
+    """tweet id -> (followers in the last page, lag_ms) from the logs' new part."""
+    found: dict[int, tuple[int, int]] = {}
+    for path, offset in offsets.items():
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        for match in FANOUT_LINE.finditer(text):
+            found[int(match.group(1))] = (int(match.group(2)), int(match.group(3)))
+    return found
+
+
+async def burst(
+    stub: pb_grpc.MurmurStub,
+    authors: list[tuple[int, int, int]],
+    posts_per_author: int,
+    texts: list[str],
+    tag: str,
+    logs: list[Path] | None,
+    timeout_s: float = 90.0,
+) -> dict:
+    """Every author posts ``posts_per_author`` tweets at once; fan-out rate is
+    inbox entries / (last delivery finished - first post sent)."""
+    offsets = log_offsets(logs) if logs else {}
+    jobs = [(a, w, f, k) for (a, w, f) in authors for k in range(posts_per_author)]
+    started_ms = time.time() * 1000
+    started = time.perf_counter()
+    semaphore = asyncio.Semaphore(32)
+
+    async def post(job: tuple[int, int, int, int]) -> tuple[int, int, int]:
+        author, _watcher, followers, k = job
+        async with semaphore:
+            tweet = await call_retrying(
+                stub.PostTweet,
+                pb.PostTweetRequest(
+                    user_id=author, text=texts[k % len(texts)], request_id=f"{tag}-{author}-{k}"
+                ),
+            )
+        return tweet.tweet_id, followers, author
+
+    posted = await asyncio.gather(*(post(job) for job in jobs))
+    posts_done = time.perf_counter() - started
+    entries = sum(f for _, f, _ in posted)
+    expected = {tid for tid, f, _ in posted if f > 0}
+    result: dict = {
+        "authors": [{"author": a, "followers": f} for a, _, f in authors],
+        "posts": len(posted),
+        "posts_per_author": posts_per_author,
+        "inbox_entries": entries,
+        "posting_s": round(posts_done, 3),
+    }
+    if offsets:
+        lines: dict[int, tuple[int, int]] = {}
+        wait_until = time.perf_counter() + timeout_s
+        while time.perf_counter() < wait_until:
+            lines = fanout_lines(offsets)
+            if expected <= set(lines):
+                break
+            await asyncio.sleep(0.1)
+        done = [tid for tid in expected if tid in lines]
+        ends = [millis_of_id(tid) + lines[tid][1] for tid in done]
+        lags = [lines[tid][1] for tid in done]
+        if ends:
+            span_s = max(0.001, (max(ends) - started_ms) / 1000)
+            result.update(
+                method="shard log lines (fanout tweet=... lag_ms=...)",
+                delivered_tweets=len(done),
+                missing_tweets=len(expected) - len(done),
+                span_s=round(span_s, 3),
+                entries_per_s=round(entries / span_s, 1),
+                lag_ms_p50=sorted(lags)[len(lags) // 2],
+                lag_ms_max=max(lags),
+            )
+            return result
+    # no logs (an external --target): poll each author's last follower for its last tweet
+    last: dict[int, int] = {}
+    for tid, _f, author in posted:
+        last[author] = max(last.get(author, 0), tid)
+    watchers = {a: w for a, w, _ in authors}
+    wait_until = time.perf_counter() + timeout_s
+    pending = dict(last)
+    while pending and time.perf_counter() < wait_until:
+        for author, tid in list(pending.items()):
+            page = await stub.GetHomeTimeline(
+                pb.GetHomeTimelineRequest(user_id=watchers[author], page_size=100), timeout=5.0
+            )
+            if any(t.tweet_id <= tid and t.user_id == author for t in page.tweets) and any(
+                t.tweet_id == tid for t in page.tweets
+            ):
+                pending.pop(author)
+        await asyncio.sleep(0.01)
+    span_s = time.perf_counter() - started
+    result.update(
+        method="polling each author's last follower",
+        missing_tweets=len(pending),
+        span_s=round(span_s, 3),
+        entries_per_s=round(entries / span_s, 1),
+    )
+    return result

@@ -1,0 +1,462 @@
+"""The bench's outputs: ``<name>.json`` (everything), ``<name>.md`` (tables
+with the targets marked met or missed) and PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _get(data: dict, *path: Any, default: Any = None) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return default
+        data = data[key]
+    return data
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets, each with the measured value and met/missed."""
+    murmur = _get(result, "closed_loop", "murmur", default={})
+    c16 = "c16" if "c16" in _get(murmur, "ping", default={}) else None
+    if c16 is None and _get(murmur, "ping"):
+        c16 = sorted(murmur["ping"])[0]
+    ping = _get(murmur, "ping", c16, default={})
+    home = _get(murmur, "home", c16, default={})
+    post_key = next(iter(_get(murmur, "post", default={}) or {}), None)
+    post = _get(murmur, "post", post_key, default={})
+    ping_post = _get(murmur, "ping", post_key, default=ping)
+    rows = []
+
+    def row(name: str, goal: str, value: Any, met: bool | None, note: str = "") -> None:
+        rows.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": value,
+                "met": met,
+                "note": note,
+            }
+        )
+
+    tput = _ratio(home.get("throughput"), ping.get("throughput"))
+    row(
+        f"home-timeline throughput vs floor ({c16})",
+        ">= 1.0x floor (aim 1.5x)",
+        tput,
+        None if tput is None else tput >= 1.0,
+        f"{_fmt(home.get('throughput'))} vs Ping {_fmt(ping.get('throughput'))} calls/s",
+    )
+    p99 = _ratio(_get(home, "ops", "home", "p99_ms"), _get(ping, "ops", "ping", "p99_ms"))
+    row(
+        f"home-timeline p99 vs floor ({c16})",
+        "<= 1.5x floor",
+        p99,
+        None if p99 is None else p99 <= 1.5,
+        f"{_fmt(_get(home, 'ops', 'home', 'p99_ms'))} vs "
+        f"{_fmt(_get(ping, 'ops', 'ping', 'p99_ms'))} ms",
+    )
+    ptput = _ratio(post.get("throughput"), ping_post.get("throughput"))
+    row(
+        f"PostTweet throughput vs floor ({post_key})",
+        ">= 1.0x floor",
+        ptput,
+        None if ptput is None else ptput >= 1.0,
+        f"{_fmt(post.get('throughput'))} vs Ping {_fmt(ping_post.get('throughput'))} calls/s",
+    )
+    rate = _get(result, "fanout", "burst_under_load", "entries_per_s")
+    row(
+        "fan-out rate while the mix runs at half peak",
+        ">= 100,000 inbox entries/s",
+        rate,
+        None if rate is None else rate >= 100_000,
+        f"idle: {_fmt(_get(result, 'fanout', 'burst_idle', 'entries_per_s'))} entries/s",
+    )
+    d99 = _get(result, "fanout", "delivery", "all", "p99_ms")
+    timed_out = _get(result, "fanout", "delivery", "timed_out", default=0)
+    row(
+        "delivery p99, authors up to 10,000 followers, mix at half peak",
+        "< 1 s",
+        d99,
+        None if d99 is None else (d99 < 1000 and not timed_out),
+        f"p50 {_fmt(_get(result, 'fanout', 'delivery', 'all', 'p50_ms'))} ms; "
+        f"{timed_out} probes timed out",
+    )
+    sweep = _get(result, "followee_sweep", default={})
+    sizes = [str(s) for s in sweep.get("sizes", [])]
+    if sizes:
+        low, high = sizes[0], sizes[-1]
+        p_low = _get(sweep, "murmur", low, "ops", "home", "p50_ms")
+        p_high = _get(sweep, "murmur", high, "ops", "home", "p50_ms")
+        flat = _ratio(p_high, p_low)
+        row(
+            f"read p50 at {high} ordinary followees vs at {low}",
+            "<= 1.2x" + ("" if high == "5000" else " (quick: largest size measured)"),
+            flat,
+            None if flat is None else flat <= 1.2,
+            f"{_fmt(p_high)} vs {_fmt(p_low)} ms",
+        )
+        key = "1000" if "1000" in sizes else high
+        m = _get(sweep, "murmur", key, "ops", "home", "p50_ms")
+        j = _get(sweep, "join", key, "ops", "home", "p50_ms")
+        vs = _ratio(j, m)
+        row(
+            f"join p50 / Murmur p50 at {key} followees",
+            ">= 10x",
+            vs,
+            None if vs is None else vs >= 10,
+            f"join {_fmt(j)} ms vs Murmur {_fmt(m)} ms",
+        )
+    return rows
+
+
+def markdown(result: dict) -> str:
+    meta = result.get("meta", {})
+    cfg = result.get("config", {})
+    lines = [f"# murmur-bench: {meta.get('name')} ({meta.get('mode')})", ""]
+    lines += [
+        f"- command: `{meta.get('command')}`",
+        f"- machine: {meta.get('nproc')} CPUs ({meta.get('cpu', '?')}), "
+        f"{meta.get('mem_total', '?')}, {meta.get('platform')}",
+        f"- python {meta.get('python')}, git {meta.get('git_commit', '?')}, "
+        f"date {meta.get('date')}, histograms: {meta.get('histograms')}",
+        f"- graph: {_get(result, 'dataset', 'graph')}",
+        f"- texts: {_get(result, 'dataset', 'texts')}",
+        f"- cluster: {cfg.get('shards')} shards + 1 router on 127.0.0.1"
+        + (f" (target {cfg['target']})" if cfg.get("target") else "")
+        + f"; hybrid celebrity threshold {cfg.get('hybrid_threshold')}, inbox cap "
+        f"{cfg.get('inbox_cap')}; mix {cfg.get('mix')}; Zipf {cfg.get('zipf')}; "
+        f"{cfg.get('duration')} s per phase",
+        f"- total time {_get(result, 'timings_s', 'total')} s; phases {result.get('timings_s')}",
+        "- 'other processes' CPU' = machine CPU use during a phase minus the servers', the"
+        " load generator's and the bench's own: anything else running on the box skews"
+        " the numbers by that much.",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured | met? | detail |",
+        "|---|---|---|---|---|",
+    ]
+    for t in result.get("targets", []):
+        met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
+        lines.append(
+            f"| {t['target']} | {t['goal']} | {_fmt(t['measured'], 3)} | {met} | {t['note']} |"
+        )
+    lines += ["", "## Closed loop: Murmur and its floor (Ping: client → router → shard)", ""]
+    lines += _closed_table(_get(result, "closed_loop", "murmur", default={}))
+    lines += ["", "Ratios to the floor at the same concurrency:", ""]
+    lines += ["| concurrency | home tput / Ping | home p99 / Ping p99 | mix tput / Ping |"]
+    lines += ["|---|---|---|---|"]
+    murmur = _get(result, "closed_loop", "murmur", default={})
+    for c, ping in sorted(_get(murmur, "ping", default={}).items(), key=lambda kv: int(kv[0][1:])):
+        home = _get(murmur, "home", c, default={})
+        mix = _get(murmur, "mix", c, default={})
+        lines.append(
+            f"| {c} | {_fmt(_ratio(home.get('throughput'), ping.get('throughput')), 3)} | "
+            f"{_fmt(_ratio(_get(home, 'ops', 'home', 'p99_ms'), _get(ping, 'ops', 'ping', 'p99_ms')), 3)} | "  # noqa: E501
+            f"{_fmt(_ratio(mix.get('throughput'), ping.get('throughput')), 3)} |"
+        )
+    sweep = result.get("rate_sweep")
+    if sweep:
+        lines += [
+            "",
+            "## Open-loop rate sweep (the mix; latency from the intended start)",
+            "",
+            f"Closed-loop peak of the mix: {_fmt(sweep['peak_closed_loop'])} ops/s. "
+            f"p99 crosses {50} ms at ≈ **{_fmt(sweep.get('p99_crossing_rate'))} ops/s** "
+            f"({sweep.get('crossing')}).",
+            "",
+            "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | shed |"
+            " server CPU cores | loadgen CPU cores | other processes' CPU cores |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for step in sweep["steps"]:
+            cores = sum(step["server_cpu_s"].values()) / max(0.001, step["duration_s"])
+            lines.append(
+                f"| {_fmt(step['offered_rate'])} | {_fmt(step['achieved_rate'])} | "
+                f"{_fmt(step['all_ops']['p50_ms'])} | {_fmt(step['all_ops']['p99_ms'])} | "
+                f"{_fmt(step['all_ops']['p999_ms'])} | {step['ops_failed']} | {step['shed']} | "
+                f"{cores:.2f} | {step['loadgen_cpu_cores']:.2f} | "
+                f"{_fmt(_get(step, 'machine', 'other_processes_cores'))} |"
+            )
+    fs = result.get("followee_sweep")
+    if fs:
+        lines += [
+            "",
+            "## Read latency against the reader's followees (ordinary accounts, c1)",
+            "",
+            "| followees | Murmur p50 ms | Murmur p99 ms | join p50 ms | join p99 ms |"
+            " join / Murmur p50 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for size in fs.get("sizes", []):
+            m = _get(fs, "murmur", str(size), "ops", "home", default={})
+            j = _get(fs, "join", str(size), "ops", "home", default={})
+            lines.append(
+                f"| {size:,} | {_fmt(m.get('p50_ms'))} | {_fmt(m.get('p99_ms'))} | "
+                f"{_fmt(j.get('p50_ms'))} | {_fmt(j.get('p99_ms'))} | "
+                f"{_fmt(_ratio(j.get('p50_ms'), m.get('p50_ms')))} |"
+            )
+    join = result.get("join")
+    if join:
+        lines += [
+            "",
+            "## The join design (SQLite, same API, same workload)",
+            "",
+            f"API check: {'ok' if _get(join, 'check', 'ok') else 'FAILED'}; rows "
+            f"{_get(join, 'setup', 'rows')}; database {_get(join, 'disk_bytes')} bytes.",
+            "",
+        ]
+        lines += _closed_table(_get(join, "closed_loop", default={}))
+    strategies = result.get("strategies") or {}
+    if strategies and "skipped" not in strategies:
+        lines += [
+            "",
+            "## Strategies on the same graph (fan-out on read / write / hybrid)",
+            "",
+            "| strategy | threshold | top accounts celebrities | home c16 ops/s | home p50 ms |"
+            " home p99 ms | post p50 ms | post p99 ms | server CPU ms/post (incl. fan-out) |"
+            " delivery p50 ms | delivery p99 ms | setup |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in strategies.items():
+            home = _get(s, "home", "ops", "home", default={})
+            post = _get(s, "post", "ops", "post", default={})
+            setup = s.get("setup", {})
+            setup_text = (
+                f"restart {setup.get('restart_and_reevaluate_s')} s"
+                if "restart_and_reevaluate_s" in setup
+                else ("fresh load" if setup else "main cluster")
+            )
+            lines.append(
+                f"| {name} | {s['threshold']:,} | {s.get('top_accounts_celebrity')} | "
+                f"{_fmt(_get(s, 'home', 'throughput'))} | {_fmt(home.get('p50_ms'))} | "
+                f"{_fmt(home.get('p99_ms'))} | {_fmt(post.get('p50_ms'))} | "
+                f"{_fmt(post.get('p99_ms'))} | "
+                f"{_fmt(_get(s, 'post', 'server_cpu_ms_per_post_incl_fanout_total'), 3)} | "
+                f"{_fmt(_get(s, 'delivery', 'all', 'p50_ms'))} | "
+                f"{_fmt(_get(s, 'delivery', 'all', 'p99_ms'))} | {setup_text} |"
+            )
+    elif strategies:
+        lines += ["", f"Strategies skipped: {strategies['skipped']}"]
+    fan = result.get("fanout")
+    if fan:
+        lines += ["", f"## Fan-out ({fan.get('cluster', 'target')})", ""]
+        bg = fan.get("background_mix", {})
+        lines.append(
+            f"Background mix: offered {_fmt(bg.get('offered_rate'))}/s, achieved "
+            f"{_fmt(bg.get('achieved_rate'))}/s, p99 {_fmt(_get(bg, 'all_ops', 'p99_ms'))} ms."
+        )
+        lines += ["", "| burst | posts | inbox entries | span s | entries/s | method |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for key in ("burst_under_load", "burst_idle"):
+            b = fan.get(key, {})
+            lines.append(
+                f"| {key} | {b.get('posts')} | {_fmt(b.get('inbox_entries'))} | "
+                f"{_fmt(b.get('span_s'))} | {_fmt(b.get('entries_per_s'))} | {b.get('method')} |"
+            )
+        lines += [
+            "",
+            "| delivery (post → in a follower's home) | probes | p50 ms | p99 ms | max ms |",
+        ]
+        lines += ["|---|---|---|---|---|"]
+        d = fan.get("delivery", {})
+        lines.append(
+            f"| all | {d.get('probes')} | {_fmt(_get(d, 'all', 'p50_ms'))} | "
+            f"{_fmt(_get(d, 'all', 'p99_ms'))} | {_fmt(_get(d, 'all', 'max_ms'))} |"
+        )
+        for bucket, s in d.get("by_followers", {}).items():
+            lines.append(
+                f"| followers {bucket} | {s['count']} | {_fmt(s['p50_ms'])} | "
+                f"{_fmt(s['p99_ms'])} | {_fmt(s['max_ms'])} |"
+            )
+    disk = result.get("disk")
+    if disk:
+        lines += [
+            "",
+            "## Disk",
+            "",
+            f"Bytes per tweet (apparent / du): {_get(disk, 'bytes_per_tweet')}; "
+            f"bytes per inbox entry: {_get(disk, 'bytes_per_inbox_entry')} "
+            f"({disk.get('tweets_with_followers')} tweets to {disk.get('followers_each')} "
+            f"followers each = {_fmt(disk.get('inbox_entries'))} entries; "
+            f"{disk.get('method')}). {disk.get('note')}.",
+        ]
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in result.get("plots", [])), ""]
+    return "\n".join(lines)
+
+
+def _closed_table(section: dict) -> list[str]:
+    lines = [
+        "| workload | conc | ops/s | op | p50 ms | p95 ms | p99 ms | p99.9 ms | errors |"
+        " server CPU ms/op | loadgen CPU cores | other processes' CPU cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for workload in ("ping", "home", "post", "mix"):
+        for c, r in sorted((section.get(workload) or {}).items(), key=lambda kv: int(kv[0][1:])):
+            for op, s in r["ops"].items():
+                cpu = r.get("server_cpu_ms_per_op") or {}
+                cpu_text = ", ".join(f"{k} {v}" for k, v in cpu.items()) if cpu else "n/a"
+                lines.append(
+                    f"| {workload} | {c[1:]} | {_fmt(s['throughput'])} | {op} | "
+                    f"{_fmt(s['p50_ms'])} | {_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | "
+                    f"{_fmt(s['p999_ms'])} | {s['errors'] or 0} | {cpu_text} | "
+                    f"{r['loadgen_cpu_cores']:.2f} | "
+                    f"{_fmt(_get(r, 'machine', 'other_processes_cores'))} |"
+                )
+    return lines
+
+
+def plots(result: dict, out: Path, name: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, suffix: str) -> None:
+        path = out / f"{name}-{suffix}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
+
+    # 1. read latency against followees
+    fs = result.get("followee_sweep") or {}
+    sizes = fs.get("sizes", [])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for system, style in (("murmur", "o-"), ("join", "s--")):
+        for pct in ("p50_ms", "p99_ms"):
+            ys = [_get(fs, system, str(s), "ops", "home", pct) for s in sizes]
+            pts = [(s, y) for s, y in zip(sizes, ys, strict=True) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=f"{system} {pct[:3]}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("followees of the reader (ordinary accounts)")
+    ax.set_ylabel("GetHomeTimeline latency, ms (c1)")
+    ax.set_title("Home timeline: fan-out on write vs the join")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save(fig, "followees")
+
+    # 2. rate sweep
+    sweep = result.get("rate_sweep") or {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    steps = sweep.get("steps", [])
+    if steps:
+        xs = [s["offered_rate"] for s in steps]
+        for pct in ("p50_ms", "p99_ms", "p999_ms"):
+            ax.plot(xs, [s["all_ops"][pct] for s in steps], "o-", label=pct[:-3])
+        ax.axhline(50, color="red", linestyle=":", label="50 ms")
+        ax.set_yscale("log")
+    ax.set_xlabel("offered rate, ops/s (open loop, the mix)")
+    ax.set_ylabel("latency, ms")
+    ax.set_title("Open-loop rate sweep")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    save(fig, "rate-sweep")
+
+    # 3. closed loop per workload and concurrency, Murmur and join
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    labels, p50s, p99s = [], [], []
+    for system in ("murmur", "join"):
+        section = (
+            _get(result, "closed_loop", "murmur")
+            if system == "murmur"
+            else _get(result, "join", "closed_loop")
+        ) or {}
+        for workload in ("ping", "home", "post", "mix"):
+            for c, r in sorted((section.get(workload) or {}).items()):
+                op = workload if workload != "mix" else "home"
+                s = _get(r, "ops", op)
+                if s:
+                    labels.append(f"{system[0]}:{workload}\n{c}")
+                    p50s.append(s["p50_ms"])
+                    p99s.append(s["p99_ms"])
+    xs = list(range(len(labels)))
+    ax.bar([x - 0.2 for x in xs], p50s, width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], p99s, width=0.4, label="p99")
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel("ms (mix: its home-timeline reads)")
+    ax.set_yscale("log")
+    ax.set_title("Closed loop latency (m: Murmur, j: join)")
+    ax.legend()
+    save(fig, "closed-loop")
+
+    # 4. strategies
+    strategies = {k: v for k, v in (result.get("strategies") or {}).items() if k != "skipped"}
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
+    names = list(strategies)
+    for ax, (title, getter) in zip(
+        axes,
+        [
+            ("home read p50/p99 ms", lambda s, p: _get(s, "home", "ops", "home", p)),
+            ("post p50/p99 ms", lambda s, p: _get(s, "post", "ops", "post", p)),
+            ("delivery p50/p99 ms", lambda s, p: _get(s, "delivery", "all", p)),
+        ],
+        strict=True,
+    ):
+        xs = list(range(len(names)))
+        for offset, pct in ((-0.2, "p50_ms"), (0.2, "p99_ms")):
+            ax.bar(
+                [x + offset for x in xs],
+                [getter(strategies[n], pct) or 0 for n in names],
+                width=0.4,
+                label=pct[:3],
+            )
+        ax.set_xticks(xs, names, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    save(fig, "strategies")
+
+    # 5. delivery latency against followers
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    found = _get(result, "fanout", "delivery", "results", default=[]) or []
+    pts = [(p["followers"], p["visible_ms"]) for p in found if p.get("visible_ms") is not None]
+    if pts:
+        ax.scatter(*zip(*pts, strict=True), s=14)
+        ax.set_xscale("log")
+    ax.axhline(1000, color="red", linestyle=":", label="1 s")
+    ax.set_xlabel("author's followers")
+    ax.set_ylabel("post → visible in last follower's home, ms")
+    ax.set_title("Fan-out delivery latency (mix at half peak)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    save(fig, "delivery")
+    return written
+
+
+def write_reports(result: dict, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    result["targets"] = targets(result)
+    result["plots"] = plots(result, out, name)
+    json_path = out / f"{name}.json"
+    tmp = out / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(json_path)
+    md_path = out / f"{name}.md"
+    md_path.write_text(markdown(result))
+    return [json_path, md_path, *(out / p for p in result["plots"])]
