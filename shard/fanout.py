@@ -30,6 +30,13 @@ log = logging.getLogger("murmur.shard.fanout")
 DELIVER_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 2.0
 RECORDS_PER_ROUND = 256
+MIN_PAGE = 100  # followers per round for one tweet, however small the budget left
+MIN_STATUS_PAGE = 10
+# A promotion makes each follower's shard scan that inbox (up to the cap) for
+# the new celebrity's copies: about as much work as this many inbox writes.
+# Keeping rounds to the budget keeps any one Deliver short, so the shards'
+# loops never stall for seconds behind a big account's status change.
+PROMOTION_COST = 20
 
 
 @dataclass
@@ -132,7 +139,11 @@ class FanoutWorker:
             plan.done.append(seq)
             if kind == "tweet_fanout" and record.tweet_fanout.kind == shard_pb2.FANOUT_PUT:
                 plan.delivered_tweets.append(
-                    (record.tweet_fanout.tweet.tweet_id, record.created_ms, used)
+                    (
+                        record.tweet_fanout.tweet.tweet_id,
+                        record.created_ms,
+                        record.tweet_fanout.delivered,
+                    )
                 )
             if budget <= 0:
                 break
@@ -146,8 +157,8 @@ class FanoutWorker:
             raise ValueError(f"direct outbox op {kind} has no single destination")
         plan.ops[self.state.ownership.owner_of(slot_for_user(user))].append(op)
 
-    def _followers_page(self, followee: int, after: int, budget: int) -> tuple[list[int], bool]:
-        return self.state.graph.page_followers(followee, after, max(budget, 100))
+    def _followers_page(self, followee: int, after: int, count: int) -> tuple[list[int], bool]:
+        return self.state.graph.page_followers(followee, after, count)
 
     def _by_shard(self, user_ids: list[int]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = defaultdict(list)
@@ -159,7 +170,9 @@ class FanoutWorker:
     def _plan_tweet(
         self, plan: RoundPlan, fanout: shard_pb2.TweetFanout, budget: int
     ) -> tuple[bool, int]:
-        followers, more = self._followers_page(fanout.tweet.user_id, fanout.after_follower, budget)
+        followers, more = self._followers_page(
+            fanout.tweet.user_id, fanout.after_follower, max(budget, MIN_PAGE)
+        )
         for shard_id, owners in self._by_shard(followers).items():
             if fanout.kind == shard_pb2.FANOUT_PUT:
                 op = shard_pb2.DeliveryOp(
@@ -176,6 +189,7 @@ class FanoutWorker:
                     )
                 )
             plan.ops[shard_id].append(op)
+        fanout.delivered += len(followers)
         if more:
             fanout.after_follower = followers[-1]
         return not more, len(followers)
@@ -187,12 +201,6 @@ class FanoutWorker:
         record = state.users.get(state.store.txn(), status.followee_id)
         if record is None:
             return True, 0
-        if status.follower_id:
-            followers, more = [status.follower_id], False
-        else:
-            followers, more = self._followers_page(
-                status.followee_id, status.after_follower, budget
-            )
         sync = shard_pb2.FollowSync(
             followee_id=status.followee_id,
             celebrity=record.user.celebrity,
@@ -203,14 +211,24 @@ class FanoutWorker:
             recent = list(state.tweets.recent(status.followee_id, 0, limit + 1))
             sync.tweets.extend(recent[:limit])
             sync.complete = len(recent) <= limit
+        # what one follower costs the destination: a backfill writes every
+        # tweet; a promotion scans the follower's inbox for the author's copies
+        per_follower = len(sync.tweets) if not sync.celebrity else PROMOTION_COST
+        if status.follower_id:
+            followers, more = [status.follower_id], False
+        else:
+            followers, more = self._followers_page(
+                status.followee_id,
+                status.after_follower,
+                max(MIN_STATUS_PAGE, budget // max(1, per_follower)),
+            )
         for shard_id, owners in self._by_shard(followers).items():
             op = shard_pb2.DeliveryOp(follow_sync=sync)
             op.follow_sync.follower_ids[:] = owners
             plan.ops[shard_id].append(op)
         if more:
             status.after_follower = followers[-1]
-        used = len(followers) * max(1, len(sync.tweets))
-        return not more, used
+        return not more, len(followers) * max(1, per_follower)
 
     # delivering -----------------------------------------------------------
     async def _deliver(self, plan: RoundPlan) -> None:
