@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import os
 
+import plyvel
+
 from murmur import tls
 from murmur.observability import serve_metrics
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
@@ -44,9 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_data_dir(path: str) -> None:
     """Fail at start-up, clearly, rather than on the first write."""
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"cannot use data folder {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK):
         raise SystemExit(f"data folder {path} is not writable")
+
+
+def open_state(args: argparse.Namespace, overrides: dict[str, int]) -> ShardState:
+    """Open the LevelDB, turning its errors (held lock, corruption) into one line."""
+    try:
+        return ShardState.open(args.data_dir, args.shard_id, ShardSettings(), overrides)
+    except plyvel.Error as exc:
+        raise SystemExit(f"cannot open the LevelDB in {args.data_dir}: {exc}") from None
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -59,7 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
         )
         if value is not None
     }
-    state = ShardState.open(args.data_dir, args.shard_id, ShardSettings(), overrides)
+    state = open_state(args, overrides)
     if state.threshold_changed:
         reevaluate_all(state)
     applier = DeliveryApplier(state)

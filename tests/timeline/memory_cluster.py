@@ -9,6 +9,7 @@ before, during and after fan-out.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,12 @@ class InProcessPool:
         self.table = table
         self.servicers = servicers
         self.down: set[int] = set()
+        self.calls: Counter = Counter()  # (method, shard) -> calls
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
         if shard_id in self.down:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"shard {shard_id} is unavailable")
+        self.calls[method, shard_id] += 1
         return await getattr(self.servicers[shard_id], method)(request, FakeContext())
 
 

@@ -139,3 +139,24 @@ def test_changing_the_threshold_at_runtime_reclassifies_and_stays_exact(make_clu
     model.settle()
     for i in range(8):
         model.check_home(model.user(f"f{i}"), pages=3, size=10)
+
+
+def test_a_reader_of_thousands_of_celebrities_gets_an_exact_page_in_one_pull_per_shard(
+    make_cluster, loop
+):
+    cluster = make_cluster(shards=3, celebrity_threshold=1)
+    model = Model(cluster, loop)
+    reader = model.user("reader")
+    stars = [f"star{i}" for i in range(1500)]
+    for i, star in enumerate(stars):
+        model.follow("reader", star)
+        if i % 3 == 0:
+            model.post(star, f"from {star}")
+    model.settle()
+    reader_shard = cluster.states[cluster.shard_of(reader)]
+    assert len(reader_shard.graph.followed_celebrities(reader)) == 1500
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=3, size=50)
+    pulls = {s: n for (method, s), n in cluster.pool.calls.items() if method == "PullTimelines"}
+    # three pages: one pull per shard per page, never one per celebrity
+    assert set(pulls) == set(cluster.states) and all(n == 3 for n in pulls.values()), pulls
