@@ -1,9 +1,9 @@
 """The benchmark's data: the real follow graph and tweet texts from
 ``../shared/data`` when present, generated stand-ins otherwise.
 
-Copied from ``tests/datasets.py`` (the bench must not import from tests) and
-extended: a fast power-law generator sized by ``--users``/``--avg-follows``/
-``--zipf``, texts cut to the 280-code-point limit, and graph statistics.
+Also the tests' graph loader (``tests/datasets.py`` imports it): a fast
+power-law generator sized by ``--users``/``--avg-follows``/``--zipf``, texts
+cut to the 280-code-point limit, and graph statistics.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -13,6 +14,7 @@ import plyvel
 
 from murmur.errors import ServiceError
 from murmur.observability import observe_call
+from murmur.registration import Unparseable
 from murmur.validation import InvalidInput
 
 log = logging.getLogger("murmur.rpc")
@@ -33,15 +35,17 @@ def rpc(method: Handler) -> Handler:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Unparseable):
+                raise InvalidInput(request.message)
             return await method(self, request, context)
         except ServiceError as exc:
             code = exc.code
             if exc.trailing:
                 context.set_trailing_metadata(exc.trailing)
-            await context.abort(exc.code, exc.message)
+            await _abort(context, exc.code, exc.message)
         except InvalidInput as exc:
             code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, str(exc))
+            await _abort(context, code, str(exc))
         except grpc.aio.AbortError:
             code = _aborted_code(context)
             raise
@@ -52,11 +56,12 @@ def rpc(method: Handler) -> Handler:
                 if "space" in str(exc).lower()
                 else grpc.StatusCode.UNAVAILABLE
             )
-            await context.abort(code, f"{component} cannot write to its storage: {exc}")
+            await _abort(context, code, f"{component} cannot write to its storage: {exc}")
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("%s: %s failed", component, method.__name__)
-            await context.abort(
+            await _abort(
+                context,
                 code,
                 f"internal error in {component} while serving {method.__name__}; see its log",
             )
@@ -73,6 +78,21 @@ def rpc(method: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+async def _abort(context: Any, code: grpc.StatusCode, message: str) -> None:
+    """Abort the call; if it already ended (its deadline passed while we
+    worked), there is nobody to tell: end the handler quietly."""
+    try:
+        await context.abort(code, message)
+    except grpc.aio.InternalError:
+        raise asyncio.CancelledError from None
+
+
 def _aborted_code(context: Any) -> grpc.StatusCode:
     code = context.code() if hasattr(context, "code") else None
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+async def refuse_unparseable(request: Any, context: Any) -> None:
+    """For streaming handlers, which the ``rpc`` wrapper does not cover."""
+    if isinstance(request, Unparseable):
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)

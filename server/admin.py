@@ -302,9 +302,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 shard_id, "GetStats", shard_pb2.GetStatsRequest(), STATS_TIMEOUT_S
             )
         except ServiceError as exc:
-            log.warning(
-                "removing shard %d without checking its outbox: %s", shard_id, exc.message
-            )
+            log.warning("removing shard %d without checking its outbox: %s", shard_id, exc.message)
             return
         if stats.outbox_backlog:
             raise ServiceError(

@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from murmur.rpc_errors import refuse_unparseable
+
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
@@ -47,6 +49,7 @@ def operator_only(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         async def stream(self: Any, request: Any, context: Any) -> Any:
             await refuse_unless_operator(self.admin_token, context)
+            await refuse_unparseable(request, context)
             async for item in method(self, request, context):
                 yield item
 

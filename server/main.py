@@ -8,8 +8,9 @@ import os
 
 from murmur import tls
 from murmur.observability import serve_metrics
+from murmur.registration import add_service
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
-from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, murmur_pb2_grpc, shard_pb2
+from murmur.v1 import admin_pb2, murmur_pb2, shard_pb2
 from server.admin import AdminServicer
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
@@ -77,10 +78,10 @@ async def serve(args: argparse.Namespace) -> None:
     ]
     process = ServingProcess(args.host, args.port, services, tls_files=tls_files)
     serve_metrics(args.host, args.metrics_port)
-    murmur_pb2_grpc.add_MurmurServicer_to_server(MurmurServicer(table, pool), process.server)
-    admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(pool, args.admin_token), process.server
-    )
+    murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
+    admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+    add_service(process.server, MurmurServicer(table, pool), murmur_service)
+    add_service(process.server, AdminServicer(pool, args.admin_token), admin_service)
     process.shutdown_hooks.append(pool.close)
     await process.serve("murmur-router serving on {address}")
 

@@ -10,8 +10,9 @@ import plyvel
 
 from murmur import tls
 from murmur.observability import serve_metrics
+from murmur.registration import add_service
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
-from murmur.v1 import shard_pb2, shard_pb2_grpc
+from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
@@ -86,7 +87,7 @@ async def serve(args: argparse.Namespace) -> None:
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)
     servicer = ShardServicer(state, applier, worker, peers)
-    shard_pb2_grpc.add_ShardServicer_to_server(servicer, process.server)
+    add_service(process.server, servicer, shard_pb2.DESCRIPTOR.services_by_name["Shard"])
     register_metrics(state, worker, servicer.commits)
     serve_metrics(args.host, args.metrics_port)
     worker.start()

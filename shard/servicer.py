@@ -12,7 +12,7 @@ import grpc
 
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.ids import now_ms, slot_of_tweet
-from murmur.rpc_errors import rpc
+from murmur.rpc_errors import refuse_unparseable, rpc
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from shard.batch_execute import run_batch
@@ -354,6 +354,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return await compact(self.state)
 
     async def Backup(self, request, context):
+        await refuse_unparseable(request, context)
         try:
             async for status in backup(self.state, request.path):
                 yield status
@@ -361,6 +362,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             await context.abort(exc.code, exc.message)
 
     async def MigrateSlots(self, request, context):
+        await refuse_unparseable(request, context)
         if self.peers is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this shard cannot reach peers")
         try:

@@ -1,47 +1,18 @@
-"""The shared data sets (real follow graph, real tweet texts), with generated
-stand-ins when ../shared/data is absent, so tests run anywhere."""
+"""The shared data sets for tests: the real follow graph and tweet texts from
+``../shared/data``, with generated stand-ins when they are absent.
+
+The graph comes from the benchmark's loader (one parser for both); texts are
+read here unfiltered, because some tests need the real ones over 280 code
+points that the benchmark leaves out.
+"""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-EDGES_FILE = DATA_DIR / "twitter-verizon.edges"
-TWEETS_FILE = DATA_DIR / "tweets-sample.txt"
+from bench.datasets import EDGES_FILE, TWEETS_FILE, generated_edges, load_edges
 
-
-def load_edges(max_edges: int | None = None, seed: int = 7) -> list[tuple[int, int]]:
-    """(follower, followee) pairs: the real graph's first edges, or a
-    generated heavy-tailed graph when the file is absent."""
-    if EDGES_FILE.exists():
-        edges = []
-        with EDGES_FILE.open() as handle:
-            for line in handle:
-                if not line.strip() or line.startswith("#"):
-                    continue
-                follower, followee = line.split()[:2]
-                if follower != followee:
-                    edges.append((int(follower), int(followee)))
-                if max_edges is not None and len(edges) >= max_edges:
-                    break
-        return edges
-    return generated_edges(users=400, edges=max_edges or 3000, seed=seed)
-
-
-def generated_edges(
-    users: int, edges: int, seed: int = 7, zipf: float = 1.2
-) -> list[tuple[int, int]]:
-    """A power-law graph: followees drawn with Zipf-like popularity."""
-    rng = random.Random(seed)
-    weights = [1.0 / (rank + 1) ** zipf for rank in range(users)]
-    result: set[tuple[int, int]] = set()
-    while len(result) < edges:
-        follower = rng.randrange(users)
-        followee = rng.choices(range(users), weights=weights)[0]
-        if follower != followee:
-            result.add((follower, followee))
-    return sorted(result)
+__all__ = ["EDGES_FILE", "TWEETS_FILE", "generated_edges", "load_edges", "load_texts"]
 
 
 def load_texts(limit: int = 5000, seed: int = 11) -> list[str]:

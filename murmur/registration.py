@@ -1,0 +1,64 @@
+"""Registering servicers with tolerant request parsing.
+
+The generated ``add_*_to_server`` functions parse requests with
+``FromString``; a body that does not parse (invalid UTF-8 in a string, wire
+garbage) then makes gRPC log a stack trace and answer UNKNOWN with Python's
+exception text. Here a bad body reaches the handler as ``Unparseable`` and
+is answered INVALID_ARGUMENT like any other bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+
+
+class Unparseable:
+    """Stands in for a request body that is not a valid message of its type."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.message = f"the request is not a valid {type_name}: {error}"
+
+
+def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    """Parse like the generated code, but hand a bad body to the handler as
+    ``Unparseable`` (answered INVALID_ARGUMENT) instead of letting gRPC log a
+    stack trace and answer UNKNOWN with Python's exception text."""
+    parse = message_class.FromString
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return Unparseable(type_name, error)
+
+    return deserialize
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    """Register ``servicer`` for ``service`` as the generated add_*_to_server
+    does, with tolerant request parsing."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
