@@ -10,6 +10,7 @@ metrics over HTTP (``--metrics-port``), the format every scraper speaks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -60,8 +61,10 @@ def observe_call(
     code: grpc.StatusCode,
     elapsed: float,
     request: Any,
+    shard_of: Callable[[Any], int | None] | None = None,
 ) -> None:
-    """Count and time one call; log it if it failed on our side or was slow.
+    """Count and time one call; log it if it failed on our side or was slow,
+    naming the shard that owns the request's key (``shard_of``) when known.
 
     Called from the servicers' error wrapper rather than a gRPC interceptor:
     an aio interceptor re-wraps the handler in Python on every call, which
@@ -78,6 +81,9 @@ def observe_call(
             "duration_ms": round(elapsed * 1000, 1),
             **request_subject(request),
         }
+        shard = shard_of(request) if shard_of is not None else None
+        if shard is not None:
+            fields["shard"] = shard
         log.log(
             logging.WARNING if failed else logging.INFO,
             "%s call %s %s in %.1f ms",

@@ -73,6 +73,7 @@ def rpc(method: Handler) -> Handler:
                 code,
                 time.perf_counter() - started,
                 request,
+                getattr(self, "shard_of", None),
             )
 
     return wrapper  # type: ignore[return-value]

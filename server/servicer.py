@@ -58,6 +58,15 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         self.pool = pool
         self._refresh_lock = asyncio.Lock()
 
+    def shard_of(self, request: Any) -> int | None:
+        """The shard a request is routed to, for call logs."""
+        if getattr(request, "tweet_id", 0):
+            return self.table.shard_for_tweet(request.tweet_id)
+        for name in ("user_id", "follower_id"):
+            if getattr(request, name, 0):
+                return self.table.shard_for_user(getattr(request, name))
+        return None
+
     # routing ------------------------------------------------------------------
     @staticmethod
     def _timeout(context: grpc.aio.ServicerContext) -> float | None:

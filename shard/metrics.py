@@ -31,6 +31,11 @@ class ShardCollector(Collector):
         self.commits = commits
         self._celebrities = (0.0, 0)
 
+    def describe(self) -> list:
+        """Nothing up front: otherwise the registry would collect (and cache
+        the celebrity count) at registration, before the shard has users."""
+        return []
+
     def _celebrity_count(self) -> int:
         taken_at, count = self._celebrities
         if time.monotonic() - taken_at < CELEBRITY_CACHE_S:

@@ -52,6 +52,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     def component(self) -> str:
         return f"shard {self.state.shard_id}"
 
+    def shard_of(self, request) -> int:
+        """Every call a shard logs is its own."""
+        return self.state.shard_id
+
     def _own_user(self, user_id: int, field: str = "user_id") -> None:
         if user_id <= 0:
             raise invalid(f"{field} is required (a positive 64-bit id)")

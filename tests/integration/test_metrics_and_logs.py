@@ -145,7 +145,7 @@ def test_json_logs_name_the_rpc_user_and_duration_of_failed_calls(tmp_path):
     failed = [e for e in entries if e.get("rpc") == "Shard.PostTweet"]
     assert failed, entries
     assert failed[0]["code"] == "UNAVAILABLE" and failed[0]["user_id"] == 42
-    assert failed[0]["duration_ms"] >= 0
+    assert failed[0]["duration_ms"] >= 0 and failed[0]["shard"] == 0
 
 
 def test_an_unwritable_data_folder_is_a_clear_error_at_start(tmp_path):
