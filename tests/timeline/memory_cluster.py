@@ -31,11 +31,12 @@ from shard.state import ShardState
 class FakeContext:
     """Enough of grpc.aio.ServicerContext for the servicers."""
 
-    def __init__(self) -> None:
+    def __init__(self, remaining: float | None = None) -> None:
         self.trailing: tuple = ()
+        self.remaining = remaining
 
     def time_remaining(self) -> float | None:
-        return None
+        return self.remaining
 
     def set_trailing_metadata(self, trailing: tuple) -> None:
         self.trailing = tuple(trailing)
@@ -54,11 +55,13 @@ class InProcessPool:
         self.servicers = servicers
         self.down: set[int] = set()
         self.calls: Counter = Counter()  # (method, shard) -> calls
+        self.timeouts: list[tuple[str, float | None]] = []  # deadline each call carried
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
         if shard_id in self.down:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"shard {shard_id} is unavailable")
         self.calls[method, shard_id] += 1
+        self.timeouts.append((method, timeout))
         return await getattr(self.servicers[shard_id], method)(request, FakeContext())
 
 
@@ -112,9 +115,9 @@ class MemoryCluster:
             for i in range(shards)
         }
 
-    async def call(self, method: str, request: Any) -> Any:
-        """Call the public API as a client would."""
-        return await getattr(self.router, method)(request, FakeContext())
+    async def call(self, method: str, request: Any, deadline: float | None = None) -> Any:
+        """Call the public API as a client would (``deadline``: seconds left)."""
+        return await getattr(self.router, method)(request, FakeContext(deadline))
 
     async def settle(self, max_rounds: int = 10_000) -> int:
         """Run every shard's fan-out worker until all outboxes are empty."""
