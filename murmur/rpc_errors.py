@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -97,3 +97,15 @@ async def refuse_unparseable(request: Any, context: Any) -> None:
     """For streaming handlers, which the ``rpc`` wrapper does not cover."""
     if isinstance(request, Unparseable):
         await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+async def streamed(context: Any, items: AsyncIterator) -> AsyncIterator:
+    """Relay a server stream, turning failures into a status as unary calls get
+    (the ``rpc`` wrapper covers unary handlers only)."""
+    try:
+        async for item in items:
+            yield item
+    except ServiceError as exc:
+        await _abort(context, exc.code, exc.message)
+    except grpc.aio.AioRpcError as exc:
+        await _abort(context, exc.code(), exc.details() or exc.code().name)

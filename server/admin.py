@@ -16,28 +16,17 @@ import grpc
 
 from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
-from murmur.rpc_errors import rpc
+from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
 from server.admin_auth import operator_only
 from server.shard_pool import ShardPool
-from server.slot_map import fetch_infos
+from server.slot_map import newest_map
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 
 log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
-
-
-async def streamed(context: grpc.aio.ServicerContext, items: AsyncIterator) -> AsyncIterator:
-    """Relay a stream, turning failures into a status like unary calls get."""
-    try:
-        async for item in items:
-            yield item
-    except ServiceError as exc:
-        await context.abort(exc.code, exc.message)
-    except grpc.aio.AioRpcError as exc:
-        await context.abort(exc.code(), exc.details() or exc.code().name)
 
 
 def describe_ranges(slots: list[int]) -> str:
@@ -137,10 +126,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def _adopt_newest_map(self) -> None:
         """Learn the newest map the shards hold and make every shard hold it."""
-        infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
-        newest = max(infos.values(), key=lambda info: info.map_version)
-        if newest.map_version > self.table.version:
-            await self._publish(newest.slot_map)
+        newest = await newest_map(list(self.table.addresses.values()), wait_s=5.0)
+        if newest.version > self.table.version:
+            await self._publish(newest)
 
     async def _move(
         self, slots: list[int], target: int, done: int, total: int

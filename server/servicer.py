@@ -31,7 +31,7 @@ from murmur.validation import (
 )
 from server.home_timeline import merge_home
 from server.shard_pool import ShardPool, WrongSlot
-from server.slot_map import RoutingTable, fetch_infos
+from server.slot_map import RoutingTable, newest_map
 
 log = logging.getLogger("murmur.router")
 
@@ -76,14 +76,13 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         """A shard said it no longer owns a slot: re-learn the map from the shards."""
         async with self._refresh_lock:
             try:
-                infos = await fetch_infos(list(self.table.addresses.values()), wait_s=1.0)
+                newest = await newest_map(list(self.table.addresses.values()), wait_s=1.0)
             except SystemExit as exc:
                 raise ServiceError(
                     grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc}"
                 ) from None
-            newest = max(infos.values(), key=lambda info: info.map_version)
-            if newest.map_version > self.table.version:
-                self.table.install(newest.slot_map)
+            if newest.version > self.table.version:
+                self.table.install(newest)
                 log.info("slot map refreshed to version %d", self.table.version)
 
     async def _routed(self, route: Any, method: str, request: Any, context: Any) -> Any:

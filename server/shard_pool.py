@@ -24,8 +24,8 @@ import grpc
 from google.protobuf import message_factory
 from prometheus_client import Histogram
 
-from murmur import tls
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
+from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.slot_map import RoutingTable
 
@@ -47,11 +47,6 @@ BATCH_SIZE = Histogram(
 DEFAULT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 0.5
 PROBE_INTERVAL_S = 0.5
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
-]
 
 
 class WrongSlot(ServiceError):
@@ -161,8 +156,7 @@ class ShardPool:
     def __init__(self, table: RoutingTable, coalesce: bool = True) -> None:
         self.table = table
         self.coalesce = coalesce
-        self._stubs: dict[tuple[int, str], shard_pb2_grpc.ShardStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._stubs = ShardStubs()
         self.lanes: dict[int, ShardLane] = {}
         self.suspect: set[int] = set()
         self._probes: dict[int, asyncio.Task] = {}
@@ -176,13 +170,7 @@ class ShardPool:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"shard {shard_id} has no known address"
             )
-        key = (shard_id, address)
-        stub = self._stubs.get(key)
-        if stub is None:
-            channel = tls.aio_channel(address, options=CHANNEL_OPTIONS)
-            self._channels.append(channel)
-            stub = self._stubs[key] = shard_pb2_grpc.ShardStub(channel)
-        return stub
+        return self._stubs.get(shard_id, address)
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
         """Invoke ``method`` on one shard (coalesced with concurrent calls)."""
@@ -261,5 +249,4 @@ class ShardPool:
     async def close(self) -> None:
         for task in self._probes.values():
             task.cancel()
-        for channel in self._channels:
-            await channel.close()
+        await self._stubs.close()

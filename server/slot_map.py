@@ -85,6 +85,12 @@ async def fetch_infos(
     return infos
 
 
+async def newest_map(addresses: list[str], wait_s: float) -> shard_pb2.SlotMap:
+    """The newest slot map any reachable shard holds."""
+    infos = await fetch_infos(addresses, wait_s=wait_s)
+    return max(infos.values(), key=lambda info: info.map_version).slot_map
+
+
 def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, bool]:
     """The map to serve with, and whether it must be pushed to the shards."""
     by_id: dict[int, str] = {}

@@ -13,6 +13,7 @@ from murmur.ids import now_ms
 from murmur.slots import SLOT_COUNT, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
+from shard.outbox import add_follower_record, remove_follower_record
 from shard.state import ShardState
 
 STALE_OUTBOX_MS = 60_000
@@ -88,30 +89,15 @@ def check_edges(
         if present:
             continue
         response.missing.append(edge)
-        if request.repair and request.side == shard_pb2.FOLLOWERS:
-            state.outbox.append(
-                txn,
-                shard_pb2.OutboxRecord(
-                    direct=shard_pb2.DeliveryOp(
-                        add_follower=shard_pb2.AddFollower(
-                            followee_id=edge.followee_id, follower_id=edge.follower_id
-                        )
-                    )
-                ),
+        if request.repair:
+            # a missing followers side is added again; a followers side with no
+            # following side is a follow that was undone, so it goes
+            make = (
+                add_follower_record
+                if request.side == shard_pb2.FOLLOWERS
+                else remove_follower_record
             )
-            response.repaired += 1
-        elif request.repair:
-            # a followers side with no following side: the follow was undone
-            state.outbox.append(
-                txn,
-                shard_pb2.OutboxRecord(
-                    direct=shard_pb2.DeliveryOp(
-                        remove_follower=shard_pb2.RemoveFollower(
-                            followee_id=edge.followee_id, follower_id=edge.follower_id
-                        )
-                    )
-                ),
-            )
+            state.outbox.append(txn, make(edge.followee_id, edge.follower_id))
             response.repaired += 1
     txn.commit()
     return response

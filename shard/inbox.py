@@ -18,12 +18,16 @@ class InboxStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def meta(self, txn: Txn, owner: int) -> shard_pb2.InboxMeta:
-        raw = txn.get(keys.inbox_meta(slot_for_user(owner), owner))
+    def meta(self, txn: Txn, owner: int, slot: int | None = None) -> shard_pb2.InboxMeta:
+        slot = slot_for_user(owner) if slot is None else slot
+        raw = txn.get(keys.inbox_meta(slot, owner))
         return shard_pb2.InboxMeta.FromString(raw) if raw else shard_pb2.InboxMeta()
 
-    def _save_meta(self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta) -> None:
-        txn.put(keys.inbox_meta(slot_for_user(owner), owner), meta.SerializeToString())
+    def _save_meta(
+        self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta, slot: int | None = None
+    ) -> None:
+        slot = slot_for_user(owner) if slot is None else slot
+        txn.put(keys.inbox_meta(slot, owner), meta.SerializeToString())
 
     def put(
         self,
@@ -42,11 +46,9 @@ class InboxStore:
         txn.put(key, raw if raw is not None else tweet.SerializeToString())
         if not is_new:
             return 0
-        meta_key = keys.inbox_meta(slot, owner)
-        raw_meta = txn.get(meta_key)
-        meta = shard_pb2.InboxMeta.FromString(raw_meta) if raw_meta else shard_pb2.InboxMeta()
+        meta = self.meta(txn, owner, slot)
         meta.size += 1
-        txn.put(meta_key, meta.SerializeToString())
+        self._save_meta(txn, owner, meta, slot)
         return meta.size
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:

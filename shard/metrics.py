@@ -11,10 +11,9 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from murmur.ids import now_ms
 from murmur.v1 import shard_pb2
 from shard import keys
-from shard.maintenance import disk_bytes
+from shard.maintenance import disk_bytes, oldest_outbox_age_ms
 
 INBOX_SIZE = Histogram(
     "murmur_inbox_size_entries",
@@ -63,13 +62,15 @@ class ShardCollector(Collector):
             family.add_metric(labels, value)
             return family
 
-        records = list(state.outbox.peek(1_000_000))
-        oldest = max(0, now_ms() - records[0][1].created_ms) if records else 0
         yield gauge(
-            "murmur_fanout_backlog_records", "Outbox records not yet delivered", len(records)
+            "murmur_fanout_backlog_records",
+            "Outbox records not yet delivered",
+            state.outbox.backlog(),
         )
         yield gauge(
-            "murmur_fanout_oldest_record_seconds", "Age of the oldest outbox record", oldest / 1000
+            "murmur_fanout_oldest_record_seconds",
+            "Age of the oldest outbox record",
+            oldest_outbox_age_ms(state) / 1000,
         )
         yield gauge(
             "murmur_fanout_lag_p50_seconds",

@@ -51,3 +51,19 @@ class Outbox:
         for seq, record in progress.items():
             txn.put(keys.outbox(seq), record.SerializeToString())
         txn.commit(sync=False)
+
+
+def add_follower_record(followee: int, follower: int) -> shard_pb2.OutboxRecord:
+    """Carry a new follow edge's far side to the followee's shard."""
+    op = shard_pb2.DeliveryOp(
+        add_follower=shard_pb2.AddFollower(followee_id=followee, follower_id=follower)
+    )
+    return shard_pb2.OutboxRecord(direct=op)
+
+
+def remove_follower_record(followee: int, follower: int) -> shard_pb2.OutboxRecord:
+    """Carry an unfollow to the followee's shard."""
+    op = shard_pb2.DeliveryOp(
+        remove_follower=shard_pb2.RemoveFollower(followee_id=followee, follower_id=follower)
+    )
+    return shard_pb2.OutboxRecord(direct=op)

@@ -12,7 +12,7 @@ import grpc
 
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.ids import now_ms, slot_of_tweet
-from murmur.rpc_errors import refuse_unparseable, rpc
+from murmur.rpc_errors import refuse_unparseable, rpc, streamed
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from shard.batch_execute import run_batch
@@ -24,6 +24,7 @@ from shard.group_commit import GroupCommit
 from shard.maintenance import backup, compact, local_stats
 from shard.metrics import INBOX_SIZE
 from shard.migration import SlotMigrator, import_entries
+from shard.outbox import add_follower_record, remove_follower_record
 from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
@@ -135,14 +136,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.graph.put_following(txn, follower, followee, edge)
         record.user.following_count += 1
         state.users.put(txn, record)
-        state.outbox.append(
-            txn,
-            shard_pb2.OutboxRecord(
-                direct=shard_pb2.DeliveryOp(
-                    add_follower=shard_pb2.AddFollower(followee_id=followee, follower_id=follower)
-                )
-            ),
-        )
+        state.outbox.append(txn, add_follower_record(followee, follower))
         txn.commit(sync=False)
         await self.commits.durable()
         return murmur_pb2.FollowResponse()
@@ -163,16 +157,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.inbox.remove_author(txn, follower, followee)
         record.user.following_count = max(0, record.user.following_count - 1)
         state.users.put(txn, record)
-        state.outbox.append(
-            txn,
-            shard_pb2.OutboxRecord(
-                direct=shard_pb2.DeliveryOp(
-                    remove_follower=shard_pb2.RemoveFollower(
-                        followee_id=followee, follower_id=follower
-                    )
-                )
-            ),
-        )
+        state.outbox.append(txn, remove_follower_record(followee, follower))
         txn.commit(sync=False)
         await self.commits.durable()
         return murmur_pb2.UnfollowResponse()
@@ -359,21 +344,16 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     async def Backup(self, request, context):
         await refuse_unparseable(request, context)
-        try:
-            async for status in backup(self.state, request.path):
-                yield status
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
+        async for status in streamed(context, backup(self.state, request.path)):
+            yield status
 
     async def MigrateSlots(self, request, context):
         await refuse_unparseable(request, context)
         if self.peers is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this shard cannot reach peers")
-        try:
-            async for status in SlotMigrator(self.state, self.peers).migrate(request):
-                yield status
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
+        migration = SlotMigrator(self.state, self.peers).migrate(request)
+        async for status in streamed(context, migration):
+            yield status
 
     @rpc
     async def ImportEntries(self, request, context):
