@@ -89,7 +89,7 @@ class DeliveryApplier:
         inbox, written, over_cap = self.state.inbox, 0, []
         for owner in put.owner_ids:
             slot = slot_for_user(owner)
-            edge = txn.get(keys.following(slot, owner, author))
+            edge = txn.get_hot(keys.following(slot, owner, author))
             if edge is None or shard_pb2.FollowEdge.FromString(edge).celebrity:
                 continue
             size = inbox.put(txn, owner, tweet, raw, slot)

@@ -16,14 +16,14 @@ class FollowGraph:
 
     # following side (the follower's slot) ---------------------------------
     def following_edge(self, txn: Txn, follower: int, followee: int) -> shard_pb2.FollowEdge | None:
-        raw = txn.get(keys.following(slot_for_user(follower), follower, followee))
+        raw = txn.get_hot(keys.following(slot_for_user(follower), follower, followee))
         return shard_pb2.FollowEdge.FromString(raw) if raw is not None else None
 
     def put_following(
         self, txn: Txn, follower: int, followee: int, edge: shard_pb2.FollowEdge
     ) -> None:
         slot = slot_for_user(follower)
-        txn.put(keys.following(slot, follower, followee), edge.SerializeToString())
+        txn.put_hot(keys.following(slot, follower, followee), edge.SerializeToString())
         marker = keys.celebrity_followed(slot, follower, followee)
         if edge.celebrity:
             txn.put(marker, b"")
@@ -32,7 +32,7 @@ class FollowGraph:
 
     def delete_following(self, txn: Txn, follower: int, followee: int) -> None:
         slot = slot_for_user(follower)
-        txn.delete(keys.following(slot, follower, followee))
+        txn.delete_hot(keys.following(slot, follower, followee))
         txn.delete(keys.celebrity_followed(slot, follower, followee))
 
     def followed_celebrities(self, follower: int) -> list[int]:

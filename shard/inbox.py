@@ -20,14 +20,16 @@ class InboxStore:
 
     def meta(self, txn: Txn, owner: int, slot: int | None = None) -> shard_pb2.InboxMeta:
         slot = slot_for_user(owner) if slot is None else slot
-        raw = txn.get(keys.inbox_meta(slot, owner))
-        return shard_pb2.InboxMeta.FromString(raw) if raw else shard_pb2.InboxMeta()
+        raw = txn.get_hot(keys.inbox_meta(slot, owner))
+        if raw is None:  # every put writes the meta, so no meta means no entries
+            return shard_pb2.InboxMeta(newest_tracked=True)
+        return shard_pb2.InboxMeta.FromString(raw)
 
     def _save_meta(
         self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta, slot: int | None = None
     ) -> None:
         slot = slot_for_user(owner) if slot is None else slot
-        txn.put(keys.inbox_meta(slot, owner), meta.SerializeToString())
+        txn.put_hot(keys.inbox_meta(slot, owner), meta.SerializeToString())
 
     def put(
         self,
@@ -39,17 +41,36 @@ class InboxStore:
     ) -> int:
         """Insert or refresh a copy. Returns the inbox's new size if the entry
         is new, else 0 (so callers know whom to trim without reading again).
-        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops."""
+        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops.
+
+        Fan-out nearly always brings a tweet newer than anything in the
+        inbox; ``newest_id`` tells so from the (cached) metadata, and only an
+        older tweet (a redelivery, a backfill) pays a lookup of its key."""
         slot = slot_for_user(owner) if slot is None else slot
         key = keys.inbox(slot, owner, tweet.tweet_id)
-        is_new = txn.get(key) is None
-        txn.put(key, raw if raw is not None else tweet.SerializeToString())
-        if not is_new:
-            return 0
         meta = self.meta(txn, owner, slot)
-        meta.size += 1
-        self._save_meta(txn, owner, meta, slot)
-        return meta.size
+        learned = not meta.newest_tracked
+        if learned:
+            meta.newest_id = self._newest_entry(owner, slot)
+            meta.newest_tracked = True
+        if tweet.tweet_id > meta.newest_id:
+            meta.newest_id = tweet.tweet_id
+            is_new = True
+        else:
+            is_new = txn.get(key) is None
+        txn.put(key, raw if raw is not None else tweet.SerializeToString())
+        if is_new:
+            meta.size += 1
+        if is_new or learned:
+            self._save_meta(txn, owner, meta, slot)
+        return meta.size if is_new else 0
+
+    def _newest_entry(self, owner: int, slot: int) -> int:
+        """The newest committed entry's id (0 if none): the first key, as
+        inbox keys hold inverted ids."""
+        for key in self.store.scan(keys.inbox_prefix(slot, owner), include_value=False, limit=1):
+            return keys.last_inverted(key)
+        return 0
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
         """Update a copy after an edit, only where the copy exists."""

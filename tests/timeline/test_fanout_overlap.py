@@ -1,0 +1,46 @@
+"""A fan-out round starts its calls to the other shards before applying the
+local share, so sender and destinations work at the same time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.timeline.model import Model
+
+
+def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster, loop):
+    cluster = make_cluster(shards=2)
+    model = Model(cluster, loop)
+    author = model.user("author")
+    fans = [model.user(f"fan{i}") for i in range(40)]
+    assert {cluster.shard_of(f) for f in fans} == {0, 1}
+    for i in range(40):
+        model.follow(f"fan{i}", "author")
+    model.settle()
+
+    worker = cluster.workers[cluster.shard_of(author)]
+    events: list[str] = []
+    real_stub, real_apply = worker.peers.stub, worker.applier.apply
+
+    def recording_stub(shard_id: int) -> Any:
+        stub = real_stub(shard_id)
+
+        class Recording:
+            def Deliver(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802
+                events.append("remote call started")
+                return stub.Deliver(request, timeout=timeout)
+
+        return Recording()
+
+    def recording_apply(ops: list, local: bool = False) -> int:
+        events.append("local applied" if local else "remote applied")
+        return real_apply(ops, local=local)
+
+    worker.peers.stub = recording_stub  # type: ignore[method-assign]
+    worker.applier.apply = recording_apply  # type: ignore[method-assign]
+    model.post("author", "to both shards")
+    assert loop.run_until_complete(worker.run_round())
+    assert events[:2] == ["remote call started", "local applied"]
+    model.settle()
+    for fan in fans:
+        model.check_home(fan)

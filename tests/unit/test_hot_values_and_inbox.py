@@ -1,0 +1,170 @@
+"""The in-memory copy of hot keys (edges, inbox metadata) and the inbox's
+newest-id shortcut: both skip LevelDB reads on fan-out's hot path, so both
+must never disagree with what is on disk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from murmur.slots import slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2
+from shard import keys
+from shard.inbox import InboxStore
+from shard.migration import _drop_slots, import_entries
+from shard.settings import ShardSettings
+from shard.state import ShardState
+from shard.store import MISSING, HotValues, Store
+
+OWNER = 1_234_567
+AUTHOR = 7_654_321
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(str(tmp_path / "db"))
+    yield opened
+    opened.close()
+
+
+def tweet(tweet_id: int, author: int = AUTHOR) -> murmur_pb2.Tweet:
+    return murmur_pb2.Tweet(tweet_id=tweet_id, user_id=author, text=f"tweet {tweet_id}")
+
+
+def inbox_ids(store: Store, owner: int = OWNER) -> list[int]:
+    prefix = keys.inbox_prefix(slot_for_user(owner), owner)
+    return [keys.last_inverted(k) for k in store.scan(prefix, include_value=False)]
+
+
+# HotValues ---------------------------------------------------------------------
+
+
+def test_hot_get_reads_disk_once_then_memory(store: Store) -> None:
+    store.db.put(b"k", b"on-disk")
+    assert store.txn().get_hot(b"k") == b"on-disk"
+    store.db.put(b"k", b"changed behind the cache's back")
+    assert store.txn().get_hot(b"k") == b"on-disk"  # served from memory
+    assert store.txn().get_hot(b"absent") is None
+    assert store.hot.lookup(b"absent") is None  # absence is remembered too
+
+
+def test_only_committed_hot_writes_reach_memory(store: Store) -> None:
+    store.db.put(b"k", b"old")
+    dropped = store.txn()
+    dropped.put_hot(b"k", b"never committed")
+    assert dropped.get_hot(b"k") == b"never committed"  # a txn reads its own writes
+    del dropped
+    assert store.txn().get_hot(b"k") == b"old"
+
+    txn = store.txn()
+    txn.put_hot(b"k", b"new")
+    txn.commit(sync=False)
+    assert store.txn().get_hot(b"k") == b"new" == store.db.get(b"k")
+
+    txn = store.txn()
+    txn.delete_hot(b"k")
+    txn.commit(sync=False)
+    assert store.txn().get_hot(b"k") is None and store.db.get(b"k") is None
+
+
+def test_a_failed_commit_leaves_memory_as_it_was(store: Store) -> None:
+    store.db.put(b"k", b"old")
+    txn = store.txn()
+    txn.put_hot(b"k", b"new")
+    store.close()
+    with pytest.raises(RuntimeError):
+        txn.commit(sync=False)
+    assert store.hot.lookup(b"k") is MISSING
+    store.db = type(store.db)(store.path)  # reopen for the fixture's close
+
+
+def test_hot_values_stay_bounded_and_correct() -> None:
+    hot = HotValues(capacity=64)
+    for n in range(1000):
+        hot.remember(n.to_bytes(4, "big"), str(n).encode())
+    assert len(hot._values) <= 64
+    newest = (999).to_bytes(4, "big")
+    assert hot.lookup(newest) == b"999"
+    assert hot.lookup((0).to_bytes(4, "big")) is MISSING  # forgotten, read again on demand
+
+
+# the inbox's newest-id shortcut -------------------------------------------------
+
+
+def put(store: Store, inbox: InboxStore, tweet_id: int, owner: int = OWNER) -> int:
+    txn = store.txn()
+    size = inbox.put(txn, owner, tweet(tweet_id))
+    txn.commit(sync=False)
+    return size
+
+
+def meta(store: Store, inbox: InboxStore, owner: int = OWNER) -> shard_pb2.InboxMeta:
+    return inbox.meta(store.txn(), owner)
+
+
+def test_newer_tweets_count_without_lookup_and_redeliveries_do_not(store: Store) -> None:
+    inbox = InboxStore(store)
+    assert [put(store, inbox, t) for t in (100, 200, 300)] == [1, 2, 3]
+    assert meta(store, inbox).newest_id == 300
+    assert put(store, inbox, 200) == 0  # a redelivery of an older tweet: looked up
+    assert put(store, inbox, 300) == 0  # a redelivery of the newest
+    assert put(store, inbox, 150) == 4  # older but new: out-of-order delivery
+    assert meta(store, inbox).size == 4 == len(inbox_ids(store))
+    assert meta(store, inbox).newest_id == 300
+
+
+def test_removing_the_newest_keeps_redelivery_exact(store: Store) -> None:
+    inbox = InboxStore(store)
+    put(store, inbox, 100)
+    put(store, inbox, 200)
+    txn = store.txn()
+    inbox.remove(txn, OWNER, 200)
+    txn.commit(sync=False)
+    assert put(store, inbox, 200) == 2  # below newest_id, so looked up: it is new again
+    assert meta(store, inbox).size == 2 == len(inbox_ids(store))
+
+
+def test_an_inbox_from_before_newest_id_learns_it_from_its_first_key(store: Store) -> None:
+    inbox = InboxStore(store)
+    slot = slot_for_user(OWNER)
+    for tweet_id in (500, 400):  # written by an older version: no newest_id
+        store.db.put(keys.inbox(slot, OWNER, tweet_id), tweet(tweet_id).SerializeToString())
+    store.db.put(keys.inbox_meta(slot, OWNER), shard_pb2.InboxMeta(size=2).SerializeToString())
+    assert put(store, inbox, 400) == 0  # already there: not counted twice
+    learned = meta(store, inbox)
+    assert learned.newest_tracked and learned.newest_id == 500 and learned.size == 2
+    assert put(store, inbox, 450) == 3
+    assert put(store, inbox, 600) == 4
+    assert inbox_ids(store) == [600, 500, 450, 400]
+
+
+# writers that go around Txn forget the memory copy ------------------------------
+
+
+def owned_state(tmp_path: Path, owned: bool) -> ShardState:
+    state = ShardState.open(str(tmp_path / "shard"), 0, ShardSettings())
+    owners = [0 if owned else 1] * 4096
+    state.ownership.adopt(shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=owners))
+    return state
+
+
+def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> None:
+    state = owned_state(tmp_path, owned=False)
+    slot = slot_for_user(OWNER)
+    key = keys.inbox_meta(slot, OWNER)
+    state.store.txn().get_hot(key)  # remembered as absent
+    fresh = shard_pb2.InboxMeta(size=7, newest_id=9, newest_tracked=True).SerializeToString()
+    import_entries(
+        state,
+        shard_pb2.ImportEntriesRequest(
+            slots=[slot], entries=[shard_pb2.KeyValue(key=key, value=fresh)]
+        ),
+    )
+    assert state.store.txn().get_hot(key) == fresh
+
+    asyncio.run(_drop_slots(state, {slot}))
+    assert state.store.txn().get_hot(key) is None
+    state.store.close()
