@@ -206,6 +206,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             if bad or not request.slots:
                 raise invalid(f"slots must be 1 or more of 0-{SLOT_COUNT - 1}; got {bad or 'none'}")
             async with self._map_lock:
+                await self._adopt_newest_map()  # plan from where the slots really are
                 async for progress in self._run_plan(
                     [(sorted(set(request.slots)), request.target_shard)], False
                 ):
@@ -218,6 +219,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def Rebalance(self, request, context):
         async def run():
             async with self._map_lock:
+                await self._adopt_newest_map()  # plan from where the slots really are
                 plan = rebalance_plan(self.table.owners, sorted(self.table.addresses))
                 async for progress in self._run_plan(plan, request.dry_run):
                     yield progress
@@ -230,6 +232,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async def run():
             self._require_shard(request.shard_id)
             async with self._map_lock:
+                await self._adopt_newest_map()  # plan from where the slots really are
                 try:
                     plan = drain_plan(
                         self.table.owners, request.shard_id, sorted(self.table.addresses)

@@ -16,18 +16,38 @@ from murmur.v1 import shard_pb2
 from shard import keys
 from shard.store import Store, Txn
 
+# Every this many reads, one starts from the front of the range instead of
+# the floor: a safety net should a record ever commit below the floor.
+FULL_SCAN_EVERY = 256
+
 
 class Outbox:
+    """Records keyed by sequence number.
+
+    Delivered records are deleted from the front, and LevelDB keeps their
+    tombstones until a compaction reaches them; a scan from the front steps
+    over every one, which under a steady stream of posts cost more than the
+    fan-out itself. Reads therefore start at ``floor``, the lowest sequence
+    that may still be queued: raised past each delivered prefix, lowered by
+    every append. That is exact because a record is appended and committed
+    with no await in between, so no record below the floor appears later.
+    """
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.wakeup = asyncio.Event()
-        last = next(self.store.scan(keys.outbox_prefix(), include_value=False, reverse=True), None)
+        prefix = keys.outbox_prefix()
+        last = next(self.store.scan(prefix, include_value=False, reverse=True), None)
         self.next_seq = keys.last_u64(last) + 1 if last is not None else 1
+        first = next(self.store.scan(prefix, include_value=False), None)
+        self.floor = keys.last_u64(first) if first is not None else self.next_seq
+        self._reads = 0
 
     def append(self, txn: Txn, record: shard_pb2.OutboxRecord) -> int:
         """Queue a record in ``txn``; the worker wakes when it commits."""
         seq = self.next_seq
         self.next_seq += 1
+        self.floor = min(self.floor, seq)
         if not record.created_ms:
             record.created_ms = now_ms()
         txn.put(keys.outbox(seq), record.SerializeToString())
@@ -35,7 +55,9 @@ class Outbox:
         return seq
 
     def peek(self, limit: int) -> Iterator[tuple[int, shard_pb2.OutboxRecord]]:
-        for key, raw in self.store.scan(keys.outbox_prefix(), limit=limit):
+        self._reads += 1
+        start = keys.outbox(self.floor) if self._reads % FULL_SCAN_EVERY else None
+        for key, raw in self.store.scan(keys.outbox_prefix(), start=start, limit=limit):
             yield keys.last_u64(key), shard_pb2.OutboxRecord.FromString(raw)
 
     def backlog(self) -> int:
@@ -51,6 +73,8 @@ class Outbox:
         for seq, record in progress.items():
             txn.put(keys.outbox(seq), record.SerializeToString())
         txn.commit(sync=False)
+        if done:  # records are finished in order: everything below is gone
+            self.floor = max(self.floor, max(done) + 1)
 
 
 def add_follower_record(followee: int, follower: int) -> shard_pb2.OutboxRecord:

@@ -112,6 +112,15 @@ class SlotOwnership:
                 self.frozen.get(slot, f"slot {slot} is being handed over; retry shortly"),
             )
 
+    def serves(self, slot: int) -> bool:
+        """Whether ``check`` would accept work for ``slot`` right now."""
+        return (
+            self.assigned
+            and self.owned[slot]
+            and slot not in self.sealed
+            and slot not in self.frozen
+        )
+
     def owner_of(self, slot: int) -> int:
         return self.slot_map.owners[slot]
 

@@ -290,8 +290,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         entries, short = state.inbox.page(
             reader, request.before_id, limit, set(celebrities), meta.exact_from
         )
+        here = [c for c in celebrities if state.ownership.serves(slot_for_user(c))]
+        if here:  # pulled on the spot: the router need not call this shard again
+            pulled = state.tweets.merged(here, request.before_id, limit)
+            entries = sorted([*entries, *pulled], key=lambda t: t.tweet_id, reverse=True)[:limit]
         response = shard_pb2.ReadInboxResponse(
-            entries=entries, celebrity_ids=celebrities, exact_from=meta.exact_from
+            entries=entries,
+            celebrity_ids=[c for c in celebrities if c not in set(here)],
+            exact_from=meta.exact_from,
+            merged_celebrity_ids=here,
         )
         if short and meta.exact_from > 0:
             celebrity_set = set(celebrities)

@@ -17,13 +17,16 @@ from tests.timeline.model import Model
 def test_shard_calls_carry_the_callers_remaining_deadline(make_cluster, loop):
     cluster = make_cluster(shards=3, celebrity_threshold=2)
     model = Model(cluster, loop)
-    for fan in ("a", "b"):
-        model.follow(fan, "star")
-    model.follow("reader", "star")
+    stars = [f"star{n}" for n in range(6)]
+    for star in stars:
+        for fan in ("a", "b", "reader"):
+            model.follow(fan, star)
     model.follow("reader", "friend")
     model.post("friend", "hello")
     model.settle()
     reader = model.user("reader")
+    # the reader's own shard merges its celebrities; the others are pulled
+    assert {cluster.shard_of(model.user(s)) for s in stars} - {cluster.shard_of(reader)}
     cases = [
         ("GetUser", pb.GetUserRequest(user_id=reader)),
         ("Follow", pb.FollowRequest(follower_id=reader, followee_id=model.user("a"))),

@@ -168,3 +168,34 @@ def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> No
     asyncio.run(_drop_slots(state, {slot}))
     assert state.store.txn().get_hot(key) is None
     state.store.close()
+
+
+# the outbox reads from its floor, not over its delivered tombstones -------------
+
+
+def test_outbox_reads_from_its_floor_and_keeps_every_record(store: Store) -> None:
+    from shard.outbox import FULL_SCAN_EVERY, Outbox
+
+    def record(n: int) -> shard_pb2.OutboxRecord:
+        return shard_pb2.OutboxRecord(created_ms=n + 1)
+
+    outbox = Outbox(store)
+    for n in range(5):
+        txn = store.txn()
+        outbox.append(txn, record(n))
+        txn.commit(sync=False)
+    seqs = [seq for seq, _ in outbox.peek(3)]
+    outbox.finish(seqs, {})
+    assert outbox.floor == seqs[-1] + 1
+    txn = store.txn()
+    newer = outbox.append(txn, record(9))
+    txn.commit(sync=False)
+    assert [seq for seq, _ in outbox.peek(10)] == [seqs[-1] + 1, seqs[-1] + 2, newer]
+
+    # a restart finds the floor again from the first key
+    assert Outbox(store).floor == seqs[-1] + 1
+
+    # should a record ever land below the floor, a periodic full read finds it
+    store.db.put(keys.outbox(1), record(0).SerializeToString())
+    seen = [any(seq == 1 for seq, _ in outbox.peek(10)) for _ in range(FULL_SCAN_EVERY)]
+    assert any(seen)

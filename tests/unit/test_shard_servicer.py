@@ -136,6 +136,11 @@ class Shard:
     def inbox_ids(self, reader: int, **kwargs: int) -> list[int]:
         return [t.tweet_id for t in self.inbox(reader, **kwargs).entries]
 
+    def stored_inbox_ids(self, reader: int) -> list[int]:
+        """What the inbox itself holds (a page also merges local celebrities)."""
+        entries, _ = self.state.inbox.page(reader, 0, 10_000, set(), 0)
+        return [t.tweet_id for t in entries]
+
     def deliver(self, *ops: shard_pb2.DeliveryOp) -> int:
         response = self.ok("Deliver", shard_pb2.DeliverRequest(from_shard=0, ops=ops))
         return response.inbox_entries_written
@@ -182,6 +187,11 @@ def follow_sync(
             complete=complete,
         )
     )
+
+
+def followed_celebrities(page: shard_pb2.ReadInboxResponse) -> list[int]:
+    """Every celebrity a reader follows: pulled by the router or merged here."""
+    return [*page.celebrity_ids, *page.merged_celebrity_ids]
 
 
 def ghost_in(slot: int) -> int:
@@ -370,27 +380,57 @@ def test_unfollow_removes_edge_counter_and_inbox_copies(shard: Shard) -> None:
 def test_unfollow_of_a_celebrity_clears_the_pull(shard: Shard) -> None:
     fan, star = shard.create_user("fan"), shard.create_user("star")
     shard.follow(fan, star, celebrity=True, version=2)
-    assert list(shard.inbox(fan).celebrity_ids) == [star]
+    assert followed_celebrities(shard.inbox(fan)) == [star]
     shard.ok("Unfollow", murmur_pb2.UnfollowRequest(follower_id=fan, followee_id=star))
-    assert list(shard.inbox(fan).celebrity_ids) == []
+    assert followed_celebrities(shard.inbox(fan)) == []
     assert shard.user(fan).user.following_count == 0
 
 
-def test_read_inbox_never_returns_a_followed_celebritys_copy(shard: Shard) -> None:
+def test_read_inbox_never_returns_a_followed_celebritys_copy(open_shard) -> None:
     """Belt and braces: even if a copy by a celebrity is in the inbox (a race
     the status sync has not cleaned up yet), the page leaves it out, because
     the router pulls that celebrity's tweets itself."""
-    fan, star, friend = (shard.create_user(h) for h in ("fan", "star", "friend"))
+    shard = open_shard(owners=HALF)
+    fan, friend = (shard.create_user(handle_in(lambda s: s < 2048, h)) for h in ("fan", "fr"))
+    star = ghost_in(3000)  # on the other shard
     shard.follow(fan, friend)
     shard.follow(fan, star, celebrity=True, version=1)
-    star_tweet, friend_tweet = shard.post(star, "s"), shard.post(friend, "f")
+    friend_tweet = shard.post(friend, "f")
+    star_tweet = murmur_pb2.Tweet(tweet_id=friend_tweet.tweet_id + 1, user_id=star, text="s")
     shard.deliver(inbox_put([fan], friend_tweet))
     txn = shard.state.store.txn()
     shard.state.inbox.put(txn, fan, star_tweet)  # white-box: plant the stale copy
     txn.commit()
     page = shard.inbox(fan)
     assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
-    assert list(page.celebrity_ids) == [star]
+    assert list(page.celebrity_ids) == [star] and not page.merged_celebrity_ids
+
+
+def test_read_inbox_merges_the_celebrities_it_holds(open_shard) -> None:
+    """A followed celebrity on the reader's own shard is pulled in the same
+    call: the page is the newest ``limit`` of inbox and celebrity tweets, and
+    only celebrities on other shards are left for the router to pull."""
+    shard = open_shard(owners=HALF)
+    fan, friend, star = (
+        shard.create_user(handle_in(lambda s: s < 2048, h)) for h in ("fan", "fr", "star")
+    )
+    far_star = ghost_in(3000)
+    shard.follow(fan, friend)
+    shard.follow(fan, star, celebrity=True, version=1)
+    shard.follow(fan, far_star, celebrity=True, version=1)
+    posted = []
+    for n in range(3):
+        posted.append(shard.post(star, f"star {n}"))
+        friend_tweet = shard.post(friend, f"friend {n}")
+        shard.deliver(inbox_put([fan], friend_tweet))
+        posted.append(friend_tweet)
+    newest = sorted((t.tweet_id for t in posted), reverse=True)
+    page = shard.inbox(fan, limit=4)
+    assert [t.tweet_id for t in page.entries] == newest[:4]
+    assert list(page.merged_celebrity_ids) == [star]
+    assert list(page.celebrity_ids) == [far_star]
+    older = shard.inbox(fan, before_id=newest[3], limit=4)
+    assert [t.tweet_id for t in older.entries] == newest[4:]
 
 
 def test_list_edges_pages(shard: Shard) -> None:
@@ -582,7 +622,7 @@ def test_read_inbox_respects_before_id_and_limit(shard: Shard) -> None:
     assert shard.inbox_ids(a, before_id=posted[0]) == []
     page = shard.inbox(a)
     assert page.exact_from == 0 and not page.needs_pull_below
-    assert list(page.celebrity_ids) == [] and list(page.pull_below_ids) == []
+    assert followed_celebrities(page) == [] and list(page.pull_below_ids) == []
 
 
 # slot ownership ------------------------------------------------------------
@@ -720,8 +760,8 @@ def test_inbox_put_only_reaches_real_ordinary_followers(shard: Shard) -> None:
     assert shard.deliver(inbox_put(owners, tweet)) == 1
     assert shard.inbox_ids(fan) == [tweet.tweet_id]
     assert shard.inbox_ids(stranger) == []
-    assert shard.inbox_ids(celeb_fan) == []
-    assert list(shard.inbox(celeb_fan).celebrity_ids) == [author]
+    assert shard.stored_inbox_ids(celeb_fan) == []
+    assert followed_celebrities(shard.inbox(celeb_fan)) == [author]
     # re-delivery after a crash: nothing new, still one copy
     assert shard.deliver(inbox_put(owners, tweet)) == 0
     assert shard.inbox_ids(fan) == [tweet.tweet_id]
@@ -764,24 +804,24 @@ def test_follow_sync_celebrity_marks_and_removes_entries(shard: Shard) -> None:
     # promotion (version 1): marker set, the star's copies leave the inbox
     assert shard.deliver(follow_sync(star, [fan], celebrity=True, version=1)) == 0
     page = shard.inbox(fan)
-    assert list(page.celebrity_ids) == [star]
-    assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
+    assert followed_celebrities(page) == [star]
+    assert shard.stored_inbox_ids(fan) == [friend_tweet.tweet_id]
     # the star's tweets stay out, however often they are re-delivered
     assert shard.deliver(inbox_put([fan], star_tweets[0])) == 0
-    assert shard.inbox_ids(fan) == [friend_tweet.tweet_id]
+    assert shard.stored_inbox_ids(fan) == [friend_tweet.tweet_id]
 
     # a stale (older) status change is ignored
     stale = follow_sync(star, [fan], celebrity=False, version=0, tweets=star_tweets[::-1])
     assert shard.deliver(stale) == 0
     page = shard.inbox(fan)
-    assert list(page.celebrity_ids) == [star]
-    assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
+    assert followed_celebrities(page) == [star]
+    assert shard.stored_inbox_ids(fan) == [friend_tweet.tweet_id]
 
     # demotion (version 2) without backfill: the copies were really deleted,
     # not merely hidden behind the marker
     assert shard.deliver(follow_sync(star, [fan], celebrity=False, version=2)) == 0
     page = shard.inbox(fan)
-    assert list(page.celebrity_ids) == []
+    assert followed_celebrities(page) == []
     assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
 
     # promoted again (3), then demoted (4) with a backfill of recent tweets
@@ -789,12 +829,12 @@ def test_follow_sync_celebrity_marks_and_removes_entries(shard: Shard) -> None:
     newer = follow_sync(star, [fan], celebrity=False, version=4, tweets=star_tweets[::-1])
     assert shard.deliver(newer) == 3
     page = shard.inbox(fan)
-    assert list(page.celebrity_ids) == []
+    assert followed_celebrities(page) == []
     expected = sorted([t.tweet_id for t in star_tweets] + [friend_tweet.tweet_id], reverse=True)
     assert [t.tweet_id for t in page.entries] == expected
     # a late copy of the version-3 promotion changes nothing
     shard.deliver(follow_sync(star, [fan], celebrity=True, version=3))
-    assert list(shard.inbox(fan).celebrity_ids) == []
+    assert followed_celebrities(shard.inbox(fan)) == []
     assert shard.inbox_ids(fan) == expected
 
 
@@ -804,7 +844,7 @@ def test_follow_sync_for_non_follower_is_ignored(shard: Shard) -> None:
     shard.deliver(follow_sync(star, [stranger], celebrity=False, version=0, tweets=[tweet]))
     assert shard.inbox_ids(stranger) == []
     shard.deliver(follow_sync(star, [stranger], celebrity=True, version=1))
-    assert list(shard.inbox(stranger).celebrity_ids) == []
+    assert followed_celebrities(shard.inbox(stranger)) == []
 
 
 def test_follow_sync_short_backfill_raises_exact_from(shard: Shard) -> None:
@@ -862,7 +902,7 @@ def test_inbox_cap_trims_oldest_and_asks_for_pull_below(open_shard) -> None:
     assert page.needs_pull_below
     assert page.pull_below_ids[0] == reader
     assert sorted(page.pull_below_ids[1:]) == sorted([author, friend])  # not the celebrity
-    assert list(page.celebrity_ids) == [star]
+    assert followed_celebrities(page) == [star]
 
     # a page that fills up above exact_from needs no pull
     top = shard.inbox(reader, limit=3)
@@ -989,7 +1029,7 @@ def test_everything_acknowledged_survives_reopen(open_shard) -> None:
     assert shard.edges(a, shard_pb2.FOLLOWING) == sorted([b, c])
     assert shard.edges(b, shard_pb2.FOLLOWERS) == [a]
     assert shard.inbox(a) == inbox_before
-    assert list(shard.inbox(a).celebrity_ids) == [c]
+    assert followed_celebrities(shard.inbox(a)) == [c]
     got = shard.ok(
         "GetTweets",
         shard_pb2.GetTweetsRequest(tweet_ids=[first.tweet_id, ahead.tweet_id, deleted.tweet_id]),
