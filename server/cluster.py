@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="followers at which an account is pulled at read time (default 10000)",
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
+    parser.add_argument(
+        "--celebrity-cache-ms",
+        type=float,
+        default=None,
+        help="how long the router reuses a celebrity's pulled tweets (50; 0 = off)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     tls.add_flags(parser)
     parser.add_argument(
@@ -57,6 +63,12 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
     if args.inbox_cap is not None:
         flags += ["--inbox-cap", str(args.inbox_cap)]
     return flags
+
+
+def router_flags(args: argparse.Namespace) -> list[str]:
+    if args.celebrity_cache_ms is None:
+        return []
+    return ["--celebrity-cache-ms", str(args.celebrity_cache_ms)]
 
 
 def tls_flags(args: argparse.Namespace) -> list[str]:
@@ -142,6 +154,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
             ",".join(shard_addresses),
             *metrics_flags(args, 0),
             *tls_flags(args),
+            *router_flags(args),
         ],
         stdout=subprocess.DEVNULL,
         env=router_env(args),

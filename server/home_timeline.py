@@ -13,6 +13,7 @@ newest ``limit`` (all the merge can use).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,9 +21,13 @@ import grpc
 
 from murmur.errors import ServiceError
 from murmur.v1 import murmur_pb2, shard_pb2
+from server.celebrity_cache import CelebrityTimelines
 from server.shard_pool import ShardPool
 
 DEGRADABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+log = logging.getLogger("murmur.router.home")
+_REFRESHES: set[asyncio.Task] = set()
+MAX_PER_AUTHOR_TWEETS = 20_000  # the shards' cap on one per-author pull
 PULL_BUDGET_S = 2.0  # a silent celebrity shard costs a read at most this, then "partial"
 
 
@@ -53,6 +58,7 @@ async def pull_groups(
     before_id: int,
     limit: int,
     timeout: float | None,
+    per_author: bool = False,
 ) -> tuple[list[murmur_pb2.Tweet], list[int]]:
     """One PullTimelines call per shard, in parallel. A shard that does not
     answer is reported, not fatal: the page is then marked partial."""
@@ -64,7 +70,10 @@ async def pull_groups(
             shard_id,
             "PullTimelines",
             shard_pb2.PullTimelinesRequest(
-                author_ids=groups[shard_id], before_id=before_id, limit=limit
+                author_ids=groups[shard_id],
+                before_id=before_id,
+                limit=limit,
+                per_author=per_author,
             ),
             timeout,
         )
@@ -89,25 +98,90 @@ async def pull_groups(
     return tweets, missing
 
 
+async def pull_into_copies(
+    pool: ShardPool,
+    copies: CelebrityTimelines,
+    groups: dict[int, list[int]],
+    limit: int,
+    timeout: float | None,
+) -> tuple[list[murmur_pb2.Tweet], list[int]]:
+    """Pull celebrities the router has no fresh copy of, each one's newest
+    ``copies.depth`` tweets, and keep them. A shard holding more of them
+    than one per-author call may carry is pulled the plain way, uncopied."""
+    per_call = MAX_PER_AUTHOR_TWEETS // copies.depth
+    copied = {shard: ids for shard, ids in groups.items() if len(ids) <= per_call}
+    plain = {shard: ids for shard, ids in groups.items() if len(ids) > per_call}
+    fetched_at = copies.clock()
+    pulls = [pull_groups(pool, copied, 0, copies.depth, timeout, per_author=True)]
+    if plain:
+        pulls.append(pull_groups(pool, plain, 0, limit, timeout))
+    results = await asyncio.gather(*pulls)
+    tweets, missing = results[0]
+    by_author: dict[int, list[murmur_pb2.Tweet]] = {
+        author: [] for shard, ids in copied.items() if shard not in missing for author in ids
+    }
+    for tweet in tweets:
+        by_author[tweet.user_id].append(tweet)
+    copies.store(fetched_at, by_author)
+    for more, more_missing in results[1:]:
+        tweets = [*tweets, *more]
+        missing = [*missing, *more_missing]
+    return tweets, missing
+
+
+def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines, aging: list[int]) -> None:
+    """Renew copies past half their life: per shard, one call at a time and
+    at most one per half-life, carrying every copy noticed aging meanwhile."""
+    for shard_id, ids in pool.table.group_users(aging).items():
+        due = copies.due_refresh(shard_id, ids)
+        if not due:
+            continue
+        task = asyncio.get_running_loop().create_task(_refresh(pool, copies, shard_id, due))
+        _REFRESHES.add(task)  # keep a reference until it is done
+        task.add_done_callback(_REFRESHES.discard)
+
+
+async def _refresh(pool: ShardPool, copies: CelebrityTimelines, shard_id: int, ids: list[int]):
+    try:
+        await pull_into_copies(pool, copies, {shard_id: ids}, copies.depth, PULL_BUDGET_S)
+    except Exception as exc:  # the copies then expire and readers pull themselves
+        log.debug("background refresh from shard %d failed: %s", shard_id, exc)
+    finally:
+        copies.refresh_done(shard_id)
+
+
 async def merge_home(
     pool: ShardPool,
     inbox: shard_pb2.ReadInboxResponse,
     before_id: int,
     limit: int,
     timeout: float | None,
+    copies: CelebrityTimelines | None = None,
 ) -> MergedPage:
     if not inbox.celebrity_ids and not inbox.needs_pull_below:
         return MergedPage(list(inbox.entries))  # the common case: one shard read, done
     table = pool.table
     timeout = pull_timeout(timeout)
-    pulls = [
-        pull_groups(pool, table.group_users(list(inbox.celebrity_ids)), before_id, limit, timeout)
-    ]
+    celebrities = list(inbox.celebrity_ids)
+    copied: list[murmur_pb2.Tweet] = []
+    pulls = []
+    if copies is not None and copies.serves(before_id, limit):
+        copied, celebrities, aging = copies.lookup(celebrities)
+        if aging:
+            refresh_in_background(pool, copies, aging)
+        if celebrities:
+            groups = table.group_users(celebrities)
+            pulls.append(pull_into_copies(pool, copies, groups, limit, timeout))
+    elif celebrities:
+        groups = table.group_users(celebrities)
+        pulls.append(pull_groups(pool, groups, before_id, limit, timeout))
     if inbox.needs_pull_below:
         below = min(before_id, inbox.exact_from) if before_id else inbox.exact_from
         groups = table.group_users(list(inbox.pull_below_ids))
         pulls.append(pull_groups(pool, groups, below, limit, timeout))
+    if not pulls:  # every celebrity's tweets were at hand
+        return MergedPage(newest([*inbox.entries, *copied], limit))
     results = [await pulls[0]] if len(pulls) == 1 else await asyncio.gather(*pulls)
     pulled = [tweet for tweets, _ in results for tweet in tweets]
     missing = sorted({shard for _, shards in results for shard in shards})
-    return MergedPage(newest([*inbox.entries, *pulled], limit), missing)
+    return MergedPage(newest([*inbox.entries, *copied, *pulled], limit), missing)

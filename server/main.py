@@ -12,6 +12,7 @@ from murmur.registration import add_service
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
 from murmur.v1 import admin_pb2, murmur_pb2, shard_pb2
 from server.admin import AdminServicer
+from server.celebrity_cache import DEFAULT_TTL_S, CelebrityTimelines
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
 from server.slot_map import bootstrap
@@ -44,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="seconds to wait for shards at start; silent ones are served without",
+    )
+    parser.add_argument(
+        "--celebrity-cache-ms",
+        type=float,
+        default=DEFAULT_TTL_S * 1000,
+        help="how long the router reuses a celebrity's pulled tweets for home reads "
+        "(a new celebrity tweet may take this long to show; 0 turns the copies off)",
     )
     tls.add_flags(parser)
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
@@ -80,7 +88,10 @@ async def serve(args: argparse.Namespace) -> None:
     serve_metrics(args.host, args.metrics_port)
     murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
-    add_service(process.server, MurmurServicer(table, pool), murmur_service)
+    if args.celebrity_cache_ms < 0:
+        raise SystemExit(f"--celebrity-cache-ms must be 0 or more; got {args.celebrity_cache_ms}")
+    copies = CelebrityTimelines(ttl_s=args.celebrity_cache_ms / 1000)
+    add_service(process.server, MurmurServicer(table, pool, copies), murmur_service)
     add_service(process.server, AdminServicer(pool, args.admin_token), admin_service)
     process.shutdown_hooks.append(pool.close)
     await process.serve("murmur-router serving on {address}")

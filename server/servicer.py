@@ -29,6 +29,7 @@ from murmur.validation import (
     check_tweet_text,
     page_size,
 )
+from server.celebrity_cache import CelebrityTimelines
 from server.home_timeline import merge_home
 from server.shard_pool import ShardPool, WrongSlot
 from server.slot_map import RoutingTable, newest_map
@@ -53,9 +54,15 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     component = "router"
     service_name = "Murmur"
 
-    def __init__(self, table: RoutingTable, pool: ShardPool) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        pool: ShardPool,
+        celebrity_copies: CelebrityTimelines | None = None,
+    ) -> None:
         self.table = table
         self.pool = pool
+        self.celebrity_copies = celebrity_copies
         self._refresh_lock = asyncio.Lock()
 
     def shard_of(self, request: Any) -> int | None:
@@ -228,7 +235,10 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             text=check_tweet_text(request.text),
             request_id=check_request_id(request.request_id),
         )
-        return await self._user_call(author, "PostTweet", forwarded, context)
+        try:
+            return await self._user_call(author, "PostTweet", forwarded, context)
+        finally:
+            self._forget_copy(author)
 
     @rpc
     async def GetTweet(self, request, context):
@@ -248,13 +258,19 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             user_id=check_id("user_id", request.user_id),
             text=check_tweet_text(request.text),
         )
-        return await self._tweet_call(tweet_id, "EditTweet", forwarded, context)
+        try:
+            return await self._tweet_call(tweet_id, "EditTweet", forwarded, context)
+        finally:
+            self._forget_copy(forwarded.user_id)
 
     @rpc
     async def DeleteTweet(self, request, context):
         tweet_id = check_tweet_id(request.tweet_id)
-        check_id("user_id", request.user_id)
-        return await self._tweet_call(tweet_id, "DeleteTweet", request, context)
+        author = check_id("user_id", request.user_id)
+        try:
+            return await self._tweet_call(tweet_id, "DeleteTweet", request, context)
+        finally:
+            self._forget_copy(author)
 
     # timelines ----------------------------------------------------------------
     @rpc
@@ -283,17 +299,19 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         reader = check_id("user_id", request.user_id)
         limit = page_size(request.page_size)
         before = decode_token(TokenKind.HOME_TIMELINE, request.page_token)
-        inbox = await self._user_call(
-            reader,
-            "ReadInbox",
-            shard_pb2.ReadInboxRequest(user_id=reader, before_id=before, limit=limit),
-            context,
+        copies = self.celebrity_copies
+        request = shard_pb2.ReadInboxRequest(
+            user_id=reader,
+            before_id=before,
+            limit=limit,
+            skip_local_celebrities=copies is not None and copies.serves(before, limit),
         )
+        inbox = await self._user_call(reader, "ReadInbox", request, context)
         try:
-            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
+            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
         except WrongSlot:  # a pulled celebrity's slot moved: re-learn the map, once
             await self._refresh()
-            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context))
+            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
         tweets = page.tweets
         token = (
             page_tokens.encode(TokenKind.HOME_TIMELINE, tweets[-1].tweet_id)
@@ -306,6 +324,11 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             partial=bool(page.unavailable_shards),
             unavailable_shards=page.unavailable_shards,
         )
+
+    def _forget_copy(self, author: int) -> None:
+        """Also after a failed or unknown outcome: the write may have landed."""
+        if self.celebrity_copies is not None:
+            self.celebrity_copies.forget(author)
 
     @rpc
     async def Ping(self, request, context):

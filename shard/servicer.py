@@ -31,6 +31,7 @@ from shard.state import ShardState
 from shard.users import timestamp_ms
 
 MAX_PULL_AUTHORS = 100_000
+MAX_PER_AUTHOR_TWEETS = 20_000
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -273,8 +274,18 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             if request.require_authors:
                 self.state.users.require(txn, author)
         limit = max(1, min(request.limit or 20, 1000))
-        tweets = self.state.tweets.merged(request.author_ids, request.before_id, limit)
-        return shard_pb2.PullTimelinesResponse(tweets=tweets)
+        if not request.per_author:
+            tweets = self.state.tweets.merged(request.author_ids, request.before_id, limit)
+            return shard_pb2.PullTimelinesResponse(tweets=tweets)
+        if len(request.author_ids) * limit > MAX_PER_AUTHOR_TWEETS:
+            raise invalid(
+                f"per_author pull of {len(request.author_ids)} authors x limit {limit} "
+                f"exceeds {MAX_PER_AUTHOR_TWEETS} tweets"
+            )
+        response = shard_pb2.PullTimelinesResponse()
+        for author in request.author_ids:
+            response.tweets.extend(self.state.tweets.recent(author, request.before_id, limit))
+        return response
 
     @rpc
     async def ReadInbox(self, request, context):
@@ -290,7 +301,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         entries, short = state.inbox.page(
             reader, request.before_id, limit, set(celebrities), meta.exact_from
         )
-        here = [c for c in celebrities if state.ownership.serves(slot_for_user(c))]
+        here = (
+            []
+            if request.skip_local_celebrities
+            else [c for c in celebrities if state.ownership.serves(slot_for_user(c))]
+        )
         if here:  # pulled on the spot: the router need not call this shard again
             pulled = state.tweets.merged(here, request.before_id, limit)
             entries = sorted([*entries, *pulled], key=lambda t: t.tweet_id, reverse=True)[:limit]

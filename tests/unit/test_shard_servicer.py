@@ -1189,3 +1189,28 @@ def test_backup_streams_progress_and_is_a_consistent_copy(open_shard, tmp_path: 
     got = restored.ok("GetTweets", shard_pb2.GetTweetsRequest(tweet_ids=[tweet.tweet_id]))
     assert list(got.tweets) == [tweet]
     assert len(restored.outbox()) == 2  # the follow's and the post's fan-out come along
+
+
+def test_read_inbox_can_leave_local_celebrities_to_the_router(open_shard) -> None:
+    shard = open_shard(owners=HALF)
+    fan, star = (shard.create_user(handle_in(lambda s: s < 2048, h)) for h in ("fan", "star"))
+    shard.follow(fan, star, celebrity=True, version=1)
+    shard.post(star, "held here")
+    request = shard_pb2.ReadInboxRequest(user_id=fan, limit=10, skip_local_celebrities=True)
+    page = shard.ok("ReadInbox", request)
+    assert list(page.celebrity_ids) == [star] and not page.merged_celebrity_ids
+    assert not page.entries
+
+
+def test_pull_timelines_per_author_and_its_limit(shard: Shard) -> None:
+    a, b = shard.create_user("a"), shard.create_user("b")
+    a_tweets = [shard.post(a, f"a{n}").tweet_id for n in range(4)]
+    b_tweets = [shard.post(b, f"b{n}").tweet_id for n in range(2)]
+    request = shard_pb2.PullTimelinesRequest(author_ids=[a, b], limit=3, per_author=True)
+    got = [t.tweet_id for t in shard.ok("PullTimelines", request).tweets]
+    assert got == a_tweets[::-1][:3] + b_tweets[::-1]  # each author's newest 3, in order
+    too_many = shard_pb2.PullTimelinesRequest(
+        author_ids=list(range(1, 30)), limit=1000, per_author=True
+    )
+    details = shard.fails("PullTimelines", too_many, grpc.StatusCode.INVALID_ARGUMENT)
+    assert "29 authors x limit 1000" in details and "20000" in details

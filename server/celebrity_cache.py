@@ -1,0 +1,119 @@
+"""The router's short-lived copy of celebrities' recent tweets.
+
+A celebrity is, by definition, read by many: without a copy, every home
+read of each of their followers pulls their timeline from its shard, and
+on one box those pulls cost as much as the reads themselves. The router
+keeps each celebrity's newest ``depth`` tweets for ``ttl_s`` seconds and
+pulls only those it has no fresh copy of.
+
+What it costs: a celebrity's new tweet, edit or delete reaches home
+timelines served by another router up to ``ttl_s`` later (50 ms by
+default), the same kind of lag an ordinary author's tweet has while fan-out
+delivers it (tens of milliseconds). Writes through this router drop the
+author's copy at once. ``ttl_s = 0`` turns the cache off. Only first pages
+use it; scrolling further back always pulls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+from murmur.v1 import murmur_pb2
+
+LOOKUPS = Counter(
+    "murmur_router_celebrity_copies",
+    "Celebrity timelines a home read needed: served from the router's copy, or pulled",
+    ["result"],
+)
+
+DEFAULT_TTL_S = 0.05
+DEFAULT_DEPTH = 20  # the largest first page served from copies (the default page size)
+DEFAULT_CAPACITY = 4_096  # celebrities kept; the oldest copies go first
+
+
+class CelebrityTimelines:
+    def __init__(
+        self,
+        ttl_s: float = DEFAULT_TTL_S,
+        depth: int = DEFAULT_DEPTH,
+        capacity: int = DEFAULT_CAPACITY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.depth = depth
+        self.capacity = capacity
+        self.clock = clock
+        self._copies: dict[int, tuple[float, list[murmur_pb2.Tweet]]] = {}
+        self._refreshing: set[int] = set()  # shards with a background refresh in flight
+        self._last_refresh: dict[int, float] = {}
+        self._aging: dict[int, set[int]] = {}  # shard -> celebrities to renew next
+        self.hits = 0
+        self.misses = 0
+
+    def serves(self, before_id: int, limit: int) -> bool:
+        """Whether a page with these bounds can be answered from copies."""
+        return self.ttl_s > 0 and before_id == 0 and limit <= self.depth
+
+    def lookup(self, celebrities: list[int]) -> tuple[list[murmur_pb2.Tweet], list[int], list[int]]:
+        """The usable copies' tweets, the celebrities that must be pulled
+        now (no copy, or one older than ``ttl_s``), and those whose copy is
+        past half its life: still served, but worth refreshing in the
+        background so that a busy router's readers never wait for a pull."""
+        now = self.clock()
+        tweets: list[murmur_pb2.Tweet] = []
+        missing: list[int] = []
+        aging: list[int] = []
+        for celebrity in celebrities:
+            copy = self._copies.get(celebrity)
+            age = now - copy[0] if copy is not None else self.ttl_s
+            if age >= self.ttl_s:
+                missing.append(celebrity)
+                continue
+            tweets.extend(copy[1])  # type: ignore[index]
+            if age >= self.ttl_s / 2:
+                aging.append(celebrity)
+        served = len(celebrities) - len(missing)
+        self.hits += served
+        self.misses += len(missing)
+        LOOKUPS.labels("copy").inc(served)
+        LOOKUPS.labels("pulled").inc(len(missing))
+        return tweets, missing, aging
+
+    def store(self, fetched_at: float, pulled: dict[int, list[murmur_pb2.Tweet]]) -> None:
+        """Keep each celebrity's newest tweets (``depth`` of them, or all
+        there are), as pulled at ``fetched_at`` (taken before the pull, so a
+        copy never looks fresher than it is)."""
+        copies = self._copies
+        for celebrity, tweets in pulled.items():
+            if celebrity not in copies and len(copies) >= self.capacity:
+                for old in list(itertools.islice(copies, max(1, self.capacity // 8))):
+                    del copies[old]
+            copies[celebrity] = (fetched_at, tweets)
+
+    def due_refresh(self, shard_id: int, aging: list[int]) -> list[int]:
+        """Note ``aging`` copies of celebrities on ``shard_id``; the ones to
+        renew now, if a renewal may start (none in flight for that shard and
+        none started in the last half-life), else an empty list. One call
+        then renews every copy noticed aging since the last one."""
+        wanted = self._aging.setdefault(shard_id, set())
+        wanted.update(aging)
+        now = self.clock()
+        recent = now - self._last_refresh.get(shard_id, float("-inf")) < self.ttl_s / 2
+        if shard_id in self._refreshing or recent:
+            return []
+        self._refreshing.add(shard_id)
+        self._last_refresh[shard_id] = now
+        taken = list(wanted)
+        wanted.clear()
+        return taken
+
+    def refresh_done(self, shard_id: int) -> None:
+        self._refreshing.discard(shard_id)
+
+    def forget(self, user_id: int) -> None:
+        """The user wrote through this router: their next read pulls again."""
+        self._copies.pop(user_id, None)

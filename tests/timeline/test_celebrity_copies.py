@@ -1,0 +1,117 @@
+"""The router's short-lived copies of celebrities' timelines: first pages
+are served without pulls, the copies are renewed in the background, writes
+through the router show at once, writes elsewhere within the copy's life,
+and pages further back are always pulled."""
+
+from __future__ import annotations
+
+import asyncio
+
+from murmur.v1 import murmur_pb2 as pb
+from server.celebrity_cache import CelebrityTimelines
+from server.servicer import MurmurServicer
+from tests.timeline.memory_cluster import FakeContext
+from tests.timeline.model import Model
+
+TTL = 0.05
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def setup(make_cluster, loop, stars: int = 6):
+    cluster = make_cluster(shards=3, celebrity_threshold=2)
+    clock = Clock()
+    cluster.router.celebrity_copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
+    model = Model(cluster, loop)
+    names = [f"star{n}" for n in range(stars)]
+    for star in names:
+        for fan in ("a", "b", "reader"):
+            model.follow(fan, star)
+    model.follow("reader", "friend")
+    model.post("friend", "an ordinary tweet")
+    model.settle()
+    for n, star in enumerate(names):
+        model.post(star, f"{star} says {n}")
+    model.settle()
+    return cluster, clock, model, names
+
+
+def pulls(cluster) -> int:
+    return sum(n for (method, _), n in cluster.pool.calls.items() if method == "PullTimelines")
+
+
+def test_first_pages_come_from_copies_without_pulls(make_cluster, loop):
+    cluster, _clock, model, _ = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1)
+    assert pulls(cluster) > 0  # the first read fills the copies
+    cluster.pool.calls.clear()
+    for who in ("reader", "a", "b"):
+        model.check_home(model.user(who), pages=1)
+    assert pulls(cluster) == 0
+    assert cluster.router.celebrity_copies.hits > 0
+
+
+def test_writes_elsewhere_show_within_the_copys_life_and_here_at_once(make_cluster, loop):
+    cluster, clock, model, names = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1)
+    star = model.user(names[0])
+    other_router = MurmurServicer(cluster.table, cluster.pool)
+    request = pb.PostTweetRequest(user_id=star, text="posted through another router")
+    tweet = model.run(other_router.PostTweet(request, FakeContext()))
+    model.oracle.post(tweet.tweet_id, star, tweet.text)
+    first = model.home_page(reader)
+    assert tweet.tweet_id not in [t.tweet_id for t in first.tweets]  # the copy is still young
+    clock.now += TTL * 1.01
+    model.check_home(reader, pages=1)  # now it shows, exactly as the join says
+
+    model.post(names[1], "posted through this router")  # forgets that star's copy
+    model.check_home(reader, pages=1)
+
+
+def test_copies_are_renewed_in_the_background(make_cluster, loop):
+    cluster, clock, model, _ = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1)
+    clock.now += TTL * 0.6  # past half its life: served, and renewed meanwhile
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=1)
+    for _ in range(5):
+        model.run(asyncio.sleep(0))
+    renewed = {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
+    assert renewed and pulls(cluster) == len(renewed)  # one call per shard, not per read
+    clock.now += TTL * 0.45  # the first copies have expired, the renewed ones are young
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=1)
+    assert pulls(cluster) == 0
+
+
+def test_pages_further_back_are_pulled_exactly(make_cluster, loop):
+    cluster, _clock, model, _ = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1, size=3)
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=3, size=3)
+    assert pulls(cluster) > 0  # page 2 and 3 have a before bound: no copies
+
+
+def test_a_silent_shard_gives_a_partial_page_and_no_copy(make_cluster, loop):
+    cluster, _clock, model, names = setup(make_cluster, loop)
+    reader = model.user("reader")
+    reader_shard = cluster.shard_of(reader)
+    far = next(n for n in names if cluster.shard_of(model.user(n)) != reader_shard)
+    silent = cluster.shard_of(model.user(far))
+    cluster.pool.down.add(silent)
+    page = model.home_page(reader)
+    assert page.partial and list(page.unavailable_shards) == [silent]
+    cluster.pool.down.clear()
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=1)  # nothing was kept for it: pulled now
+    assert ("PullTimelines", silent) in cluster.pool.calls
