@@ -28,6 +28,12 @@ from shard.state import ShardState
 log = logging.getLogger("murmur.shard.fanout")
 
 DELIVER_TIMEOUT_S = 10.0
+# A round that finds only a few records waits this long for more: under a
+# stream of posts rounds then carry several, and the shards exchange about
+# half as many Deliver calls (calls are the cost); a lone post's delivery
+# takes at most this much longer.
+LINGER_S = 0.002
+LINGER_BELOW = 16
 MAX_BACKOFF_S = 2.0
 RECORDS_PER_ROUND = 256
 MIN_PAGE = 100  # followers per round for one tweet, however small the budget left
@@ -66,7 +72,14 @@ class FanoutStats:
 
 
 class FanoutWorker:
-    def __init__(self, state: ShardState, applier: DeliveryApplier, peers: PeerShards) -> None:
+    def __init__(
+        self,
+        state: ShardState,
+        applier: DeliveryApplier,
+        peers: PeerShards,
+        linger_s: float = LINGER_S,
+    ) -> None:
+        self.linger_s = linger_s
         self.state = state
         self.applier = applier
         self.peers = peers
@@ -109,6 +122,9 @@ class FanoutWorker:
         records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
         if not records:
             return False
+        if self.linger_s and len(records) < LINGER_BELOW:
+            await asyncio.sleep(self.linger_s)
+            records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
         plan = self._plan(records)
         await self._deliver(plan)
         self.state.outbox.finish(plan.done, plan.progress)

@@ -111,7 +111,7 @@ class MemoryCluster:
         self.router = MurmurServicer(self.table, self.pool)  # type: ignore[arg-type]
         peers = InProcessPeers(self.pool)
         self.workers = {
-            i: FanoutWorker(self.states[i], self.appliers[i], peers)  # type: ignore[arg-type]
+            i: FanoutWorker(self.states[i], self.appliers[i], peers, linger_s=0)  # type: ignore[arg-type]
             for i in range(shards)
         }
 

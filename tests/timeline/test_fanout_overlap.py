@@ -1,10 +1,13 @@
 """A fan-out round starts its calls to the other shards before applying the
-local share, so sender and destinations work at the same time."""
+local share, so sender and destinations work at the same time; a round with
+little to carry waits briefly for more."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from murmur.v1 import murmur_pb2 as pb
 from tests.timeline.model import Model
 
 
@@ -44,3 +47,29 @@ def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster,
     model.settle()
     for fan in fans:
         model.check_home(fan)
+
+
+def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, loop):
+    cluster = make_cluster(shards=2)
+    model = Model(cluster, loop)
+    author = model.user("author")
+    for i in range(20):
+        model.follow(f"fan{i}", "author")
+    model.settle()
+    assert {cluster.shard_of(model.user(f"fan{i}")) for i in range(20)} == {0, 1}
+    worker = cluster.workers[cluster.shard_of(author)]
+    worker.linger_s = 0.05
+    model.post("author", "first")
+
+    async def post_during_the_linger() -> bool:
+        round_task = asyncio.ensure_future(worker.run_round())
+        await asyncio.sleep(0.01)
+        await cluster.call(
+            "PostTweet", pb.PostTweetRequest(user_id=author, text="second, while it waits")
+        )
+        return await round_task
+
+    cluster.pool.calls.clear()
+    assert loop.run_until_complete(post_during_the_linger())
+    assert sum(n for (method, _), n in cluster.pool.calls.items() if method == "Deliver") == 1
+    assert cluster.backlog() == 0  # both posts went in that one round
