@@ -37,6 +37,12 @@ class Model:
         self.call("Follow", pb.FollowRequest(follower_id=a, followee_id=b))
         self.oracle.follow(a, b)
 
+    def follow_all(self, fans: list[Any], stars: list[Any]) -> None:
+        """Every fan follows every star (celebrities, with a low threshold)."""
+        for star in stars:
+            for fan in fans:
+                self.follow(fan, star)
+
     def unfollow(self, follower: Any, followee: Any) -> None:
         a, b = self.user(follower), self.user(followee)
         self.call("Unfollow", pb.UnfollowRequest(follower_id=a, followee_id=b))

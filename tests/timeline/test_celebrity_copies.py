@@ -30,9 +30,7 @@ def setup(make_cluster, loop, stars: int = 6):
     cluster.router.celebrity_copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
     model = Model(cluster, loop)
     names = [f"star{n}" for n in range(stars)]
-    for star in names:
-        for fan in ("a", "b", "reader"):
-            model.follow(fan, star)
+    model.follow_all(["a", "b", "reader"], names)
     model.follow("reader", "friend")
     model.post("friend", "an ordinary tweet")
     model.settle()

@@ -18,9 +18,7 @@ def test_shard_calls_carry_the_callers_remaining_deadline(make_cluster, loop):
     cluster = make_cluster(shards=3, celebrity_threshold=2)
     model = Model(cluster, loop)
     stars = [f"star{n}" for n in range(6)]
-    for star in stars:
-        for fan in ("a", "b", "reader"):
-            model.follow(fan, star)
+    model.follow_all(["a", "b", "reader"], stars)
     model.follow("reader", "friend")
     model.post("friend", "hello")
     model.settle()
