@@ -51,6 +51,8 @@ class CelebrityTimelines:
         self._refreshing: set[int] = set()  # shards with a background refresh in flight
         self._last_refresh: dict[int, float] = {}
         self._aging: dict[int, set[int]] = {}  # shard -> celebrities to renew next
+        self._fills = 0  # pulls in flight whose results will be kept
+        self._forgotten: dict[int, float] = {}  # author -> when, while pulls are in flight
         self.hits = 0
         self.misses = 0
 
@@ -83,12 +85,26 @@ class CelebrityTimelines:
         LOOKUPS.labels("pulled").inc(len(missing))
         return tweets, missing, aging
 
+    def begin_fill(self) -> float:
+        """Call before a pull whose results will be stored; the time it
+        returns is the copies' age stamp (taken before the pull, so a copy
+        never looks fresher than it is). Pair with ``end_fill``."""
+        self._fills += 1
+        return self.clock()
+
+    def end_fill(self) -> None:
+        self._fills -= 1
+        if self._fills == 0:
+            self._forgotten.clear()
+
     def store(self, fetched_at: float, pulled: dict[int, list[murmur_pb2.Tweet]]) -> None:
         """Keep each celebrity's newest tweets (``depth`` of them, or all
-        there are), as pulled at ``fetched_at`` (taken before the pull, so a
-        copy never looks fresher than it is)."""
+        there are), except those who wrote through this router after the
+        pull began: their copy could miss that write."""
         copies = self._copies
         for celebrity, tweets in pulled.items():
+            if self._forgotten.get(celebrity, float("-inf")) >= fetched_at:
+                continue
             if celebrity not in copies and len(copies) >= self.capacity:
                 for old in list(itertools.islice(copies, max(1, self.capacity // 8))):
                     del copies[old]
@@ -115,5 +131,8 @@ class CelebrityTimelines:
         self._refreshing.discard(shard_id)
 
     def forget(self, user_id: int) -> None:
-        """The user wrote through this router: their next read pulls again."""
+        """The user wrote through this router: their next read pulls again,
+        and a pull already in flight does not bring the old copy back."""
         self._copies.pop(user_id, None)
+        if self._fills:
+            self._forgotten[user_id] = self.clock()

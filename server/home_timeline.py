@@ -111,18 +111,21 @@ async def pull_into_copies(
     per_call = MAX_PER_AUTHOR_TWEETS // copies.depth
     copied = {shard: ids for shard, ids in groups.items() if len(ids) <= per_call}
     plain = {shard: ids for shard, ids in groups.items() if len(ids) > per_call}
-    fetched_at = copies.clock()
     pulls = [pull_groups(pool, copied, 0, copies.depth, timeout, per_author=True)]
     if plain:
         pulls.append(pull_groups(pool, plain, 0, limit, timeout))
-    results = await asyncio.gather(*pulls)
-    tweets, missing = results[0]
-    by_author: dict[int, list[murmur_pb2.Tweet]] = {
-        author: [] for shard, ids in copied.items() if shard not in missing for author in ids
-    }
-    for tweet in tweets:
-        by_author[tweet.user_id].append(tweet)
-    copies.store(fetched_at, by_author)
+    fetched_at = copies.begin_fill()
+    try:
+        results = await asyncio.gather(*pulls)
+        tweets, missing = results[0]
+        by_author: dict[int, list[murmur_pb2.Tweet]] = {
+            author: [] for shard, ids in copied.items() if shard not in missing for author in ids
+        }
+        for tweet in tweets:
+            by_author[tweet.user_id].append(tweet)
+        copies.store(fetched_at, by_author)
+    finally:
+        copies.end_fill()
     for more, more_missing in results[1:]:
         tweets = [*tweets, *more]
         missing = [*missing, *more_missing]

@@ -113,3 +113,23 @@ def test_a_silent_shard_gives_a_partial_page_and_no_copy(make_cluster, loop):
     cluster.pool.calls.clear()
     model.check_home(reader, pages=1)  # nothing was kept for it: pulled now
     assert ("PullTimelines", silent) in cluster.pool.calls
+
+
+def test_a_write_during_a_pull_keeps_the_old_copy_out() -> None:
+    """A pull that began before the author wrote through this router must
+    not store a copy that could miss that write."""
+    clock = Clock()
+    copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
+    early = pb.Tweet(tweet_id=1, user_id=7, text="before")
+    other = pb.Tweet(tweet_id=2, user_id=8, text="someone else")
+    fetched_at = copies.begin_fill()
+    clock.now += 0.001
+    copies.forget(7)  # 7 posts through this router while the pull is out
+    copies.store(fetched_at, {7: [early], 8: [other]})
+    copies.end_fill()
+    tweets, missing, _ = copies.lookup([7, 8])
+    assert missing == [7] and tweets == [other]
+    fetched_at = copies.begin_fill()  # a pull begun after the write may be kept
+    copies.store(fetched_at, {7: [early]})
+    copies.end_fill()
+    assert copies.lookup([7])[1] == []
