@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
-from client.client import DEFAULT_TARGET, RETRY_POLICY, open_channel
+from client.client import DEFAULT_TARGET, RETRY_POLICY, ChannelClient, open_channel
 from client.errors import error_from_rpc
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import admin_pb2_grpc as apb_grpc
@@ -60,7 +59,7 @@ def admin_channel_options(retries: bool = True) -> list[tuple[str, Any]]:
     return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
 
 
-class AdminClient:
+class AdminClient(ChannelClient):
     """One connection to a Murmur router's Admin service. Thread-safe.
 
     ``timeout`` is the deadline in seconds of quick calls (status, stats,
@@ -94,24 +93,6 @@ class AdminClient:
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, admin_channel_options(retries), tls_ca)
         self._stub = apb_grpc.AdminStub(self._channel)
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the channel if this client created it."""
-        if self._owns_channel:
-            self._channel.close()
-
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         token = "set" if self._metadata else "none"

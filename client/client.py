@@ -33,7 +33,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 
@@ -110,7 +110,31 @@ def open_channel(target: str, options: list[tuple[str, Any]], tls_ca: str | None
     return grpc.secure_channel(target, credentials, options=options)
 
 
-class MurmurClient:
+class ChannelClient:
+    """Closing, and ``with`` support, for clients over one gRPC channel;
+    subclasses set ``_channel`` and ``_owns_channel``."""
+
+    _channel: grpc.Channel
+    _owns_channel: bool
+
+    def close(self) -> None:
+        """Close the channel if this client created it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class MurmurClient(ChannelClient):
     """One connection to a Murmur router. Thread-safe, like the gRPC channel under it.
 
     ``timeout`` is the deadline in seconds for each call (retries included).
@@ -133,24 +157,6 @@ class MurmurClient:
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, channel_options(retries), tls_ca)
         self._stub = pb_grpc.MurmurStub(self._channel)
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the channel if this client created it."""
-        if self._owns_channel:
-            self._channel.close()
-
-    def __enter__(self) -> MurmurClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MurmurClient(target={self.target!r}, timeout={self.timeout!r})"
