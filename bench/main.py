@@ -794,7 +794,7 @@ class Bench:
             "bytes_after_fanout": after_fanout,
             "bytes_per_tweet": {k: round(v, 1) for k, v in per_tweet.items()},
             "bytes_per_inbox_entry": {k: round(v, 1) for k, v in per_entry.items()},
-            "note": "LevelDB compresses tables (snappy); a tweet's bytes include the "
+            "note": "tables uncompressed (the shards' default); a tweet's bytes include the "
             "author's own inbox copy, the request-id index and the outbox record's churn",
         }
 

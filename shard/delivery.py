@@ -18,6 +18,8 @@ from shard.celebrity import recheck_celebrity
 from shard.state import ShardState
 from shard.store import Txn
 
+FollowEdge = shard_pb2.FollowEdge
+
 log = logging.getLogger("murmur.shard.delivery")
 
 
@@ -86,13 +88,14 @@ class DeliveryApplier:
         tweet, author = put.tweet, put.tweet.user_id
         raw = tweet.SerializeToString()
         cap = trim_threshold(self.state.settings.inbox_cap)
-        inbox, written, over_cap = self.state.inbox, 0, []
+        written, over_cap = 0, []
+        inbox_put, get_hot, parse_edge = self.state.inbox.put, txn.get_hot, FollowEdge.FromString
         for owner in put.owner_ids:
             slot = slot_for_user(owner)
-            edge = txn.get_hot(keys.following(slot, owner, author))
-            if edge is None or shard_pb2.FollowEdge.FromString(edge).celebrity:
+            edge = get_hot(keys.following(slot, owner, author))
+            if edge is None or parse_edge(edge).celebrity:
                 continue
-            size = inbox.put(txn, owner, tweet, raw, slot)
+            size = inbox_put(txn, owner, tweet, raw, slot)
             if size:
                 written += 1
                 if size > cap:

@@ -20,7 +20,11 @@ class InboxStore:
 
     def meta(self, txn: Txn, owner: int, slot: int | None = None) -> shard_pb2.InboxMeta:
         slot = slot_for_user(owner) if slot is None else slot
-        raw = txn.get_hot(keys.inbox_meta(slot, owner))
+        return self._meta_at(txn, keys.inbox_meta(slot, owner))
+
+    @staticmethod
+    def _meta_at(txn: Txn, meta_key: bytes) -> shard_pb2.InboxMeta:
+        raw = txn.get_hot(meta_key)
         if raw is None:  # every put writes the meta, so no meta means no entries
             return shard_pb2.InboxMeta(newest_tracked=True)
         return shard_pb2.InboxMeta.FromString(raw)
@@ -47,14 +51,16 @@ class InboxStore:
         inbox; ``newest_id`` tells so from the (cached) metadata, and only an
         older tweet (a redelivery, a backfill) pays a lookup of its key."""
         slot = slot_for_user(owner) if slot is None else slot
-        key = keys.inbox(slot, owner, tweet.tweet_id)
-        meta = self.meta(txn, owner, slot)
+        tweet_id = tweet.tweet_id
+        key = keys.inbox(slot, owner, tweet_id)
+        meta_key = keys.inbox_meta(slot, owner)
+        meta = self._meta_at(txn, meta_key)
         learned = not meta.newest_tracked
         if learned:
             meta.newest_id = self._newest_entry(owner, slot)
             meta.newest_tracked = True
-        if tweet.tweet_id > meta.newest_id:
-            meta.newest_id = tweet.tweet_id
+        if tweet_id > meta.newest_id:
+            meta.newest_id = tweet_id
             is_new = True
         else:
             is_new = txn.get(key) is None
@@ -62,7 +68,7 @@ class InboxStore:
         if is_new:
             meta.size += 1
         if is_new or learned:
-            self._save_meta(txn, owner, meta, slot)
+            txn.put_hot(meta_key, meta.SerializeToString())
         return meta.size if is_new else 0
 
     def _newest_entry(self, owner: int, slot: int) -> int:

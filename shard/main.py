@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or the value stored by UpdateSettings)",
     )
     parser.add_argument("--inbox-cap", type=int, default=None, help="entries per home inbox (800)")
+    parser.add_argument(
+        "--compress-tables",
+        action="store_true",
+        help="snappy-compress LevelDB tables: less disk, more CPU in compaction (off)",
+    )
     tls.add_flags(parser)
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
@@ -58,7 +63,13 @@ def check_data_dir(path: str) -> None:
 def open_state(args: argparse.Namespace, overrides: dict[str, int]) -> ShardState:
     """Open the LevelDB, turning its errors (held lock, corruption) into one line."""
     try:
-        return ShardState.open(args.data_dir, args.shard_id, ShardSettings(), overrides)
+        return ShardState.open(
+            args.data_dir,
+            args.shard_id,
+            ShardSettings(),
+            overrides,
+            compress_tables=args.compress_tables,
+        )
     except plyvel.Error as exc:
         raise SystemExit(f"cannot open the LevelDB in {args.data_dir}: {exc}") from None
 

@@ -44,10 +44,11 @@ class ShardState:
         shard_id: int,
         settings: ShardSettings | None = None,
         overrides: dict[str, int] | None = None,
+        compress_tables: bool = False,
     ) -> ShardState:
         """Open a shard's store. Settings: defaults, then what was stored by an
         earlier UpdateSettings, then ``overrides`` (flags given explicitly)."""
-        store = Store(data_dir)
+        store = Store(data_dir, compress_tables=compress_tables)
         settings = settings or ShardSettings()
         raw = store.get(keys.shard_meta("settings"))
         stored_threshold = None
