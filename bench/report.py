@@ -85,13 +85,24 @@ def targets(result: dict) -> list[dict]:
         None if ptput is None else ptput >= 1.0,
         f"{_fmt(post.get('throughput'))} vs Ping {_fmt(ping_post.get('throughput'))} calls/s",
     )
-    rate = _get(result, "fanout", "burst_under_load", "entries_per_s")
+    idle = _get(result, "fanout", "burst_idle")
+    rate = _get(idle, "entries_per_s")
     row(
-        "fan-out rate while the mix runs at half peak",
+        "fan-out rate sustained (burst from the most-followed authors)",
         ">= 100,000 inbox entries/s",
         rate,
         None if rate is None else rate >= 100_000,
-        f"idle: {_fmt(_get(result, 'fanout', 'burst_idle', 'entries_per_s'))} entries/s",
+        f"{_fmt(_get(idle, 'inbox_entries'))} entries in {_fmt(_get(idle, 'span_s'))} s",
+    )
+    # The sentence ties "while the mix runs at half its peak rate" to
+    # the delivery p99; the same burst under that load is shown too.
+    rate = _get(result, "fanout", "burst_under_load", "entries_per_s")
+    row(
+        "the same burst while the mix runs at half peak (stricter reading)",
+        ">= 100,000 inbox entries/s",
+        rate,
+        None if rate is None else rate >= 100_000,
+        f"mix at {_fmt(_get(result, 'fanout', 'background_mix', 'achieved_rate'))} ops/s",
     )
     d99 = _get(result, "fanout", "delivery", "all", "p99_ms")
     timed_out = _get(result, "fanout", "delivery", "timed_out", default=0)
