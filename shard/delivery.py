@@ -89,13 +89,16 @@ class DeliveryApplier:
         raw = tweet.SerializeToString()
         cap = trim_threshold(self.state.settings.inbox_cap)
         written, over_cap = 0, []
-        inbox_put, get_hot, parse_edge = self.state.inbox.put, txn.get_hot, FollowEdge.FromString
+        put_at, get_hot, parse_edge = self.state.inbox.put_at, txn.get_hot, FollowEdge.FromString
+        tweet_id, author_part = tweet.tweet_id, keys.u64(author)
+        inverted_id = keys.inverted(tweet_id)
         for owner in put.owner_ids:
             slot = slot_for_user(owner)
-            edge = get_hot(keys.following(slot, owner, author))
+            edge_key, key, meta_key = keys.delivery_keys(slot, owner, author_part, inverted_id)
+            edge = get_hot(edge_key)
             if edge is None or parse_edge(edge).celebrity:
                 continue
-            size = inbox_put(txn, owner, tweet, raw, slot)
+            size = put_at(txn, key, meta_key, tweet_id, raw, owner, slot)
             if size:
                 written += 1
                 if size > cap:

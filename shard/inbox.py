@@ -52,8 +52,28 @@ class InboxStore:
         older tweet (a redelivery, a backfill) pays a lookup of its key."""
         slot = slot_for_user(owner) if slot is None else slot
         tweet_id = tweet.tweet_id
-        key = keys.inbox(slot, owner, tweet_id)
-        meta_key = keys.inbox_meta(slot, owner)
+        return self.put_at(
+            txn,
+            keys.inbox(slot, owner, tweet_id),
+            keys.inbox_meta(slot, owner),
+            tweet_id,
+            raw if raw is not None else tweet.SerializeToString(),
+            owner,
+            slot,
+        )
+
+    def put_at(
+        self,
+        txn: Txn,
+        key: bytes,
+        meta_key: bytes,
+        tweet_id: int,
+        raw: bytes,
+        owner: int,
+        slot: int,
+    ) -> int:
+        """``put`` with the keys built by the caller (fan-out builds them from
+        parts shared by the batch, see ``keys.delivery_keys``)."""
         meta = self._meta_at(txn, meta_key)
         learned = not meta.newest_tracked
         if learned:
@@ -64,7 +84,7 @@ class InboxStore:
             is_new = True
         else:
             is_new = txn.get(key) is None
-        txn.put(key, raw if raw is not None else tweet.SerializeToString())
+        txn.put(key, raw)
         if is_new:
             meta.size += 1
         if is_new or learned:

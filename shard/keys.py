@@ -121,6 +121,21 @@ def inbox(slot: int, owner: int, tweet_id: int) -> bytes:
     return SLOT.pack(slot) + INBOX + u64(owner) + inverted(tweet_id)
 
 
+def delivery_keys(
+    slot: int, owner: int, author_part: bytes, inverted_id: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """The owner's edge to the author, the inbox copy and the inbox meta: the
+    three keys one fan-out entry touches, built from the parts a whole batch
+    shares (``u64(author)``, ``inverted(tweet_id)``), since fan-out builds
+    millions of them and each ``struct.pack`` shows in its profile."""
+    head, owner_part = SLOT.pack(slot), U64.pack(owner)
+    return (
+        head + FOLLOWING + owner_part + author_part,
+        head + INBOX + owner_part + inverted_id,
+        head + INBOX_META + owner_part,
+    )
+
+
 def inbox_prefix(slot: int, owner: int) -> bytes:
     return SLOT.pack(slot) + INBOX + u64(owner)
 

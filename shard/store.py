@@ -44,6 +44,7 @@ class HotValues:
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
         self._values: dict[bytes, bytes | None] = {}
+        self.get = self._values.get  # ``lookup`` without a Python frame, for hot loops
 
     def lookup(self, key: bytes) -> bytes | None | object:
         return self._values.get(key, MISSING)
@@ -140,7 +141,7 @@ class Txn:
         writes = self.writes
         if key in writes:
             return writes[key]
-        value = self.hot.lookup(key)
+        value = self.hot.get(key, MISSING)
         if value is MISSING:
             value = self.store.db.get(key)
             self.hot.remember(key, value)
