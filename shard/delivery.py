@@ -37,14 +37,12 @@ class DeliveryApplier:
         """Apply ``ops`` in order, without fsync: a remote sender awaits the
         group commit before acknowledging; for local deliveries LevelDB's log
         order already guarantees the outbox deletion never outlives them."""
-        written = 0
-        for op in ops:
-            self._check_slots(op, local)
-        for op in ops:
-            written += self._apply_one(op)
-        return written
+        slots = [self._check_slots(op, local) for op in ops]
+        return sum(self._apply_one(op, op_slots) for op, op_slots in zip(ops, slots, strict=True))
 
-    def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> None:
+    def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> list[int]:
+        """The slot of each user ``op`` touches, in order, once every one of
+        them is known to be served here (fan-out reuses them for its keys)."""
         kind = op.WhichOneof("op")
         if kind is None:
             raise invalid("a delivery op carries no operation this shard knows (newer peer?)")
@@ -55,16 +53,19 @@ class DeliveryApplier:
             users = list(body.follower_ids)
         else:
             users = list(body.owner_ids)
-        for user_id in users:
-            self.state.ownership.check(slot_for_user(user_id), local_delivery=local)
+        slots = [slot_for_user(user_id) for user_id in users]
+        check = self.state.ownership.check
+        for slot in set(slots):
+            check(slot, local_delivery=local)
+        return slots
 
-    def _apply_one(self, op: shard_pb2.DeliveryOp) -> int:
+    def _apply_one(self, op: shard_pb2.DeliveryOp, slots: list[int]) -> int:
         kind = op.WhichOneof("op")
         txn = self.state.store.txn()
         written = 0
         touched: list[int] = []
         if kind == "inbox_put":
-            written, touched = self._inbox_put(txn, op.inbox_put)
+            written, touched = self._inbox_put(txn, op.inbox_put, slots)
         elif kind == "inbox_edit":
             for owner in op.inbox_edit.owner_ids:
                 self.state.inbox.replace(txn, owner, op.inbox_edit.tweet)
@@ -82,7 +83,9 @@ class DeliveryApplier:
             self.state.inbox.trim(owner, self.state.settings.inbox_cap)
         return written
 
-    def _inbox_put(self, txn: Txn, put: shard_pb2.InboxPut) -> tuple[int, list[int]]:
+    def _inbox_put(
+        self, txn: Txn, put: shard_pb2.InboxPut, slots: list[int]
+    ) -> tuple[int, list[int]]:
         """Copy one tweet to many inboxes: the hot loop of fan-out, so the
         tweet is serialized once and each owner's slot hashed once."""
         tweet, author = put.tweet, put.tweet.user_id
@@ -92,8 +95,7 @@ class DeliveryApplier:
         put_at, get_hot, parse_edge = self.state.inbox.put_at, txn.get_hot, FollowEdge.FromString
         tweet_id, author_part = tweet.tweet_id, keys.u64(author)
         inverted_id = keys.inverted(tweet_id)
-        for owner in put.owner_ids:
-            slot = slot_for_user(owner)
+        for owner, slot in zip(put.owner_ids, slots, strict=True):
             edge_key, key, meta_key = keys.delivery_keys(slot, owner, author_part, inverted_id)
             edge = get_hot(edge_key)
             if edge is None or parse_edge(edge).celebrity:
