@@ -20,11 +20,11 @@ are listed:
 * EditTweet sets the text to a given value, so repeating it converges
   (edited_at may move forward); DeleteTweet repeated after a lost success
   answers NOT_FOUND rather than deleting anything else;
-* PostTweet carries a ``request_id`` (this client always fills one in), and the
-  server returns the first tweet for a repeated ``(user_id, request_id)``.
-
-CreateUser is *not* retried: it has no request id, so a retry after a lost
-success would report ALREADY_EXISTS for the user we just created.
+* PostTweet and CreateUser carry a ``request_id`` (this client always fills
+  one in), and the server returns the first tweet for a repeated
+  ``(user_id, request_id)`` and the first user for a repeated
+  ``(handle, request_id)``, so a retry after a lost success neither posts
+  twice nor reports ALREADY_EXISTS for the user just created.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ DEFAULT_TARGET = "localhost:50051"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Murmur"].full_name  # "murmur.v1.Murmur"
 
 IDEMPOTENT_METHODS: tuple[str, ...] = (
+    "CreateUser",
     "GetUser",
     "Follow",
     "Unfollow",
@@ -170,9 +171,17 @@ class MurmurClient(ChannelClient):
 
     # -- users -------------------------------------------------------------
 
-    def create_user(self, handle: str, display_name: str = "", bio: str = "") -> pb.User:
-        """Register a user. Not retried (see the module docstring)."""
-        request = pb.CreateUserRequest(handle=handle, display_name=display_name, bio=bio)
+    def create_user(
+        self, handle: str, display_name: str = "", bio: str = "", request_id: str = ""
+    ) -> pb.User:
+        """Register a user. An empty ``request_id`` gets a fresh uuid4 so that
+        the channel's retries return this user rather than ALREADY_EXISTS."""
+        request = pb.CreateUserRequest(
+            handle=handle,
+            display_name=display_name,
+            bio=bio,
+            request_id=request_id or uuid.uuid4().hex,
+        )
         return self._call(self._stub.CreateUser, request)
 
     def get_user(self, user_id: int | None = None, handle: str | None = None) -> pb.User:

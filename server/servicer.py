@@ -156,6 +156,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             handle=handle,
             display_name=check_short_text("display_name", request.display_name, MAX_DISPLAY_NAME),
             bio=check_short_text("bio", request.bio, MAX_BIO),
+            request_id=check_request_id(request.request_id),
         )
         return await self._routed(
             lambda: self.table.shard_for_handle(handle), "CreateUser", forwarded, context

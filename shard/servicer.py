@@ -88,6 +88,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             request.display_name,
             request.bio,
             self.state.settings.celebrity_threshold,
+            request.request_id,
         )
         txn.commit(sync=False)
         await self.commits.durable()

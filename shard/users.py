@@ -24,12 +24,25 @@ class UserStore:
         self.clock = clock
 
     def create(
-        self, txn: Txn, handle: str, display_name: str, bio: str, threshold: int
+        self,
+        txn: Txn,
+        handle: str,
+        display_name: str,
+        bio: str,
+        threshold: int,
+        request_id: str = "",
     ) -> shard_pb2.UserRecord:
-        """Mint a user in the handle's slot: index and profile in one batch."""
+        """Mint a user in the handle's slot: index and profile in one batch.
+        A handle already taken by an earlier attempt with the same non-empty
+        ``request_id`` returns that user: the retry of a call whose answer
+        was lost."""
         slot = slot_for_handle(handle)
         handle_key = keys.handle(slot, handle)
-        if txn.get(handle_key) is not None:
+        taken = txn.get(handle_key)
+        if taken is not None:
+            earlier = self.get(txn, keys.read_u64(taken))
+            if request_id and earlier is not None and earlier.create_request_id == request_id:
+                return earlier
             raise already_exists(f"handle {handle!r} is already taken (handles ignore case)")
         load_clock(txn, self.clock, slot)
         user_id = self.clock.next_user_id(slot)
@@ -41,7 +54,8 @@ class UserStore:
                 bio=bio,
                 created_at=timestamp_ms(millis_of_id(user_id)),
                 celebrity=is_celebrity(False, 0, threshold),
-            )
+            ),
+            create_request_id=request_id,
         )
         txn.put(handle_key, keys.u64(user_id))
         txn.put(keys.clock(slot), keys.u64(self.clock.floor(slot)))

@@ -300,6 +300,25 @@ def test_only_the_author_may_edit_or_delete(client: MurmurClient, cluster: Local
     assert client.get_user(user_id=author.user_id).tweet_count == 1
 
 
+def test_create_user_repeated_with_its_request_id_returns_the_same_user(
+    client: MurmurClient,
+) -> None:
+    handle = unique_handle("cu")
+    first = client.create_user(handle, bio="first", request_id="signup-1")
+    with ThreadPoolExecutor(8) as pool:  # racing retries of one lost answer
+        racing = list(
+            pool.map(
+                lambda _: client.create_user(handle, bio="first", request_id="signup-1"),
+                range(16),
+            )
+        )
+    assert {u.user_id for u in racing} == {first.user_id}
+    with pytest.raises(errors.AlreadyExists, match="already taken"):
+        client.create_user(handle.upper(), request_id="signup-2")
+    with pytest.raises(errors.InvalidArgument, match="request_id"):
+        client.create_user(unique_handle("cu"), request_id="r" * 65)
+
+
 def test_repeated_request_id_returns_the_first_tweet_and_counts_once(
     client: MurmurClient,
 ) -> None:

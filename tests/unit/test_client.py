@@ -314,9 +314,14 @@ def test_create_user_returns_the_user(client: MurmurClient, fake: FakeMurmur) ->
         "Alice A.",
         "hi",
     )
-    assert fake.requests["CreateUser"][0] == pb.CreateUserRequest(
-        handle="Alice", display_name="Alice A.", bio="hi"
-    )
+    sent = fake.requests["CreateUser"][0]
+    assert (sent.handle, sent.display_name, sent.bio) == ("Alice", "Alice A.", "hi")
+    assert len(sent.request_id) == 32  # a fresh uuid4, so retries are safe
+
+
+def test_create_user_keeps_a_given_request_id(client: MurmurClient, fake: FakeMurmur) -> None:
+    client.create_user("alice", request_id="signup-1")
+    assert fake.requests["CreateUser"][0].request_id == "signup-1"
 
 
 def test_get_user_by_id_and_by_handle(client: MurmurClient, fake: FakeMurmur) -> None:
@@ -646,7 +651,7 @@ def test_errors_survive_pickling() -> None:
 def test_retry_policy_names_real_idempotent_methods() -> None:
     service = pb.DESCRIPTOR.services_by_name["Murmur"]
     assert SERVICE_NAME == "murmur.v1.Murmur"
-    assert set(IDEMPOTENT_METHODS) == {m.name for m in service.methods} - {"CreateUser"}
+    assert set(IDEMPOTENT_METHODS) == {m.name for m in service.methods}
     options = dict(channel_options(retries=True))
     assert options["grpc.enable_retries"] == 1
     config = json.loads(options["grpc.service_config"])
@@ -688,11 +693,15 @@ def test_post_tweet_retries_with_the_same_request_id(
     assert list(fake.tweets) == [tweet.tweet_id]
 
 
-def test_create_user_is_not_retried(client: MurmurClient, fake: FakeMurmur) -> None:
-    fake.fail_next["CreateUser"] = 1
-    with pytest.raises(errors.Unavailable):
-        client.create_user("alice")
-    assert fake.calls["CreateUser"] == 1
+def test_create_user_retries_with_the_same_request_id(
+    client: MurmurClient, fake: FakeMurmur
+) -> None:
+    fake.fail_next["CreateUser"] = 2
+    alice = client.create_user("alice")
+    assert fake.calls["CreateUser"] == 3
+    assert len({r.request_id for r in fake.requests["CreateUser"]}) == 1
+    assert fake.requests["CreateUser"][0].request_id  # filled in by the client
+    assert fake.users[alice.user_id].handle == "alice"
 
 
 def test_non_retryable_codes_are_not_retried(client: MurmurClient, fake: FakeMurmur) -> None:

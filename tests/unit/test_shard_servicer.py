@@ -265,6 +265,22 @@ def test_duplicate_handle_ignoring_case_already_exists(shard: Shard) -> None:
     assert found.user_id == first and found.handle == "Alice"
 
 
+def test_create_user_repeated_with_its_request_id_returns_the_first_user(shard: Shard) -> None:
+    ask = murmur_pb2.CreateUserRequest(handle="Alice", display_name="A", request_id="signup-1")
+    first = shard.ok("CreateUser", ask)
+    again = shard.ok("CreateUser", ask)  # the retry of a call whose answer was lost
+    assert again == first
+    respelled = murmur_pb2.CreateUserRequest(handle="ALICE", request_id="signup-1")
+    assert shard.ok("CreateUser", respelled).user_id == first.user_id
+    for other in ("signup-2", ""):  # someone else asking for the same handle
+        shard.fails(
+            "CreateUser",
+            murmur_pb2.CreateUserRequest(handle="alice", request_id=other),
+            grpc.StatusCode.ALREADY_EXISTS,
+        )
+    shard.ok("CreateUser", murmur_pb2.CreateUserRequest(handle="bob", request_id="signup-1"))
+
+
 def test_user_ids_unique_and_in_their_handle_slot(shard: Shard) -> None:
     made = [shard.create_user(f"user{n}") for n in range(10)]
     assert len(set(made)) == 10
