@@ -17,6 +17,9 @@ MAX_TWEET = 280
 MAX_REQUEST_ID = 64
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
+# Router -> shard: the most tweets one per_author PullTimelines may return
+# (authors x limit); the shard enforces it, the router splits its pulls by it.
+MAX_PER_AUTHOR_TWEETS = 20_000
 _ALLOWED_CONTROLS = {"\n", "\t"}
 
 

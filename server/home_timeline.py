@@ -21,13 +21,13 @@ import grpc
 
 from murmur.errors import ServiceError
 from murmur.v1 import murmur_pb2, shard_pb2
+from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from server.celebrity_cache import CelebrityTimelines
 from server.shard_pool import ShardPool
 
 DEGRADABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 log = logging.getLogger("murmur.router.home")
 _REFRESHES: set[asyncio.Task] = set()
-MAX_PER_AUTHOR_TWEETS = 20_000  # the shards' cap on one per-author pull
 PULL_BUDGET_S = 2.0  # a silent celebrity shard costs a read at most this, then "partial"
 
 

@@ -15,6 +15,7 @@ from murmur.ids import now_ms, slot_of_tweet
 from murmur.rpc_errors import refuse_unparseable, rpc, streamed
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.batch_execute import run_batch
 from shard.celebrity import reevaluate_all
 from shard.consistency import check_edges, check_slots
@@ -31,7 +32,6 @@ from shard.state import ShardState
 from shard.users import timestamp_ms
 
 MAX_PULL_AUTHORS = 100_000
-MAX_PER_AUTHOR_TWEETS = 20_000
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -310,9 +310,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if here:  # pulled on the spot: the router need not call this shard again
             pulled = state.tweets.merged(here, request.before_id, limit)
             entries = sorted([*entries, *pulled], key=lambda t: t.tweet_id, reverse=True)[:limit]
+        merged = set(here)
         response = shard_pb2.ReadInboxResponse(
             entries=entries,
-            celebrity_ids=[c for c in celebrities if c not in set(here)],
+            celebrity_ids=[c for c in celebrities if c not in merged],
             exact_from=meta.exact_from,
             merged_celebrity_ids=here,
         )

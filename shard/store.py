@@ -67,8 +67,9 @@ class Store:
     spread over every slot, so compaction rewrites each entry several times,
     and with snappy each rewrite also decompresses and compresses it. On the
     benchmark's fan-out burst that cost the shards more CPU than applying the
-    deliveries; tweet texts shrink little under snappy. LevelDB marks every
-    block with its own compression, so a store can be reopened either way."""
+    deliveries. Uncompressed, an inbox entry takes ~45% more disk (168 vs
+    115 bytes in the benchmark). LevelDB marks every block with its own
+    compression, so a store can be reopened either way."""
 
     def __init__(self, path: str, compress_tables: bool = False) -> None:
         self.path = path

@@ -212,3 +212,16 @@ def test_prefix_end_examples() -> None:
 def test_prefix_end_of_only_ff_raises(prefix: bytes) -> None:
     with pytest.raises(ValueError):
         keys.prefix_end(prefix)
+
+
+@PROPERTY
+@given(slot=slots, owner=ids, author=ids, tweet_id=ids)
+def test_delivery_keys_are_the_keys_fan_out_touches(
+    slot: int, owner: int, author: int, tweet_id: int
+) -> None:
+    built = keys.delivery_keys(slot, owner, keys.u64(author), keys.inverted(tweet_id))
+    assert built == (
+        keys.following(slot, owner, author),
+        keys.inbox(slot, owner, tweet_id),
+        keys.inbox_meta(slot, owner),
+    )
