@@ -3,8 +3,9 @@
 A celebrity is, by definition, read by many: without a copy, every home
 read of each of their followers pulls their timeline from its shard, and
 on one box those pulls cost as much as the reads themselves. The router
-keeps each celebrity's newest ``depth`` tweets for ``ttl_s`` seconds and
-pulls only those it has no fresh copy of.
+keeps each celebrity's newest ``depth`` tweets for ``ttl_s`` seconds, as
+(tweet_id, serialized tweet) pairs that a page is built from without
+copying messages, and pulls only those it has no fresh copy of.
 
 What it costs: a celebrity's new tweet, edit or delete reaches home
 timelines served by another router up to ``ttl_s`` later (50 ms by
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
-from murmur.v1 import murmur_pb2
+from murmur.raw_tweets import RawTweet
 
 LOOKUPS = Counter(
     "murmur_router_celebrity_copies",
@@ -47,7 +48,7 @@ class CelebrityTimelines:
         self.depth = depth
         self.capacity = capacity
         self.clock = clock
-        self._copies: dict[int, tuple[float, list[murmur_pb2.Tweet]]] = {}
+        self._copies: dict[int, tuple[float, list[RawTweet]]] = {}
         self._refreshing: set[int] = set()  # shards with a background refresh in flight
         self._last_refresh: dict[int, float] = {}
         self._aging: dict[int, set[int]] = {}  # shard -> celebrities to renew next
@@ -60,13 +61,13 @@ class CelebrityTimelines:
         """Whether a page with these bounds can be answered from copies."""
         return self.ttl_s > 0 and before_id == 0 and limit <= self.depth
 
-    def lookup(self, celebrities: list[int]) -> tuple[list[murmur_pb2.Tweet], list[int], list[int]]:
+    def lookup(self, celebrities: list[int]) -> tuple[list[RawTweet], list[int], list[int]]:
         """The usable copies' tweets, the celebrities that must be pulled
         now (no copy, or one older than ``ttl_s``), and those whose copy is
         past half its life: still served, but worth refreshing in the
         background so that a busy router's readers never wait for a pull."""
         now = self.clock()
-        tweets: list[murmur_pb2.Tweet] = []
+        tweets: list[RawTweet] = []
         missing: list[int] = []
         aging: list[int] = []
         for celebrity in celebrities:
@@ -97,7 +98,7 @@ class CelebrityTimelines:
         if self._fills == 0:
             self._forgotten.clear()
 
-    def store(self, fetched_at: float, pulled: dict[int, list[murmur_pb2.Tweet]]) -> None:
+    def store(self, fetched_at: float, pulled: dict[int, list[RawTweet]]) -> None:
         """Keep each celebrity's newest tweets (``depth`` of them, or all
         there are), except those who wrote through this router after the
         pull began: their copy could miss that write."""

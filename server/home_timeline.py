@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import grpc
 
 from murmur.errors import ServiceError
+from murmur.raw_tweets import RawTweet, repeated_field
 from murmur.v1 import murmur_pb2, shard_pb2
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from server.celebrity_cache import CelebrityTimelines
@@ -38,18 +38,34 @@ def pull_timeout(remaining: float | None) -> float:
     return max(0.01, min(PULL_BUDGET_S, remaining * 0.8))
 
 
-@dataclass
-class MergedPage:
-    tweets: list[murmur_pb2.Tweet]
-    unavailable_shards: list[int] = field(default_factory=list)
+def merged_page(
+    inbox: shard_pb2.ReadInboxResponse, others: Iterable[RawTweet], limit: int
+) -> murmur_pb2.TimelineResponse:
+    """The newest ``limit`` of the inbox page and ``others``, deduplicated
+    by id (later copies win: pulled originals over inbox copies).
+
+    Merging goes by the ids alone (``page_ids``) and builds the answer from
+    serialized tweets, re-serializing only the inbox tweets that made the
+    page: opening and copying every candidate message cost ~2x as much, and
+    ~70% of home reads on the benchmark's graph follow a celebrity."""
+    tweets = inbox.page.tweets
+    ids = inbox.page_ids
+    if len(ids) != len(tweets):
+        raise ServiceError(
+            grpc.StatusCode.INTERNAL,
+            f"ReadInbox answered {len(tweets)} tweets with {len(ids)} page_ids",
+        )
+    by_id: dict[int, int | bytes] = dict(zip(ids, range(len(ids)), strict=True))
+    by_id.update(others)
+    raws = []
+    for tweet_id in sorted(by_id, reverse=True)[:limit]:
+        entry = by_id[tweet_id]
+        raws.append(entry if isinstance(entry, bytes) else tweets[entry].SerializeToString())
+    return murmur_pb2.TimelineResponse.FromString(repeated_field(raws))
 
 
-def newest(tweets: Iterable[murmur_pb2.Tweet], limit: int) -> list[murmur_pb2.Tweet]:
-    """Dedupe by id (later copies win: pulled originals over inbox copies)."""
-    by_id: dict[int, murmur_pb2.Tweet] = {}
-    for tweet in tweets:
-        by_id[tweet.tweet_id] = tweet
-    return sorted(by_id.values(), key=lambda t: t.tweet_id, reverse=True)[:limit]
+def as_raw(tweets: Iterable[murmur_pb2.Tweet]) -> list[RawTweet]:
+    return [(tweet.tweet_id, tweet.SerializeToString()) for tweet in tweets]
 
 
 async def pull_groups(
@@ -98,13 +114,24 @@ async def pull_groups(
     return tweets, missing
 
 
+async def pull_raw(
+    pool: ShardPool,
+    groups: dict[int, list[int]],
+    before_id: int,
+    limit: int,
+    timeout: float | None,
+) -> tuple[list[RawTweet], list[int]]:
+    tweets, missing = await pull_groups(pool, groups, before_id, limit, timeout)
+    return as_raw(tweets), missing
+
+
 async def pull_into_copies(
     pool: ShardPool,
     copies: CelebrityTimelines,
     groups: dict[int, list[int]],
     limit: int,
     timeout: float | None,
-) -> tuple[list[murmur_pb2.Tweet], list[int]]:
+) -> tuple[list[RawTweet], list[int]]:
     """Pull celebrities the router has no fresh copy of, each one's newest
     ``copies.depth`` tweets, and keep them. A shard holding more of them
     than one per-author call may carry is pulled the plain way, uncopied."""
@@ -118,18 +145,19 @@ async def pull_into_copies(
     try:
         results = await asyncio.gather(*pulls)
         tweets, missing = results[0]
-        by_author: dict[int, list[murmur_pb2.Tweet]] = {
+        by_author: dict[int, list[RawTweet]] = {
             author: [] for shard, ids in copied.items() if shard not in missing for author in ids
         }
         for tweet in tweets:
-            by_author[tweet.user_id].append(tweet)
+            by_author[tweet.user_id].append((tweet.tweet_id, tweet.SerializeToString()))
         copies.store(fetched_at, by_author)
     finally:
         copies.end_fill()
+    pulled = [pair for pairs in by_author.values() for pair in pairs]
     for more, more_missing in results[1:]:
-        tweets = [*tweets, *more]
+        pulled.extend(as_raw(more))
         missing = [*missing, *more_missing]
-    return tweets, missing
+    return pulled, missing
 
 
 def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines, aging: list[int]) -> None:
@@ -160,13 +188,16 @@ async def merge_home(
     limit: int,
     timeout: float | None,
     copies: CelebrityTimelines | None = None,
-) -> MergedPage:
+) -> murmur_pb2.TimelineResponse:
+    """The home page, without its next_page_token. In the common case the
+    shard's page is already the answer and is returned as it is: copying
+    20 tweets into a new message costs ~24 µs of the router's time."""
     if not inbox.celebrity_ids and not inbox.needs_pull_below:
-        return MergedPage(list(inbox.entries))  # the common case: one shard read, done
+        return inbox.page  # the common case: one shard read, done
     table = pool.table
     timeout = pull_timeout(timeout)
     celebrities = list(inbox.celebrity_ids)
-    copied: list[murmur_pb2.Tweet] = []
+    copied: list[RawTweet] = []
     pulls = []
     if copies is not None and copies.serves(before_id, limit):
         copied, celebrities, aging = copies.lookup(celebrities)
@@ -177,14 +208,17 @@ async def merge_home(
             pulls.append(pull_into_copies(pool, copies, groups, limit, timeout))
     elif celebrities:
         groups = table.group_users(celebrities)
-        pulls.append(pull_groups(pool, groups, before_id, limit, timeout))
+        pulls.append(pull_raw(pool, groups, before_id, limit, timeout))
     if inbox.needs_pull_below:
         below = min(before_id, inbox.exact_from) if before_id else inbox.exact_from
         groups = table.group_users(list(inbox.pull_below_ids))
-        pulls.append(pull_groups(pool, groups, below, limit, timeout))
+        pulls.append(pull_raw(pool, groups, below, limit, timeout))
     if not pulls:  # every celebrity's tweets were at hand
-        return MergedPage(newest([*inbox.entries, *copied], limit))
+        return merged_page(inbox, copied, limit)
     results = [await pulls[0]] if len(pulls) == 1 else await asyncio.gather(*pulls)
-    pulled = [tweet for tweets, _ in results for tweet in tweets]
+    pulled = [pair for tweets, _ in results for pair in tweets]
     missing = sorted({shard for _, shards in results for shard in shards})
-    return MergedPage(newest([*inbox.entries, *copied, *pulled], limit), missing)
+    page = merged_page(inbox, [*copied, *pulled], limit)
+    page.partial = bool(missing)
+    page.unavailable_shards.extend(missing)
+    return page

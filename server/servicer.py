@@ -44,6 +44,17 @@ def decode_token(kind: TokenKind, token: str) -> int:
         raise invalid(str(exc)) from exc
 
 
+def with_token(
+    page: murmur_pb2.TimelineResponse, kind: TokenKind, limit: int
+) -> murmur_pb2.TimelineResponse:
+    """Fill in the token that continues after a full page (none after a
+    short one: that was the last)."""
+    tweets = page.tweets
+    if len(tweets) == limit:
+        page.next_page_token = page_tokens.encode(kind, tweets[-1].tweet_id)
+    return page
+
+
 def check_tweet_id(tweet_id: int) -> int:
     if tweet_id <= 0 or tweet_id > MAX_ID:
         raise invalid(f"tweet_id {tweet_id} is not a valid tweet id (1..{MAX_ID})")
@@ -287,13 +298,10 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             ),
             context,
         )
-        tweets = list(pulled.tweets)
-        token = (
-            page_tokens.encode(TokenKind.USER_TIMELINE, tweets[-1].tweet_id)
-            if len(tweets) == limit
-            else ""
-        )
-        return murmur_pb2.TimelineResponse(tweets=tweets, next_page_token=token)
+        # PullTimelinesResponse is wire-compatible with TimelineResponse (see
+        # shard.proto): re-reading its bytes beats copying tweet by tweet.
+        page = murmur_pb2.TimelineResponse.FromString(pulled.SerializeToString())
+        return with_token(page, TokenKind.USER_TIMELINE, limit)
 
     @rpc
     async def GetHomeTimeline(self, request, context):
@@ -313,18 +321,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         except WrongSlot:  # a pulled celebrity's slot moved: re-learn the map, once
             await self._refresh()
             page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
-        tweets = page.tweets
-        token = (
-            page_tokens.encode(TokenKind.HOME_TIMELINE, tweets[-1].tweet_id)
-            if len(tweets) == limit
-            else ""
-        )
-        return murmur_pb2.TimelineResponse(
-            tweets=tweets,
-            next_page_token=token,
-            partial=bool(page.unavailable_shards),
-            unavailable_shards=page.unavailable_shards,
-        )
+        return with_token(page, TokenKind.HOME_TIMELINE, limit)
 
     def _forget_copy(self, author: int) -> None:
         """Also after a failed or unknown outcome: the write may have landed."""

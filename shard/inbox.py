@@ -8,6 +8,7 @@ raise it; a read that reaches below it is finished by pulling (see
 
 from __future__ import annotations
 
+from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
@@ -149,21 +150,28 @@ class InboxStore:
 
     def page(
         self, owner: int, before_id: int, limit: int, skip_authors: set[int], exact_from: int
-    ) -> tuple[list[murmur_pb2.Tweet], bool]:
+    ) -> tuple[list[RawTweet], bool]:
         """Up to ``limit`` entries older than ``before_id`` and at or above
-        ``exact_from``, leaving out ``skip_authors``. The flag is True when
-        the page stopped at ``exact_from`` (or the end) before filling up."""
+        ``exact_from``, leaving out ``skip_authors``, as (tweet_id, stored
+        bytes) pairs. The flag is True when the page stopped at
+        ``exact_from`` (or the end) before filling up.
+
+        Only a reader who follows celebrities has authors to skip, and only
+        then is each entry parsed (for its author)."""
         slot = slot_for_user(owner)
         prefix = keys.inbox_prefix(slot, owner)
         start = keys.inbox(slot, owner, before_id - 1) if before_id else prefix
-        entries: list[murmur_pb2.Tweet] = []
+        entries: list[RawTweet] = []
+        inverted_at = len(prefix)  # the key ends in the inverted id: see keys.inbox
+        unpack, max_u64 = keys.U64.unpack_from, keys.MAX_U64
+        parse = murmur_pb2.Tweet.FromString
         for key, raw in self.store.scan(prefix, start=start):
-            if keys.last_inverted(key) < exact_from:
+            tweet_id = max_u64 - unpack(key, inverted_at)[0]
+            if tweet_id < exact_from:
                 return entries, True
-            tweet = murmur_pb2.Tweet.FromString(raw)
-            if tweet.user_id in skip_authors:
+            if skip_authors and parse(raw).user_id in skip_authors:
                 continue
-            entries.append(tweet)
+            entries.append((tweet_id, raw))
             if len(entries) >= limit:
                 return entries, False
         return entries, True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 
+from murmur import raw_tweets
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.ids import now_ms, slot_of_tweet
 from murmur.rpc_errors import refuse_unparseable, rpc, streamed
@@ -275,17 +276,22 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             if request.require_authors:
                 self.state.users.require(txn, author)
         limit = max(1, min(request.limit or 20, 1000))
+        tweets = self.state.tweets
         if not request.per_author:
-            tweets = self.state.tweets.merged(request.author_ids, request.before_id, limit)
-            return shard_pb2.PullTimelinesResponse(tweets=tweets)
-        if len(request.author_ids) * limit > MAX_PER_AUTHOR_TWEETS:
+            pairs = tweets.merged(request.author_ids, request.before_id, limit)
+        elif len(request.author_ids) * limit > MAX_PER_AUTHOR_TWEETS:
             raise invalid(
                 f"per_author pull of {len(request.author_ids)} authors x limit {limit} "
                 f"exceeds {MAX_PER_AUTHOR_TWEETS} tweets"
             )
+        else:
+            pairs = [
+                pair
+                for author in request.author_ids
+                for pair in tweets.recent_raw(author, request.before_id, limit)
+            ]
         response = shard_pb2.PullTimelinesResponse()
-        for author in request.author_ids:
-            response.tweets.extend(self.state.tweets.recent(author, request.before_id, limit))
+        response.MergeFromString(raw_tweets.repeated_field(raw for _, raw in pairs))
         return response
 
     @rpc
@@ -309,14 +315,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         )
         if here:  # pulled on the spot: the router need not call this shard again
             pulled = state.tweets.merged(here, request.before_id, limit)
-            entries = sorted([*entries, *pulled], key=lambda t: t.tweet_id, reverse=True)[:limit]
+            entries = raw_tweets.newest([entries, pulled], limit)
         merged = set(here)
         response = shard_pb2.ReadInboxResponse(
-            entries=entries,
             celebrity_ids=[c for c in celebrities if c not in merged],
             exact_from=meta.exact_from,
             merged_celebrity_ids=here,
+            page_ids=[tweet_id for tweet_id, _ in entries],
         )
+        response.page.MergeFromString(raw_tweets.repeated_field(raw for _, raw in entries))
         if short and meta.exact_from > 0:
             celebrity_set = set(celebrities)
             ordinary = [u for u in state.graph.followees(reader) if u not in celebrity_set]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 
 from murmur.errors import not_found, permission_denied
 from murmur.ids import IdClock, millis_of_id, slot_of_tweet
+from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2
 from shard import keys
@@ -72,15 +74,23 @@ class TweetStore:
 
     def recent(self, author: int, before_id: int, limit: int) -> Iterator[murmur_pb2.Tweet]:
         """The author's tweets older than ``before_id`` (0: all), newest first."""
+        for _tweet_id, raw in self.recent_raw(author, before_id, limit):
+            yield murmur_pb2.Tweet.FromString(raw)
+
+    def recent_raw(self, author: int, before_id: int, limit: int) -> Iterator[RawTweet]:
+        """``recent`` as (tweet_id, stored bytes) pairs, for answers that
+        pass the bytes on (see ``raw_tweets``)."""
         slot = slot_for_user(author)
         prefix = keys.timeline_prefix(slot, author)
         start = keys.timeline(slot, author, before_id - 1) if before_id else prefix
-        for _key, raw in self.store.scan(prefix, start=start, limit=limit):
-            yield murmur_pb2.Tweet.FromString(raw)
+        last_inverted = keys.last_inverted
+        for key, raw in self.store.scan(prefix, start=start, limit=limit):
+            yield last_inverted(key), raw
 
-    def merged(self, authors: Iterable[int], before_id: int, limit: int) -> list[murmur_pb2.Tweet]:
-        """The newest ``limit`` tweets of several authors: a lazy k-way merge,
-        so each author's range is read only as far as the merge needs."""
-        streams = [self.recent(author, before_id, limit) for author in set(authors)]
-        merged = heapq.merge(*streams, key=lambda tweet: tweet.tweet_id, reverse=True)
+    def merged(self, authors: Iterable[int], before_id: int, limit: int) -> list[RawTweet]:
+        """The newest ``limit`` tweets of several authors, as raw pairs: a
+        lazy k-way merge, so each author's range is read only as far as the
+        merge needs."""
+        streams = [self.recent_raw(author, before_id, limit) for author in set(authors)]
+        merged = heapq.merge(*streams, key=itemgetter(0), reverse=True)
         return list(itertools.islice(merged, limit))

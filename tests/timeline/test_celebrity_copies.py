@@ -120,8 +120,8 @@ def test_a_write_during_a_pull_keeps_the_old_copy_out() -> None:
     not store a copy that could miss that write."""
     clock = Clock()
     copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
-    early = pb.Tweet(tweet_id=1, user_id=7, text="before")
-    other = pb.Tweet(tweet_id=2, user_id=8, text="someone else")
+    early = (1, pb.Tweet(tweet_id=1, user_id=7, text="before").SerializeToString())
+    other = (2, pb.Tweet(tweet_id=2, user_id=8, text="someone else").SerializeToString())
     fetched_at = copies.begin_fill()
     clock.now += 0.001
     copies.forget(7)  # 7 posts through this router while the pull is out

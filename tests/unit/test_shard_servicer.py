@@ -128,18 +128,21 @@ class Shard:
         return self.ok("PostTweet", request)
 
     def inbox(self, reader: int, before_id: int = 0, limit: int = 100):
-        return self.ok(
+        response = self.ok(
             "ReadInbox",
             shard_pb2.ReadInboxRequest(user_id=reader, before_id=before_id, limit=limit),
         )
+        # the router merges by page_ids: they must name the page's tweets
+        assert list(response.page_ids) == [t.tweet_id for t in response.page.tweets]
+        return response
 
     def inbox_ids(self, reader: int, **kwargs: int) -> list[int]:
-        return [t.tweet_id for t in self.inbox(reader, **kwargs).entries]
+        return [t.tweet_id for t in self.inbox(reader, **kwargs).page.tweets]
 
     def stored_inbox_ids(self, reader: int) -> list[int]:
         """What the inbox itself holds (a page also merges local celebrities)."""
         entries, _ = self.state.inbox.page(reader, 0, 10_000, set(), 0)
-        return [t.tweet_id for t in entries]
+        return [tweet_id for tweet_id, _raw in entries]
 
     def deliver(self, *ops: shard_pb2.DeliveryOp) -> int:
         response = self.ok("Deliver", shard_pb2.DeliverRequest(from_shard=0, ops=ops))
@@ -418,7 +421,7 @@ def test_read_inbox_never_returns_a_followed_celebritys_copy(open_shard) -> None
     shard.state.inbox.put(txn, fan, star_tweet)  # white-box: plant the stale copy
     txn.commit()
     page = shard.inbox(fan)
-    assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
+    assert [t.tweet_id for t in page.page.tweets] == [friend_tweet.tweet_id]
     assert list(page.celebrity_ids) == [star] and not page.merged_celebrity_ids
 
 
@@ -442,11 +445,11 @@ def test_read_inbox_merges_the_celebrities_it_holds(open_shard) -> None:
         posted.append(friend_tweet)
     newest = sorted((t.tweet_id for t in posted), reverse=True)
     page = shard.inbox(fan, limit=4)
-    assert [t.tweet_id for t in page.entries] == newest[:4]
+    assert [t.tweet_id for t in page.page.tweets] == newest[:4]
     assert list(page.merged_celebrity_ids) == [star]
     assert list(page.celebrity_ids) == [far_star]
     older = shard.inbox(fan, before_id=newest[3], limit=4)
-    assert [t.tweet_id for t in older.entries] == newest[4:]
+    assert [t.tweet_id for t in older.page.tweets] == newest[4:]
 
 
 def test_list_edges_pages(shard: Shard) -> None:
@@ -509,7 +512,7 @@ def test_post_tweet_fields_outbox_and_own_inbox(shard: Shard) -> None:
     assert record.tweet_fanout.kind == shard_pb2.FANOUT_PUT
     assert record.tweet_fanout.tweet == tweet
     page = shard.inbox(a)
-    assert list(page.entries) == [tweet]
+    assert list(page.page.tweets) == [tweet]
     got = shard.ok("GetTweets", shard_pb2.GetTweetsRequest(tweet_ids=[tweet.tweet_id]))
     assert list(got.tweets) == [tweet]
 
@@ -554,7 +557,7 @@ def test_edit_by_author_updates_tweet_and_own_inbox(shard: Shard) -> None:
     assert edited.HasField("edited_at") and edited.created_at == tweet.created_at
     got = shard.ok("GetTweets", shard_pb2.GetTweetsRequest(tweet_ids=[tweet.tweet_id]))
     assert list(got.tweets) == [edited]
-    assert [t.text for t in shard.inbox(a).entries] == ["fixed"]
+    assert [t.text for t in shard.inbox(a).page.tweets] == ["fixed"]
     _, record = shard.outbox()[-1]
     assert record.tweet_fanout.kind == shard_pb2.FANOUT_EDIT
     assert record.tweet_fanout.tweet.text == "fixed"
@@ -796,7 +799,7 @@ def test_inbox_edit_and_delete(shard: Shard) -> None:
     shard.deliver(
         shard_pb2.DeliveryOp(inbox_edit=shard_pb2.InboxEdit(owner_ids=[fan, other], tweet=edited))
     )
-    assert [t.text for t in shard.inbox(fan).entries] == ["gone", "kept, edited"]
+    assert [t.text for t in shard.inbox(fan).page.tweets] == ["gone", "kept, edited"]
     assert shard.inbox_ids(other) == [gone.tweet_id]  # edit never inserts
 
     delete = shard_pb2.DeliveryOp(
@@ -838,7 +841,7 @@ def test_follow_sync_celebrity_marks_and_removes_entries(shard: Shard) -> None:
     assert shard.deliver(follow_sync(star, [fan], celebrity=False, version=2)) == 0
     page = shard.inbox(fan)
     assert followed_celebrities(page) == []
-    assert [t.tweet_id for t in page.entries] == [friend_tweet.tweet_id]
+    assert [t.tweet_id for t in page.page.tweets] == [friend_tweet.tweet_id]
 
     # promoted again (3), then demoted (4) with a backfill of recent tweets
     shard.deliver(follow_sync(star, [fan], celebrity=True, version=3))
@@ -847,7 +850,7 @@ def test_follow_sync_celebrity_marks_and_removes_entries(shard: Shard) -> None:
     page = shard.inbox(fan)
     assert followed_celebrities(page) == []
     expected = sorted([t.tweet_id for t in star_tweets] + [friend_tweet.tweet_id], reverse=True)
-    assert [t.tweet_id for t in page.entries] == expected
+    assert [t.tweet_id for t in page.page.tweets] == expected
     # a late copy of the version-3 promotion changes nothing
     shard.deliver(follow_sync(star, [fan], celebrity=True, version=3))
     assert followed_celebrities(shard.inbox(fan)) == []
@@ -869,7 +872,7 @@ def test_follow_sync_short_backfill_raises_exact_from(shard: Shard) -> None:
     tweets = [shard.post(author, f"t{n}") for n in range(4)][::-1]  # newest first
     shard.deliver(follow_sync(author, [fan], False, 0, tweets=tweets[:2], complete=False))
     page = shard.inbox(fan)
-    assert [t.tweet_id for t in page.entries] == [t.tweet_id for t in tweets[:2]]
+    assert [t.tweet_id for t in page.page.tweets] == [t.tweet_id for t in tweets[:2]]
     assert page.exact_from == tweets[1].tweet_id
     assert page.needs_pull_below
     assert list(page.pull_below_ids) == [fan, author]
@@ -912,7 +915,7 @@ def test_inbox_cap_trims_oldest_and_asks_for_pull_below(open_shard) -> None:
     kept = sorted(ids, reverse=True)[:size]
     trimmed = sorted(ids)[: len(ids) - size]
     page = shard.inbox(reader, limit=20)
-    assert [t.tweet_id for t in page.entries] == kept
+    assert [t.tweet_id for t in page.page.tweets] == kept
     # every home tweet at or above exact_from is present; trimmed ones are below
     assert max(trimmed) < page.exact_from <= min(kept)
     assert page.needs_pull_below
@@ -922,10 +925,10 @@ def test_inbox_cap_trims_oldest_and_asks_for_pull_below(open_shard) -> None:
 
     # a page that fills up above exact_from needs no pull
     top = shard.inbox(reader, limit=3)
-    assert [t.tweet_id for t in top.entries] == kept[:3] and not top.needs_pull_below
+    assert [t.tweet_id for t in top.page.tweets] == kept[:3] and not top.needs_pull_below
     # reading beyond the watermark returns nothing from the inbox but says so
     beyond = shard.inbox(reader, before_id=min(kept), limit=20)
-    assert list(beyond.entries) == [] and beyond.needs_pull_below
+    assert list(beyond.page.tweets) == [] and beyond.needs_pull_below
     # the author's own inbox is capped too (PostTweet trims)
     assert shard.inbox_ids(author, limit=20) == kept
 
@@ -949,7 +952,7 @@ def test_inbox_cap_property_over_many_puts(open_shard) -> None:
         if held > trim_threshold(5):
             held = 5
         page = shard.inbox(reader, limit=50)
-        got = [t.tweet_id for t in page.entries]
+        got = [t.tweet_id for t in page.page.tweets]
         assert got == sorted(seen, reverse=True)[:held]
         assert len(got) <= trim_threshold(5)
         if len(seen) > held:
@@ -1134,6 +1137,27 @@ def test_execute_runs_each_call_with_its_own_status(open_shard) -> None:
     assert record.user.following_count == 1
 
 
+def test_execute_answers_reads_and_writes_in_request_order(shard: Shard) -> None:
+    """Reads run in place and writes as tasks; answers keep the calls' order."""
+    a = shard.create_user("a")
+    calls = [
+        shard_call("Ping", murmur_pb2.PingRequest()),
+        shard_call("PostTweet", murmur_pb2.PostTweetRequest(user_id=a, text="first")),
+        shard_call("GetUsers", shard_pb2.GetUsersRequest(user_ids=[a])),
+        shard_call("PostTweet", murmur_pb2.PostTweetRequest(user_id=a, text="second")),
+        shard_call("ReadInbox", shard_pb2.ReadInboxRequest(user_id=a, limit=5)),
+    ]
+    results = shard.ok("Execute", shard_pb2.ExecuteRequest(calls=calls)).results
+    assert [r.code for r in results] == [grpc.StatusCode.OK.value[0]] * 5
+    assert murmur_pb2.PingResponse.FromString(results[0].response).shard_id == shard.state.shard_id
+    assert murmur_pb2.Tweet.FromString(results[1].response).text == "first"
+    users = shard_pb2.GetUsersResponse.FromString(results[2].response).users
+    assert [u.user.user_id for u in users] == [a]
+    assert murmur_pb2.Tweet.FromString(results[3].response).text == "second"
+    shard_pb2.ReadInboxResponse.FromString(results[4].response)  # parses as its own type
+    assert shard.user(a).user.tweet_count == 2
+
+
 def test_update_settings_reevaluates_celebrities_and_persists(open_shard) -> None:
     shard = open_shard()
     star, small = shard.create_user("star"), shard.create_user("small")
@@ -1215,7 +1239,7 @@ def test_read_inbox_can_leave_local_celebrities_to_the_router(open_shard) -> Non
     request = shard_pb2.ReadInboxRequest(user_id=fan, limit=10, skip_local_celebrities=True)
     page = shard.ok("ReadInbox", request)
     assert list(page.celebrity_ids) == [star] and not page.merged_celebrity_ids
-    assert not page.entries
+    assert not page.page.tweets
 
 
 def test_pull_timelines_per_author_and_its_limit(shard: Shard) -> None:
