@@ -37,6 +37,9 @@ CLIENT_CODES = {
     grpc.StatusCode.FAILED_PRECONDITION,
 }
 USER_FIELDS = ("user_id", "follower_id", "followee_id", "tweet_id")
+# (service, method, code) -> its counter and histogram: ``labels()`` checks
+# and hashes its arguments on every call, half the cost of counting one.
+_SERIES: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
 
 
 def serve_metrics(host: str, port: int | None) -> None:
@@ -70,8 +73,14 @@ def observe_call(
     an aio interceptor re-wraps the handler in Python on every call, which
     measured ~25% of a router's throughput on the Ping path.
     """
-    RPC_TOTAL.labels(service, method, code.name).inc()
-    RPC_SECONDS.labels(service, method).observe(elapsed)
+    series = _SERIES.get((service, method, code))
+    if series is None:
+        series = _SERIES[service, method, code] = (
+            RPC_TOTAL.labels(service, method, code.name),
+            RPC_SECONDS.labels(service, method),
+        )
+    series[0].inc()
+    series[1].observe(elapsed)
     failed = code != grpc.StatusCode.OK and code not in CLIENT_CODES
     if failed or elapsed >= SLOW_CALL_S:
         fields = {

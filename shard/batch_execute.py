@@ -26,6 +26,13 @@ REQUEST_TYPES = {
     if method.name not in _NOT_BATCHABLE and not method.server_streaming
 }
 
+# Handlers that never await: awaiting one runs it to its end at once, so a
+# batch runs them in place instead of paying a task each (~10% of a batched
+# read). tests/unit/test_batch_execute.py checks that they hold no await.
+RUN_INLINE = frozenset(
+    {"Ping", "GetUsers", "GetUserByHandle", "GetTweets", "PullTimelines", "ReadInbox"}
+)
+
 
 class _Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -88,5 +95,19 @@ async def run_call(
 async def run_batch(
     servicer: Any, request: shard_pb2.ExecuteRequest, remaining: float | None
 ) -> shard_pb2.ExecuteResponse:
-    results = await asyncio.gather(*(run_call(servicer, c, remaining) for c in request.calls))
+    """Reads run one after another, each to its end; writes run as tasks
+    together, so that they share one group commit. All the calls of a batch
+    were in flight at once, so any order between them is a valid one."""
+    calls = request.calls
+    results: list[shard_pb2.ShardCallResult | None] = [None] * len(calls)
+    writes = []
+    for index, call in enumerate(calls):
+        if call.method in RUN_INLINE:
+            results[index] = await run_call(servicer, call, remaining)
+        else:
+            writes.append(index)
+    if writes:
+        done = await asyncio.gather(*(run_call(servicer, calls[i], remaining) for i in writes))
+        for index, result in zip(writes, done, strict=True):
+            results[index] = result
     return shard_pb2.ExecuteResponse(results=results)

@@ -99,20 +99,18 @@ class Store:
         include_value: bool = True,
         reverse: bool = False,
     ) -> Iterator:
-        """Keys (and values) under ``prefix`` from ``start`` on, in key order."""
+        """Keys (and values) under ``prefix`` from ``start`` on, in key order.
+
+        Returns LevelDB's own iterator rather than wrapping it in a generator:
+        a home read walks ~20 entries, and a Python frame per entry cost
+        about a tenth of the read."""
         it = self.db.iterator(
             start=start if start is not None else prefix,
             stop=prefix_end(prefix),
             include_value=include_value,
             reverse=reverse,
         )
-        if limit is None:
-            yield from it
-            return
-        for count, item in enumerate(it):
-            if count >= limit:
-                break
-            yield item
+        return it if limit is None else itertools.islice(it, limit)
 
     def sync(self) -> None:
         """Make every earlier write durable against power loss (one fsync)."""
