@@ -30,6 +30,8 @@ LOOKUPS = Counter(
     "Celebrity timelines a home read needed: served from the router's copy, or pulled",
     ["result"],
 )
+SERVED_FROM_COPY = LOOKUPS.labels("copy")
+PULLED = LOOKUPS.labels("pulled")
 
 DEFAULT_TTL_S = 0.05
 DEFAULT_DEPTH = 20  # the largest first page served from copies (the default page size)
@@ -82,8 +84,8 @@ class CelebrityTimelines:
         served = len(celebrities) - len(missing)
         self.hits += served
         self.misses += len(missing)
-        LOOKUPS.labels("copy").inc(served)
-        LOOKUPS.labels("pulled").inc(len(missing))
+        SERVED_FROM_COPY.inc(served)
+        PULLED.inc(len(missing))
         return tweets, missing, aging
 
     def begin_fill(self) -> float:

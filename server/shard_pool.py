@@ -59,6 +59,7 @@ class Pending:
     request: Any
     future: asyncio.Future
     deadline: float
+    expiry: asyncio.TimerHandle | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -74,24 +75,29 @@ class ShardLane:
         self.busy = False
         self.calls = 0
         self.batched_requests = 0
+        self.batch_sizes = BATCH_SIZE.labels(str(shard_id))
 
     async def submit(self, method: str, request: Any, timeout: float) -> Any:
         if self.shard_id in self.pool.suspect:  # don't queue behind a call to a silent shard
             return await self.pool.direct(self.shard_id, method, request, timeout)
         loop = asyncio.get_running_loop()
         item = Pending(method, request, loop.create_future(), time.monotonic() + timeout)
+        # a plain timer rather than asyncio.timeout(): a third of the lane's cost
+        item.expiry = loop.call_later(timeout, self._expire, item)
         self.pending.append(item)
         if not self.busy:
             self.busy = True
             loop.create_task(self._drain())
-        try:
-            async with asyncio.timeout(timeout):
-                return await item.future
-        except TimeoutError:
-            raise ServiceError(
+        return await item.future
+
+    def _expire(self, item: Pending) -> None:
+        _settle(
+            item,
+            error=ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{self.pool.describe(self.shard_id)} did not answer within the deadline",
-            ) from None
+            ),
+        )
 
     async def _drain(self) -> None:
         try:
@@ -102,7 +108,7 @@ class ShardLane:
                     continue
                 self.calls += 1
                 self.batched_requests += len(batch)
-                BATCH_SIZE.labels(str(self.shard_id)).observe(len(batch))
+                self.batch_sizes.observe(len(batch))
                 if len(batch) == 1:
                     await self._send_one(batch[0])
                 else:
@@ -144,7 +150,9 @@ class ShardLane:
 
 
 def _settle(item: Pending, result: Any = None, error: BaseException | None = None) -> None:
-    if item.future.done():
+    if item.expiry is not None:
+        item.expiry.cancel()
+    if item.future.done():  # expired, or its caller went away
         return
     if error is not None:
         item.future.set_exception(error)

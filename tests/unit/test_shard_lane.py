@@ -1,0 +1,110 @@
+"""The router's per-shard lane: coalescing, and each request's own deadline
+even when it waits behind a call that does not come back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from murmur.errors import ServiceError
+from murmur.slots import even_assignment
+from murmur.v1 import murmur_pb2, shard_pb2
+from server.shard_pool import ShardPool
+from server.slot_map import RoutingTable
+
+
+class StuckThenAnswering:
+    """A shard whose first call hangs until released; later calls answer."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, method: str):
+        async def call(request: Any, timeout: float | None = None) -> Any:
+            self.calls.append((method, request))
+            if len(self.calls) == 1:
+                await self.release.wait()
+            if method == "Execute":
+                inbox = shard_pb2.ReadInboxResponse(exact_from=7).SerializeToString()
+                return shard_pb2.ExecuteResponse(
+                    results=[shard_pb2.ShardCallResult(response=inbox) for _ in request.calls]
+                )
+            return shard_pb2.ReadInboxResponse(exact_from=7)
+
+        return call
+
+
+class Stubs:
+    def __init__(self, stub: StuckThenAnswering) -> None:
+        self.stub = stub
+
+    def get(self, shard_id: int, address: str) -> StuckThenAnswering:
+        return self.stub
+
+    async def close(self) -> None:
+        return None
+
+
+def pool_with(stub: StuckThenAnswering) -> ShardPool:
+    slot_map = shard_pb2.SlotMap(version=1, addresses={0: "s0"}, owners=even_assignment([0]))
+    pool = ShardPool(RoutingTable(slot_map))
+    pool._stubs = Stubs(stub)  # type: ignore[assignment]
+    return pool
+
+
+def read(user_id: int) -> shard_pb2.ReadInboxRequest:
+    return shard_pb2.ReadInboxRequest(user_id=user_id, limit=20)
+
+
+def test_requests_behind_a_stuck_call_fail_at_their_own_deadline() -> None:
+    async def scenario() -> None:
+        stub = StuckThenAnswering()
+        pool = pool_with(stub)
+        first = asyncio.ensure_future(pool.call(0, "ReadInbox", read(1), 5.0))
+        await asyncio.sleep(0.01)  # the first call is now in flight, and stuck
+        with pytest.raises(ServiceError) as caught:
+            await pool.call(0, "ReadInbox", read(2), 0.05)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "shard 0 (s0)" in caught.value.message
+        queued = [asyncio.ensure_future(pool.call(0, "ReadInbox", read(u), 5.0)) for u in (3, 4)]
+        await asyncio.sleep(0.01)
+        stub.release.set()
+        assert (await first).exact_from == 7
+        assert [(await q).exact_from for q in queued] == [7, 7]
+        # the expired request was dropped from the batch; the other two went together
+        assert [m for m, _ in stub.calls] == ["ReadInbox", "Execute"]
+        assert [c.method for c in stub.calls[1][1].calls] == ["ReadInbox", "ReadInbox"]
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_cancels_the_deadline_timer() -> None:
+    async def scenario() -> None:
+        stub = StuckThenAnswering()
+        stub.release.set()
+        pool = pool_with(stub)
+        loop = asyncio.get_running_loop()
+        before = len(loop._scheduled)  # type: ignore[attr-defined]
+        answer = await pool.call(0, "ReadInbox", read(1), 30.0)
+        assert answer == shard_pb2.ReadInboxResponse(exact_from=7)
+        live = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert len(live) <= before
+
+    asyncio.run(scenario())
+
+
+def test_ping_is_never_coalesced() -> None:
+    async def scenario() -> None:
+        stub = StuckThenAnswering()
+        stub.release.set()
+        pool = pool_with(stub)
+        await asyncio.gather(
+            *(pool.call(0, "Ping", murmur_pb2.PingRequest(), 1.0) for _ in range(3))
+        )
+        assert [m for m, _ in stub.calls] == ["Ping"] * 3
+
+    asyncio.run(scenario())
