@@ -20,7 +20,10 @@ MAX_PAGE_SIZE = 200
 # Router -> shard: the most tweets one per_author PullTimelines may return
 # (authors x limit); the shard enforces it, the router splits its pulls by it.
 MAX_PER_AUTHOR_TWEETS = 20_000
-_ALLOWED_CONTROLS = {"\n", "\t"}
+# Unicode category Cc (C0 controls, DEL, C1 controls) except tab and newline:
+# one regex search in C, where a category lookup per character was ~1/3 of
+# a post's router time.
+_FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class InvalidInput(ValueError):
@@ -38,9 +41,9 @@ def check_handle(handle: str) -> str:
 
 
 def _check_controls(field: str, value: str) -> None:
-    for char in value:
-        if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
-            raise InvalidInput(f"{field} contains control character U+{ord(char):04X}")
+    found = _FORBIDDEN_CONTROL.search(value)
+    if found is not None:
+        raise InvalidInput(f"{field} contains control character U+{ord(found.group()):04X}")
 
 
 def check_short_text(field: str, value: str, limit: int) -> str:

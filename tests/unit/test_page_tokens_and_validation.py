@@ -315,3 +315,16 @@ def test_negative_page_size_rejected(requested: int) -> None:
 
 def test_invalid_input_is_a_value_error() -> None:
     assert issubclass(InvalidInput, ValueError)
+
+
+def test_control_rule_is_exactly_category_cc_but_tab_and_newline() -> None:
+    """Every code point: the regex rejects what the Unicode category says."""
+    for code in range(0x110000):
+        char = chr(code)
+        forbidden = unicodedata.category(char) == "Cc" and char not in "\n\t"
+        try:
+            validation.check_short_text("bio", char, 10)
+        except InvalidInput as exc:
+            assert forbidden and f"U+{code:04X}" in str(exc), hex(code)
+        else:
+            assert not forbidden, hex(code)
