@@ -7,7 +7,8 @@ A response can take the bytes whole instead: ``repeated_field`` writes a
 page in the wire form of a ``repeated Tweet tweets = 1`` field, and the
 response's ``MergeFromString`` reads it in C. Pages travel as
 ``(tweet_id, raw)`` pairs so that merges order them without parsing: the id
-comes from the key, which ends in the inverted id.
+comes from the key, which ends in the inverted id. The router builds its
+merged home pages the same way (``server.home_timeline.merged_page``).
 """
 
 from __future__ import annotations

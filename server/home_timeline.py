@@ -65,6 +65,8 @@ def merged_page(
 
 
 def as_raw(tweets: Iterable[murmur_pb2.Tweet]) -> list[RawTweet]:
+    """Pulled tweets in the form ``merged_page`` merges (pulls are the rarer
+    path: cache misses and pages below an inbox's exact range)."""
     return [(tweet.tweet_id, tweet.SerializeToString()) for tweet in tweets]
 
 
@@ -121,6 +123,7 @@ async def pull_raw(
     limit: int,
     timeout: float | None,
 ) -> tuple[list[RawTweet], list[int]]:
+    """``pull_groups`` for the merge: its tweets as (tweet_id, raw) pairs."""
     tweets, missing = await pull_groups(pool, groups, before_id, limit, timeout)
     return as_raw(tweets), missing
 
