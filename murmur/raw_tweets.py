@@ -43,7 +43,7 @@ def repeated_field(raws: Iterable[bytes]) -> bytes:
     prefixes = _PREFIXES
     for raw in raws:
         size = len(raw)
-        parts.append(prefixes[size] if size < 4096 else _TAG + varint(size))
+        parts.append(prefixes[size] if size < len(prefixes) else _TAG + varint(size))
         parts.append(raw)
     return b"".join(parts)
 

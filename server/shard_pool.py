@@ -82,7 +82,8 @@ class ShardLane:
             return await self.pool.direct(self.shard_id, method, request, timeout)
         loop = asyncio.get_running_loop()
         item = Pending(method, request, loop.create_future(), time.monotonic() + timeout)
-        # a plain timer rather than asyncio.timeout(): a third of the lane's cost
+        # a plain timer rather than asyncio.timeout(), whose context manager
+        # cost ~12% of the router's instructions for a home read
         item.expiry = loop.call_later(timeout, self._expire, item)
         self.pending.append(item)
         if not self.busy:

@@ -162,11 +162,9 @@ class InboxStore:
         prefix = keys.inbox_prefix(slot, owner)
         start = keys.inbox(slot, owner, before_id - 1) if before_id else prefix
         entries: list[RawTweet] = []
-        inverted_at = len(prefix)  # the key ends in the inverted id: see keys.inbox
-        unpack, max_u64 = keys.U64.unpack_from, keys.MAX_U64
         parse = murmur_pb2.Tweet.FromString
         for key, raw in self.store.scan(prefix, start=start):
-            tweet_id = max_u64 - unpack(key, inverted_at)[0]
+            tweet_id = keys.last_inverted(key)
             if tweet_id < exact_from:
                 return entries, True
             if skip_authors and parse(raw).user_id in skip_authors:

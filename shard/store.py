@@ -102,8 +102,8 @@ class Store:
         """Keys (and values) under ``prefix`` from ``start`` on, in key order.
 
         Returns LevelDB's own iterator rather than wrapping it in a generator:
-        a home read walks ~20 entries, and a Python frame per entry cost
-        about a tenth of the read."""
+        a home read walks ~20 entries, and a generator frame per entry cost
+        ~4% of a batched inbox read's instructions."""
         it = self.db.iterator(
             start=start if start is not None else prefix,
             stop=prefix_end(prefix),

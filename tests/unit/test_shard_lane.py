@@ -56,6 +56,13 @@ def pool_with(stub: StuckThenAnswering) -> ShardPool:
     return pool
 
 
+def answering_pool() -> tuple[StuckThenAnswering, ShardPool]:
+    """A pool whose shard answers every call at once."""
+    stub = StuckThenAnswering()
+    stub.release.set()
+    return stub, pool_with(stub)
+
+
 def read(user_id: int) -> shard_pb2.ReadInboxRequest:
     return shard_pb2.ReadInboxRequest(user_id=user_id, limit=20)
 
@@ -84,9 +91,7 @@ def test_requests_behind_a_stuck_call_fail_at_their_own_deadline() -> None:
 
 def test_an_answer_cancels_the_deadline_timer() -> None:
     async def scenario() -> None:
-        stub = StuckThenAnswering()
-        stub.release.set()
-        pool = pool_with(stub)
+        _stub, pool = answering_pool()
         loop = asyncio.get_running_loop()
         before = len(loop._scheduled)  # type: ignore[attr-defined]
         answer = await pool.call(0, "ReadInbox", read(1), 30.0)
@@ -99,9 +104,7 @@ def test_an_answer_cancels_the_deadline_timer() -> None:
 
 def test_ping_is_never_coalesced() -> None:
     async def scenario() -> None:
-        stub = StuckThenAnswering()
-        stub.release.set()
-        pool = pool_with(stub)
+        stub, pool = answering_pool()
         await asyncio.gather(
             *(pool.call(0, "Ping", murmur_pb2.PingRequest(), 1.0) for _ in range(3))
         )
