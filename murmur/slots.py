@@ -7,6 +7,8 @@ to a slot too, and a user is minted into the slot of their handle (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import mmh3
 
 SLOT_COUNT = 4096
@@ -15,6 +17,13 @@ SLOT_COUNT = 4096
 def slot_for_user(user_id: int) -> int:
     """The slot that owns everything the user owns."""
     return mmh3.hash(user_id.to_bytes(8, "big"), signed=False) % SLOT_COUNT
+
+
+def slots_for_users(user_ids: Iterable[int]) -> list[int]:
+    """``slot_for_user`` of many ids: fan-out hashes every follower of every
+    tweet, and a call per id cost as much as the hash itself."""
+    hash_, size = mmh3.hash, SLOT_COUNT
+    return [hash_(user_id.to_bytes(8, "big"), signed=False) % size for user_id in user_ids]
 
 
 def slot_for_handle(handle: str) -> int:

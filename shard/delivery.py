@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from murmur.errors import invalid
-from murmur.slots import slot_for_user
+from murmur.slots import slots_for_users
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.celebrity import recheck_celebrity
@@ -53,10 +53,8 @@ class DeliveryApplier:
             users = list(body.follower_ids)
         else:
             users = list(body.owner_ids)
-        slots = [slot_for_user(user_id) for user_id in users]
-        check = self.state.ownership.check
-        for slot in set(slots):
-            check(slot, local_delivery=local)
+        slots = slots_for_users(users)
+        self.state.ownership.check_all(set(slots), local_delivery=local)
         return slots
 
     def _apply_one(self, op: shard_pb2.DeliveryOp, slots: list[int]) -> int:

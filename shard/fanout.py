@@ -19,7 +19,7 @@ import grpc
 
 from murmur.errors import WRONG_SLOT_METADATA
 from murmur.ids import now_ms
-from murmur.slots import slot_for_user
+from murmur.slots import slot_for_user, slots_for_users
 from murmur.v1 import shard_pb2
 from shard.delivery import DeliveryApplier
 from shard.peers import PeerShards
@@ -178,9 +178,9 @@ class FanoutWorker:
 
     def _by_shard(self, user_ids: list[int]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = defaultdict(list)
-        owner_of = self.state.ownership.owner_of
-        for user_id in user_ids:
-            groups[owner_of(slot_for_user(user_id))].append(user_id)
+        owners = self.state.ownership.owners
+        for user_id, slot in zip(user_ids, slots_for_users(user_ids), strict=True):
+            groups[owners[slot]].append(user_id)
         return groups
 
     def _plan_tweet(

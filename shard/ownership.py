@@ -7,7 +7,7 @@ that a shard's fan-out worker knows where each follower lives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -24,6 +24,9 @@ class SlotOwnership:
         self.shard_id = self._load_shard_id(shard_id)
         self.slot_map = self._load_map()
         self.owned = self._owned_from(self.slot_map)
+        # the map's owners as a plain list: fan-out looks one up per follower,
+        # and indexing the message's repeated field costs several times more
+        self.owners = list(self.slot_map.owners)
         # Slots in the last step of a move: "frozen" refuses callers (local
         # fan-out may still write, and is forwarded); "sealed" refuses all.
         self.frozen: dict[int, str] = {}
@@ -88,6 +91,7 @@ class SlotOwnership:
         self.store.db.put(keys.shard_meta("slot_map"), slot_map.SerializeToString(), sync=True)
         self.slot_map = slot_map
         self.owned = self._owned_from(slot_map)
+        self.owners = list(slot_map.owners)
         gained = {s for s in range(SLOT_COUNT) if self.owned[s] and not before[s]}
         lost = {s for s in range(SLOT_COUNT) if before[s] and not self.owned[s]}
         for slot in lost:
@@ -112,6 +116,15 @@ class SlotOwnership:
                 self.frozen.get(slot, f"slot {slot} is being handed over; retry shortly"),
             )
 
+    def check_all(self, slots: Iterable[int], local_delivery: bool = False) -> None:
+        """``check`` for each of ``slots`` in one pass while no slot is moving:
+        a fan-out delivery brings thousands, nearly one per follower."""
+        owned = self.owned
+        if self.assigned and not (self.sealed or self.frozen) and all(owned[s] for s in slots):
+            return
+        for slot in slots:
+            self.check(slot, local_delivery)
+
     def serves(self, slot: int) -> bool:
         """Whether ``check`` would accept work for ``slot`` right now."""
         return (
@@ -122,7 +135,7 @@ class SlotOwnership:
         )
 
     def owner_of(self, slot: int) -> int:
-        return self.slot_map.owners[slot]
+        return self.owners[slot]
 
     def info(self) -> shard_pb2.ShardInfo:
         owned = [slot for slot in range(SLOT_COUNT) if self.owned[slot]]

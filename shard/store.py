@@ -56,6 +56,16 @@ class HotValues:
                 del values[old]
         values[key] = value
 
+    def remember_all(self, keys: list[bytes], values: dict[bytes, bytes | None]) -> None:
+        """``remember`` each of ``keys`` with its value in ``values``; a
+        commit brings one key per fan-out entry, so room is made once."""
+        held = self._values
+        if len(held) + len(keys) > self.capacity:
+            for old in list(itertools.islice(held, max(self.capacity // 8, len(keys)))):
+                del held[old]
+        for key in keys:
+            held[key] = values[key]
+
     def clear(self) -> None:
         self._values.clear()
 
@@ -179,8 +189,6 @@ class Txn:
                     delete(key)
                 else:
                     put(key, value)
-        remember = self.hot.remember
-        for key in self.hot_keys:
-            remember(key, writes[key])
+        self.hot.remember_all(self.hot_keys, writes)
         self.writes.clear()
         self.hot_keys.clear()

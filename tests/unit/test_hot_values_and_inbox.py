@@ -91,6 +91,18 @@ def test_hot_values_stay_bounded_and_correct() -> None:
     assert hot.lookup((0).to_bytes(4, "big")) is MISSING  # forgotten, read again on demand
 
 
+def test_remember_all_takes_each_value_and_stays_bounded() -> None:
+    hot = HotValues(capacity=64)
+    for start in range(0, 1000, 50):
+        batch = {n.to_bytes(4, "big"): str(n).encode() for n in range(start, start + 50)}
+        batch[b"deleted"] = None
+        hot.remember_all(list(batch), batch)
+        assert len(hot._values) <= 64
+    assert hot.lookup((999).to_bytes(4, "big")) == b"999"
+    assert hot.lookup(b"deleted") is None  # a deletion is remembered as absence
+    assert hot.lookup((0).to_bytes(4, "big")) is MISSING
+
+
 # the inbox's newest-id shortcut -------------------------------------------------
 
 

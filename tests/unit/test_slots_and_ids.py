@@ -28,6 +28,7 @@ from murmur.slots import (
     slot_for_handle,
     slot_for_user,
     slot_ranges,
+    slots_for_users,
 )
 
 # no per-example deadline: the suite must not flake on a loaded machine
@@ -59,6 +60,13 @@ def test_slot_for_user_in_range_and_deterministic(user_id: int) -> None:
     slot = slot_for_user(user_id)
     assert 0 <= slot < SLOT_COUNT
     assert slot_for_user(user_id) == slot
+
+
+@given(st.lists(u64s, max_size=50))
+@PROPERTY
+def test_slots_for_users_is_slot_for_user_of_each(user_ids: list[int]) -> None:
+    assert slots_for_users(user_ids) == [slot_for_user(u) for u in user_ids]
+    assert slots_for_users(iter(user_ids)) == slots_for_users(user_ids)
 
 
 def test_slots_are_pinned() -> None:
