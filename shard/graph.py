@@ -65,11 +65,8 @@ class FollowGraph:
         if after >= keys.MAX_U64:
             return [], False
         start = prefix + keys.u64(after + 1) if after else prefix
-        # every key is the prefix and one id: read it at a fixed offset (fan-out
-        # pages thousands of followers per round)
-        read, offset = keys.U64.unpack_from, len(prefix)
         ids = [
-            read(k, offset)[0]
+            keys.last_u64(k)
             for k in self.store.scan(prefix, start=start, limit=limit + 1, include_value=False)
         ]
         return ids[:limit], len(ids) > limit

@@ -22,11 +22,7 @@ class SlotOwnership:
     def __init__(self, store: Store, shard_id: int) -> None:
         self.store = store
         self.shard_id = self._load_shard_id(shard_id)
-        self.slot_map = self._load_map()
-        self.owned = self._owned_from(self.slot_map)
-        # the map's owners as a plain list: fan-out looks one up per follower,
-        # and indexing the message's repeated field costs several times more
-        self.owners = list(self.slot_map.owners)
+        self._use(self._load_map())
         # Slots in the last step of a move: "frozen" refuses callers (local
         # fan-out may still write, and is forwarded); "sealed" refuses all.
         self.frozen: dict[int, str] = {}
@@ -52,6 +48,15 @@ class SlotOwnership:
         if raw is not None:
             slot_map.ParseFromString(raw)
         return slot_map
+
+    def _use(self, slot_map: shard_pb2.SlotMap) -> None:
+        """Take ``slot_map`` with the two views of it that every check and
+        every fan-out lookup reads: ``owned`` (this shard's slots) and
+        ``owners`` (a plain list, since fan-out looks one up per follower and
+        indexing the message's repeated field costs several times more)."""
+        self.slot_map = slot_map
+        self.owned = self._owned_from(slot_map)
+        self.owners = list(slot_map.owners)
 
     def _owned_from(self, slot_map: shard_pb2.SlotMap) -> bytearray:
         owned = bytearray(SLOT_COUNT)
@@ -89,9 +94,7 @@ class SlotOwnership:
             )
         before = self.owned
         self.store.db.put(keys.shard_meta("slot_map"), slot_map.SerializeToString(), sync=True)
-        self.slot_map = slot_map
-        self.owned = self._owned_from(slot_map)
-        self.owners = list(slot_map.owners)
+        self._use(slot_map)
         gained = {s for s in range(SLOT_COUNT) if self.owned[s] and not before[s]}
         lost = {s for s in range(SLOT_COUNT) if before[s] and not self.owned[s]}
         for slot in lost:

@@ -50,21 +50,25 @@ class HotValues:
         return self._values.get(key, MISSING)
 
     def remember(self, key: bytes, value: bytes | None) -> None:
-        values = self._values
-        if key not in values and len(values) >= self.capacity:
-            for old in list(itertools.islice(values, self.capacity // 8)):
-                del values[old]
-        values[key] = value
+        if key not in self._values:
+            self._make_room(1)
+        self._values[key] = value
 
     def remember_all(self, keys: list[bytes], values: dict[bytes, bytes | None]) -> None:
         """``remember`` each of ``keys`` with its value in ``values``; a
         commit brings one key per fan-out entry, so room is made once."""
+        self._make_room(len(keys))
         held = self._values
-        if len(held) + len(keys) > self.capacity:
-            for old in list(itertools.islice(held, max(self.capacity // 8, len(keys)))):
-                del held[old]
         for key in keys:
             held[key] = values[key]
+
+    def _make_room(self, incoming: int) -> None:
+        """Forget the oldest entries (an eighth of the capacity, or as many as
+        are coming if more) when ``incoming`` new ones would not fit."""
+        held = self._values
+        if len(held) + incoming > self.capacity:
+            for old in list(itertools.islice(held, max(self.capacity // 8, incoming))):
+                del held[old]
 
     def clear(self) -> None:
         self._values.clear()
