@@ -4,6 +4,9 @@ Each inbox keeps ``exact_from``: every home-timeline tweet with an id at or
 above it is present. Trimming the oldest entries and backfills cut short both
 raise it; a read that reaches below it is finished by pulling (see
 ``server/home_timeline.py``), so scrolling far back stays exact, only slower.
+Each inbox's size and newest id are counted in memory and stored lazily
+(``shard/inbox_tally.py``): they decide when to trim and when a delivery
+needs a lookup, never what a reader sees.
 """
 
 from __future__ import annotations
@@ -12,29 +15,61 @@ from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
+from shard.inbox_tally import InboxTally, Tally
 from shard.store import Store, Txn
 
 
 class InboxStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.tallies = InboxTally()
 
     def meta(self, txn: Txn, owner: int, slot: int | None = None) -> shard_pb2.InboxMeta:
+        """The inbox's stored metadata, its size replaced by the tally's
+        when the inbox is loaded (the stored one may lag, see
+        ``shard/inbox_tally.py``)."""
         slot = slot_for_user(owner) if slot is None else slot
-        return self._meta_at(txn, keys.inbox_meta(slot, owner))
+        meta = self._meta_at(txn, keys.inbox_meta(slot, owner))
+        tally = self.tallies.get(owner)
+        if tally is not None:
+            meta.size = tally.size
+        return meta
 
     @staticmethod
     def _meta_at(txn: Txn, meta_key: bytes) -> shard_pb2.InboxMeta:
         raw = txn.get_hot(meta_key)
-        if raw is None:  # every put writes the meta, so no meta means no entries
-            return shard_pb2.InboxMeta(newest_tracked=True)
+        if raw is None:
+            return shard_pb2.InboxMeta()
         return shard_pb2.InboxMeta.FromString(raw)
 
     def _save_meta(
-        self, txn: Txn, owner: int, meta: shard_pb2.InboxMeta, slot: int | None = None
+        self, txn: Txn, meta_key: bytes, meta: shard_pb2.InboxMeta, tally: Tally
     ) -> None:
-        slot = slot_for_user(owner) if slot is None else slot
-        txn.put_hot(keys.inbox_meta(slot, owner), meta.SerializeToString())
+        """Write ``meta`` with the tally's size, which is then the stored one."""
+        meta.size = tally.size
+        tally.stored_size = tally.size
+        txn.put_hot(meta_key, meta.SerializeToString())
+
+    def _tally(self, txn: Txn, owner: int, slot: int, meta_key: bytes) -> Tally:
+        tally = self.tallies.get(owner)
+        return tally if tally is not None else self._load(txn, owner, slot, meta_key)
+
+    def _load(self, txn: Txn, owner: int, slot: int, meta_key: bytes) -> Tally:
+        """Start tallying an inbox: its stored size, and its newest id from
+        its first key (inbox keys hold inverted ids). An inbox without keys
+        is empty, so its count is exact from the start."""
+        stored = self._meta_at(txn, meta_key).size
+        newest = 0
+        for key in self.store.scan(keys.inbox_prefix(slot, owner), include_value=False, limit=1):
+            newest = keys.last_inverted(key)
+        counted = newest == 0
+        size = 0 if counted else stored
+        return self.tallies.add(owner, Tally(newest, size, stored, counted))
+
+    def _store_if_drifted(self, txn: Txn, meta_key: bytes, tally: Tally) -> None:
+        """Store the size once it has drifted far enough from the stored one."""
+        if tally.drifted():
+            self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
 
     def put(
         self,
@@ -46,11 +81,7 @@ class InboxStore:
     ) -> int:
         """Insert or refresh a copy. Returns the inbox's new size if the entry
         is new, else 0 (so callers know whom to trim without reading again).
-        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops.
-
-        Fan-out nearly always brings a tweet newer than anything in the
-        inbox; ``newest_id`` tells so from the (cached) metadata, and only an
-        older tweet (a redelivery, a backfill) pays a lookup of its key."""
+        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops."""
         slot = slot_for_user(owner) if slot is None else slot
         tweet_id = tweet.tweet_id
         return self.put_at(
@@ -74,30 +105,24 @@ class InboxStore:
         slot: int,
     ) -> int:
         """``put`` with the keys built by the caller (fan-out builds them from
-        parts shared by the batch, see ``keys.delivery_keys``)."""
-        meta = self._meta_at(txn, meta_key)
-        learned = not meta.newest_tracked
-        if learned:
-            meta.newest_id = self._newest_entry(owner, slot)
-            meta.newest_tracked = True
-        if tweet_id > meta.newest_id:
-            meta.newest_id = tweet_id
-            is_new = True
-        else:
-            is_new = txn.get(key) is None
-        txn.put(key, raw)
-        if is_new:
-            meta.size += 1
-        if is_new or learned:
-            txn.put_hot(meta_key, meta.SerializeToString())
-        return meta.size if is_new else 0
+        parts shared by the batch, see ``keys.delivery_keys``).
 
-    def _newest_entry(self, owner: int, slot: int) -> int:
-        """The newest committed entry's id (0 if none): the first key, as
-        inbox keys hold inverted ids."""
-        for key in self.store.scan(keys.inbox_prefix(slot, owner), include_value=False, limit=1):
-            return keys.last_inverted(key)
-        return 0
+        Fan-out nearly always brings a tweet newer than anything in the
+        inbox; the tally's ``newest_id`` tells so, and only an older tweet
+        (a redelivery, a backfill) pays a lookup of its key."""
+        tally = self.tallies.get(owner)
+        if tally is None:
+            tally = self._load(txn, owner, slot, meta_key)
+        if tweet_id > tally.newest_id:
+            tally.newest_id = tweet_id
+        elif txn.get(key) is not None:
+            txn.put(key, raw)
+            return 0
+        txn.put(key, raw)
+        tally.size += 1
+        if tally.drifted():
+            self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
+        return tally.size
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
         """Update a copy after an edit, only where the copy exists."""
@@ -106,13 +131,15 @@ class InboxStore:
             txn.put(key, tweet.SerializeToString())
 
     def remove(self, txn: Txn, owner: int, tweet_id: int) -> None:
-        key = keys.inbox(slot_for_user(owner), owner, tweet_id)
+        slot = slot_for_user(owner)
+        key = keys.inbox(slot, owner, tweet_id)
         if txn.get(key) is None:
             return
         txn.delete(key)
-        meta = self.meta(txn, owner)
-        meta.size = max(0, meta.size - 1)
-        self._save_meta(txn, owner, meta)
+        meta_key = keys.inbox_meta(slot, owner)
+        tally = self._tally(txn, owner, slot, meta_key)
+        tally.size = max(0, tally.size - 1)
+        self._store_if_drifted(txn, meta_key, tally)
 
     def remove_author(self, txn: Txn, owner: int, author: int) -> None:
         """Drop every copy by ``author`` (unfollow, or the author became a celebrity)."""
@@ -124,29 +151,48 @@ class InboxStore:
                 self.remove(txn, owner, keys.last_inverted(key))
 
     def raise_exact_from(self, txn: Txn, owner: int, tweet_id: int) -> None:
-        meta = self.meta(txn, owner)
+        slot = slot_for_user(owner)
+        meta_key = keys.inbox_meta(slot, owner)
+        meta = self._meta_at(txn, meta_key)
         if tweet_id > meta.exact_from:
             meta.exact_from = tweet_id
-            self._save_meta(txn, owner, meta)
+            self._save_meta(txn, meta_key, meta, self._tally(txn, owner, slot, meta_key))
 
     def trim(self, owner: int, cap: int) -> None:
-        """Cut the inbox to ``cap`` entries, oldest first; commits on its own."""
+        """Cut the inbox to ``cap`` entries, oldest first; commits on its own.
+        The first trim after an inbox is loaded counts its keys, since its
+        tally may have started from a stored size that lagged."""
+        slot = slot_for_user(owner)
+        prefix, meta_key = keys.inbox_prefix(slot, owner), keys.inbox_meta(slot, owner)
         txn = self.store.txn()
-        meta = self.meta(txn, owner)
-        excess = meta.size - cap
+        tally = self._tally(txn, owner, slot, meta_key)
+        if not tally.counted:
+            tally.size = sum(1 for _ in self.store.scan(prefix, include_value=False))
+            tally.counted = True
+        excess = tally.size - cap
         if excess <= 0:
             return
-        prefix = keys.inbox_prefix(slot_for_user(owner), owner)
+        meta = self._meta_at(txn, meta_key)
         oldest_kept_floor = meta.exact_from
-        removed = 0
         for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
             txn.delete(key)
             oldest_kept_floor = max(oldest_kept_floor, keys.last_inverted(key) + 1)
-            removed += 1
-        meta.size -= removed
+            tally.size -= 1
         meta.exact_from = oldest_kept_floor
-        self._save_meta(txn, owner, meta)
+        self._save_meta(txn, meta_key, meta, tally)
         txn.commit(sync=False)
+
+    def store_tallies(self) -> int:
+        """Write every size that differs from its stored one, durably (at a
+        clean stop, so a restart trims on exact counts); returns how many."""
+        txn = self.store.txn()
+        written = 0
+        for owner, tally in list(self.tallies.unstored()):
+            meta_key = keys.inbox_meta(slot_for_user(owner), owner)
+            self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
+            written += 1
+        txn.commit(sync=True)
+        return written
 
     def page(
         self, owner: int, before_id: int, limit: int, skip_authors: set[int], exact_from: int

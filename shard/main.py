@@ -111,6 +111,7 @@ async def serve(args: argparse.Namespace) -> None:
     async def close() -> None:
         await worker.stop()
         await peers.close()
+        state.inbox.store_tallies()
         state.store.close()
 
     process.shutdown_hooks.append(close)

@@ -102,13 +102,15 @@ async def backup(state: ShardState, path: str) -> AsyncIterator[shard_pb2.Backup
     """Copy a consistent snapshot into a new LevelDB at ``path``.
 
     Restoring is starting ``murmur-shard --data-dir <path> --shard-id <same id>``
-    (or copying the folder over a lost shard's data folder).
+    (or copying the folder over a lost shard's data folder). The inbox
+    sizes counted in memory are stored first, so the copy holds exact ones.
     """
     if not path or not os.path.isabs(path):
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be absolute")
     if os.path.exists(path):
         raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"backup path {path} already exists")
     target = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
+    state.inbox.store_tallies()
     snapshot = state.store.db.snapshot()
     copied = 0
     try:

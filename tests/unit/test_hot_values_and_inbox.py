@@ -1,6 +1,7 @@
-"""The in-memory copy of hot keys (edges, inbox metadata) and the inbox's
-newest-id shortcut: both skip LevelDB reads on fan-out's hot path, so both
-must never disagree with what is on disk."""
+"""The in-memory copy of hot keys (edges, inbox metadata) and the inbox
+tallies: both skip LevelDB work on fan-out's hot path. The hot values must
+never disagree with what is on disk; the tallies may lag it, but an inbox
+is never cut on a count loaded from disk."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.inbox import InboxStore
+from shard.inbox_tally import STORE_DRIFT, InboxTally, Tally
 from shard.migration import _drop_slots, import_entries
 from shard.settings import ShardSettings
 from shard.state import ShardState
@@ -103,7 +105,7 @@ def test_remember_all_takes_each_value_and_stays_bounded() -> None:
     assert hot.lookup((0).to_bytes(4, "big")) is MISSING
 
 
-# the inbox's newest-id shortcut -------------------------------------------------
+# the inbox tally: newest id and size in memory, stored lazily ----------------
 
 
 def put(store: Store, inbox: InboxStore, tweet_id: int, owner: int = OWNER) -> int:
@@ -117,15 +119,26 @@ def meta(store: Store, inbox: InboxStore, owner: int = OWNER) -> shard_pb2.Inbox
     return inbox.meta(store.txn(), owner)
 
 
+def stored_meta(store: Store, owner: int = OWNER) -> shard_pb2.InboxMeta:
+    raw = store.get(keys.inbox_meta(slot_for_user(owner), owner))
+    return shard_pb2.InboxMeta.FromString(raw or b"")
+
+
+def tally(inbox: InboxStore, owner: int = OWNER) -> Tally:
+    found = inbox.tallies.get(owner)
+    assert found is not None
+    return found
+
+
 def test_newer_tweets_count_without_lookup_and_redeliveries_do_not(store: Store) -> None:
     inbox = InboxStore(store)
     assert [put(store, inbox, t) for t in (100, 200, 300)] == [1, 2, 3]
-    assert meta(store, inbox).newest_id == 300
+    assert tally(inbox).newest_id == 300
     assert put(store, inbox, 200) == 0  # a redelivery of an older tweet: looked up
     assert put(store, inbox, 300) == 0  # a redelivery of the newest
     assert put(store, inbox, 150) == 4  # older but new: out-of-order delivery
     assert meta(store, inbox).size == 4 == len(inbox_ids(store))
-    assert meta(store, inbox).newest_id == 300
+    assert tally(inbox).newest_id == 300
 
 
 def test_removing_the_newest_keeps_redelivery_exact(store: Store) -> None:
@@ -139,18 +152,70 @@ def test_removing_the_newest_keeps_redelivery_exact(store: Store) -> None:
     assert meta(store, inbox).size == 2 == len(inbox_ids(store))
 
 
-def test_an_inbox_from_before_newest_id_learns_it_from_its_first_key(store: Store) -> None:
-    inbox = InboxStore(store)
+def test_a_loaded_inbox_learns_its_newest_id_from_its_first_key(store: Store) -> None:
     slot = slot_for_user(OWNER)
-    for tweet_id in (500, 400):  # written by an older version: no newest_id
+    for tweet_id in (500, 400):  # on disk before this process counted anything
         store.db.put(keys.inbox(slot, OWNER, tweet_id), tweet(tweet_id).SerializeToString())
     store.db.put(keys.inbox_meta(slot, OWNER), shard_pb2.InboxMeta(size=2).SerializeToString())
+    inbox = InboxStore(store)
     assert put(store, inbox, 400) == 0  # already there: not counted twice
-    learned = meta(store, inbox)
-    assert learned.newest_tracked and learned.newest_id == 500 and learned.size == 2
+    assert tally(inbox).newest_id == 500 and tally(inbox).size == 2
     assert put(store, inbox, 450) == 3
     assert put(store, inbox, 600) == 4
     assert inbox_ids(store) == [600, 500, 450, 400]
+
+
+def test_the_size_is_stored_once_it_drifts(store: Store) -> None:
+    inbox = InboxStore(store)
+    for tweet_id in range(1, STORE_DRIFT):
+        put(store, inbox, tweet_id)
+    assert stored_meta(store).size == 0  # no metadata write per entry
+    put(store, inbox, STORE_DRIFT)
+    assert stored_meta(store).size == STORE_DRIFT
+    assert meta(store, inbox).size == STORE_DRIFT
+
+
+def test_a_clean_stop_stores_every_unstored_size(store: Store) -> None:
+    inbox = InboxStore(store)
+    for tweet_id in (1, 2, 3):
+        put(store, inbox, tweet_id)
+        put(store, inbox, tweet_id, owner=AUTHOR)
+    assert inbox.store_tallies() == 2
+    assert stored_meta(store).size == 3 == stored_meta(store, AUTHOR).size
+    assert inbox.store_tallies() == 0  # nothing left to store
+
+
+def test_after_a_crash_the_first_trim_recounts_a_lagging_size(store: Store) -> None:
+    inbox = InboxStore(store)
+    for tweet_id in range(1, 41):
+        put(store, inbox, tweet_id)
+    assert stored_meta(store).size == 32  # the last 8 puts were never stored
+    restarted = InboxStore(store)  # a crash: the tallies are gone, the entries are not
+    assert put(store, restarted, 41) == 33  # counts on from the stored size
+    restarted.trim(OWNER, 10)
+    assert inbox_ids(store) == list(range(41, 31, -1))
+    assert stored_meta(store).size == 10 and stored_meta(store).exact_from == 32
+
+
+def test_a_size_stored_too_high_cuts_nothing_it_should_keep(store: Store) -> None:
+    slot = slot_for_user(OWNER)
+    for tweet_id in (1, 2, 3):
+        store.db.put(keys.inbox(slot, OWNER, tweet_id), tweet(tweet_id).SerializeToString())
+    store.db.put(keys.inbox_meta(slot, OWNER), shard_pb2.InboxMeta(size=100).SerializeToString())
+    inbox = InboxStore(store)
+    assert put(store, inbox, 4) == 101  # past any threshold, so the caller trims
+    inbox.trim(OWNER, 10)
+    assert inbox_ids(store) == [4, 3, 2, 1]
+    assert meta(store, inbox).size == 4 and meta(store, inbox).exact_from == 0
+
+
+def test_tallies_are_bounded_and_reload_from_disk() -> None:
+    tallies = InboxTally(capacity=16)
+    for owner in range(100):
+        tallies.add(owner, Tally(newest_id=owner, size=1, stored_size=0, counted=True))
+        assert len(tallies) <= 16
+    assert tallies.get(99) is not None and tallies.get(0) is None
+    assert dict(tallies.unstored()).keys() == {o for o in range(100) if tallies.get(o)}
 
 
 # writers that go around Txn forget the memory copy ------------------------------
@@ -168,7 +233,8 @@ def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> No
     slot = slot_for_user(OWNER)
     key = keys.inbox_meta(slot, OWNER)
     state.store.txn().get_hot(key)  # remembered as absent
-    fresh = shard_pb2.InboxMeta(size=7, newest_id=9, newest_tracked=True).SerializeToString()
+    state.inbox.put(state.store.txn(), OWNER, tweet(5))  # tallied as empty plus one
+    fresh = shard_pb2.InboxMeta(size=7).SerializeToString()
     import_entries(
         state,
         shard_pb2.ImportEntriesRequest(
@@ -176,6 +242,7 @@ def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> No
         ),
     )
     assert state.store.txn().get_hot(key) == fresh
+    assert state.inbox.tallies.get(OWNER) is None  # counted again from the imported data
 
     asyncio.run(_drop_slots(state, {slot}))
     assert state.store.txn().get_hot(key) is None
