@@ -94,11 +94,11 @@ class DeliveryApplier:
         tweet_id, author_part = tweet.tweet_id, keys.u64(author)
         inverted_id = keys.inverted(tweet_id)
         for owner, slot in zip(put.owner_ids, slots, strict=True):
-            edge_key, key, meta_key = keys.delivery_keys(slot, owner, author_part, inverted_id)
+            edge_key, key = keys.delivery_keys(slot, owner, author_part, inverted_id)
             edge = get_hot(edge_key)
             if edge is None or parse_edge(edge).celebrity:
                 continue
-            size = put_at(txn, key, meta_key, tweet_id, raw, owner, slot)
+            size = put_at(txn, key, tweet_id, raw, owner, slot)
             if size:
                 written += 1
                 if size > cap:

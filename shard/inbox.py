@@ -87,7 +87,6 @@ class InboxStore:
         return self.put_at(
             txn,
             keys.inbox(slot, owner, tweet_id),
-            keys.inbox_meta(slot, owner),
             tweet_id,
             raw if raw is not None else tweet.SerializeToString(),
             owner,
@@ -98,13 +97,12 @@ class InboxStore:
         self,
         txn: Txn,
         key: bytes,
-        meta_key: bytes,
         tweet_id: int,
         raw: bytes,
         owner: int,
         slot: int,
     ) -> int:
-        """``put`` with the keys built by the caller (fan-out builds them from
+        """``put`` with the key built by the caller (fan-out builds it from
         parts shared by the batch, see ``keys.delivery_keys``).
 
         Fan-out nearly always brings a tweet newer than anything in the
@@ -112,7 +110,7 @@ class InboxStore:
         (a redelivery, a backfill) pays a lookup of its key."""
         tally = self.tallies.get(owner)
         if tally is None:
-            tally = self._load(txn, owner, slot, meta_key)
+            tally = self._load(txn, owner, slot, keys.inbox_meta(slot, owner))
         if tweet_id > tally.newest_id:
             tally.newest_id = tweet_id
         elif txn.get(key) is not None:
@@ -121,7 +119,7 @@ class InboxStore:
         txn.put(key, raw)
         tally.size += 1
         if tally.drifted():
-            self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
+            self._store_if_drifted(txn, keys.inbox_meta(slot, owner), tally)
         return tally.size
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import struct
 
+from murmur.slots import SLOT_COUNT
+
 U64 = struct.Struct(">Q")
 SLOT = struct.Struct(">H")
 MAX_U64 = (1 << 64) - 1
@@ -121,18 +123,23 @@ def inbox(slot: int, owner: int, tweet_id: int) -> bytes:
     return SLOT.pack(slot) + INBOX + u64(owner) + inverted(tweet_id)
 
 
+# Every slot's edge and inbox heads, built once: fan-out builds two keys per
+# entry, and packing the slot and adding the table byte showed in its profile.
+_FOLLOWING_HEADS = [SLOT.pack(slot) + FOLLOWING for slot in range(SLOT_COUNT)]
+_INBOX_HEADS = [SLOT.pack(slot) + INBOX for slot in range(SLOT_COUNT)]
+
+
 def delivery_keys(
     slot: int, owner: int, author_part: bytes, inverted_id: bytes
-) -> tuple[bytes, bytes, bytes]:
-    """The owner's edge to the author, the inbox copy and the inbox meta: the
-    three keys one fan-out entry touches, built from the parts a whole batch
-    shares (``u64(author)``, ``inverted(tweet_id)``), since fan-out builds
-    millions of them and each ``struct.pack`` shows in its profile."""
-    head, owner_part = SLOT.pack(slot), U64.pack(owner)
+) -> tuple[bytes, bytes]:
+    """The owner's edge to the author and the inbox copy: the two keys one
+    fan-out entry touches, built from the parts a whole batch shares
+    (``u64(author)``, ``inverted(tweet_id)``), since fan-out builds millions
+    of them and each ``struct.pack`` shows in its profile."""
+    owner_part = U64.pack(owner)
     return (
-        head + FOLLOWING + owner_part + author_part,
-        head + INBOX + owner_part + inverted_id,
-        head + INBOX_META + owner_part,
+        _FOLLOWING_HEADS[slot] + owner_part + author_part,
+        _INBOX_HEADS[slot] + owner_part + inverted_id,
     )
 
 

@@ -223,5 +223,4 @@ def test_delivery_keys_are_the_keys_fan_out_touches(
     assert built == (
         keys.following(slot, owner, author),
         keys.inbox(slot, owner, tweet_id),
-        keys.inbox_meta(slot, owner),
     )
