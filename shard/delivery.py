@@ -38,7 +38,13 @@ class DeliveryApplier:
         group commit before acknowledging; for local deliveries LevelDB's log
         order already guarantees the outbox deletion never outlives them."""
         slots = [self._check_slots(op, local) for op in ops]
-        return sum(self._apply_one(op, op_slots) for op, op_slots in zip(ops, slots, strict=True))
+        try:
+            return sum(
+                self._apply_one(op, op_slots) for op, op_slots in zip(ops, slots, strict=True)
+            )
+        except Exception:  # puts were counted before a commit that never came
+            self.state.inbox.tallies.clear()
+            raise
 
     def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> list[int]:
         """The slot of each user ``op`` touches, in order, once every one of
@@ -140,9 +146,11 @@ class DeliveryApplier:
 
     def _follow_sync(self, txn: Txn, sync: shard_pb2.FollowSync) -> tuple[list[int], int]:
         """Adopt the followee's status on each follower's edge, newest version
-        wins; returns the followers whose inboxes grew and the new entries."""
-        touched = []
+        wins; returns the followers whose inboxes grew past the trim
+        threshold and the new entries."""
+        over_cap = []
         written = 0
+        cap = trim_threshold(self.state.settings.inbox_cap)
         for follower in sync.follower_ids:
             edge = self.state.graph.following_edge(txn, follower, sync.followee_id)
             if edge is None or sync.celebrity_version < edge.celebrity_version:
@@ -153,13 +161,17 @@ class DeliveryApplier:
             if sync.celebrity:
                 self.state.inbox.remove_author(txn, follower, sync.followee_id)
                 continue
-            written += self._backfill(txn, follower, sync)
-            touched.append(follower)
-        return touched, written
+            new, size = self._backfill(txn, follower, sync)
+            written += new
+            if size > cap:
+                over_cap.append(follower)
+        return over_cap, written
 
-    def _backfill(self, txn: Txn, follower: int, sync: shard_pb2.FollowSync) -> int:
+    def _backfill(self, txn: Txn, follower: int, sync: shard_pb2.FollowSync) -> tuple[int, int]:
+        """Copy the followee's recent tweets; returns the new entries and the
+        inbox's largest size on the way (0 if nothing was new)."""
         tweets: list[murmur_pb2.Tweet] = list(sync.tweets)
-        new = sum(1 for tweet in tweets if self.state.inbox.put(txn, follower, tweet))
+        sizes = [self.state.inbox.put(txn, follower, tweet) for tweet in tweets]
         if not sync.complete and tweets:
             self.state.inbox.raise_exact_from(txn, follower, tweets[-1].tweet_id)
-        return new
+        return sum(1 for size in sizes if size), max(sizes, default=0)

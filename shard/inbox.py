@@ -4,7 +4,7 @@ Each inbox keeps ``exact_from``: every home-timeline tweet with an id at or
 above it is present. Trimming the oldest entries and backfills cut short both
 raise it; a read that reaches below it is finished by pulling (see
 ``server/home_timeline.py``), so scrolling far back stays exact, only slower.
-Each inbox's size and newest id are counted in memory and stored lazily
+Each inbox's size and newest id are counted in memory
 (``shard/inbox_tally.py``): they decide when to trim and when a delivery
 needs a lookup, never what a reader sees.
 """
@@ -15,21 +15,21 @@ from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
-from shard.inbox_tally import InboxTally, Tally
+from shard.inbox_tally import InboxTallies, Tally
 from shard.store import Store, Txn
 
 
 class InboxStore:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.tallies = InboxTally()
+        self.tallies = InboxTallies()
+        # a failed commit may have counted puts that never landed: count again
+        store.on_failed_commit.append(self.tallies.clear)
 
-    def meta(self, txn: Txn, owner: int, slot: int | None = None) -> shard_pb2.InboxMeta:
+    def meta(self, txn: Txn, owner: int) -> shard_pb2.InboxMeta:
         """The inbox's stored metadata, its size replaced by the tally's
-        when the inbox is loaded (the stored one may lag, see
-        ``shard/inbox_tally.py``)."""
-        slot = slot_for_user(owner) if slot is None else slot
-        meta = self._meta_at(txn, keys.inbox_meta(slot, owner))
+        when the inbox is loaded (see ``shard/inbox_tally.py``)."""
+        meta = self._meta_at(txn, keys.inbox_meta(slot_for_user(owner), owner))
         tally = self.tallies.get(owner)
         if tally is not None:
             meta.size = tally.size
@@ -42,55 +42,48 @@ class InboxStore:
             return shard_pb2.InboxMeta()
         return shard_pb2.InboxMeta.FromString(raw)
 
-    def _save_meta(
-        self, txn: Txn, meta_key: bytes, meta: shard_pb2.InboxMeta, tally: Tally
-    ) -> None:
-        """Write ``meta`` with the tally's size, which is then the stored one."""
+    @staticmethod
+    def _save_meta(txn: Txn, meta_key: bytes, meta: shard_pb2.InboxMeta, tally: Tally) -> None:
+        """Write ``meta`` with the tally's size and whether it is being counted."""
         meta.size = tally.size
-        tally.stored_size = tally.size
+        meta.counting = tally.marked
         txn.put_hot(meta_key, meta.SerializeToString())
 
-    def _tally(self, txn: Txn, owner: int, slot: int, meta_key: bytes) -> Tally:
+    def _tally(self, txn: Txn, owner: int, slot: int) -> Tally:
         tally = self.tallies.get(owner)
-        return tally if tally is not None else self._load(txn, owner, slot, meta_key)
+        return tally if tally is not None else self._load(txn, owner, slot)
 
-    def _load(self, txn: Txn, owner: int, slot: int, meta_key: bytes) -> Tally:
-        """Start tallying an inbox: its stored size, and its newest id from
-        its first key (inbox keys hold inverted ids). An inbox without keys
-        is empty, so its count is exact from the start."""
-        stored = self._meta_at(txn, meta_key).size
+    def _load(self, txn: Txn, owner: int, slot: int) -> Tally:
+        """Start tallying an inbox: the stored size if it is exact, else a
+        count of the keys; the newest id from the first key (inbox keys
+        hold inverted ids). Metadata is written with an inbox's first
+        entry, so an inbox with keys but none (copied in by hand) is
+        counted too."""
+        raw = txn.get_hot(keys.inbox_meta(slot, owner))
+        meta = shard_pb2.InboxMeta.FromString(raw) if raw is not None else shard_pb2.InboxMeta()
+        prefix = keys.inbox_prefix(slot, owner)
         newest = 0
-        for key in self.store.scan(keys.inbox_prefix(slot, owner), include_value=False, limit=1):
+        for key in self.store.scan(prefix, include_value=False, limit=1):
             newest = keys.last_inverted(key)
-        counted = newest == 0
-        size = 0 if counted else stored
-        return self.tallies.add(owner, Tally(newest, size, stored, counted))
+        size = meta.size
+        if meta.counting or (raw is None and newest):
+            size = sum(1 for _ in self.store.scan(prefix, include_value=False))
+        return self.tallies.add(owner, Tally(newest, size, slot, meta.counting))
 
-    def _store_if_drifted(self, txn: Txn, meta_key: bytes, tally: Tally) -> None:
-        """Store the size once it has drifted far enough from the stored one."""
-        if tally.drifted():
-            self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
+    def _mark(self, txn: Txn, owner: int, tally: Tally) -> None:
+        """Note on disk, with the first change to a loaded tally, that its
+        inbox is being counted in memory (see ``shard/inbox_tally.py``)."""
+        meta_key = keys.inbox_meta(tally.slot, owner)
+        tally.marked = True
+        self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
 
-    def put(
-        self,
-        txn: Txn,
-        owner: int,
-        tweet: murmur_pb2.Tweet,
-        raw: bytes | None = None,
-        slot: int | None = None,
-    ) -> int:
+    def put(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> int:
         """Insert or refresh a copy. Returns the inbox's new size if the entry
-        is new, else 0 (so callers know whom to trim without reading again).
-        ``raw`` (the serialized tweet) and ``slot`` save work in fan-out loops."""
-        slot = slot_for_user(owner) if slot is None else slot
+        is new, else 0 (so callers know whom to trim without reading again)."""
+        slot = slot_for_user(owner)
         tweet_id = tweet.tweet_id
         return self.put_at(
-            txn,
-            keys.inbox(slot, owner, tweet_id),
-            tweet_id,
-            raw if raw is not None else tweet.SerializeToString(),
-            owner,
-            slot,
+            txn, keys.inbox(slot, owner, tweet_id), tweet_id, tweet.SerializeToString(), owner, slot
         )
 
     def put_at(
@@ -107,10 +100,12 @@ class InboxStore:
 
         Fan-out nearly always brings a tweet newer than anything in the
         inbox; the tally's ``newest_id`` tells so, and only an older tweet
-        (a redelivery, a backfill) pays a lookup of its key."""
+        (a redelivery, a backfill) pays a lookup of its key. The tally is
+        looked up inline rather than through ``_tally``: this runs once per
+        fan-out entry."""
         tally = self.tallies.get(owner)
         if tally is None:
-            tally = self._load(txn, owner, slot, keys.inbox_meta(slot, owner))
+            tally = self._load(txn, owner, slot)
         if tweet_id > tally.newest_id:
             tally.newest_id = tweet_id
         elif txn.get(key) is not None:
@@ -118,8 +113,8 @@ class InboxStore:
             return 0
         txn.put(key, raw)
         tally.size += 1
-        if tally.drifted():
-            self._store_if_drifted(txn, keys.inbox_meta(slot, owner), tally)
+        if not tally.marked:
+            self._mark(txn, owner, tally)
         return tally.size
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
@@ -134,10 +129,10 @@ class InboxStore:
         if txn.get(key) is None:
             return
         txn.delete(key)
-        meta_key = keys.inbox_meta(slot, owner)
-        tally = self._tally(txn, owner, slot, meta_key)
+        tally = self._tally(txn, owner, slot)
         tally.size = max(0, tally.size - 1)
-        self._store_if_drifted(txn, meta_key, tally)
+        if not tally.marked:
+            self._mark(txn, owner, tally)
 
     def remove_author(self, txn: Txn, owner: int, author: int) -> None:
         """Drop every copy by ``author`` (unfollow, or the author became a celebrity)."""
@@ -154,22 +149,17 @@ class InboxStore:
         meta = self._meta_at(txn, meta_key)
         if tweet_id > meta.exact_from:
             meta.exact_from = tweet_id
-            self._save_meta(txn, meta_key, meta, self._tally(txn, owner, slot, meta_key))
+            self._save_meta(txn, meta_key, meta, self._tally(txn, owner, slot))
 
     def trim(self, owner: int, cap: int) -> None:
-        """Cut the inbox to ``cap`` entries, oldest first; commits on its own.
-        The first trim after an inbox is loaded counts its keys, since its
-        tally may have started from a stored size that lagged."""
+        """Cut the inbox to ``cap`` entries, oldest first; commits on its own."""
         slot = slot_for_user(owner)
-        prefix, meta_key = keys.inbox_prefix(slot, owner), keys.inbox_meta(slot, owner)
         txn = self.store.txn()
-        tally = self._tally(txn, owner, slot, meta_key)
-        if not tally.counted:
-            tally.size = sum(1 for _ in self.store.scan(prefix, include_value=False))
-            tally.counted = True
+        tally = self._tally(txn, owner, slot)
         excess = tally.size - cap
         if excess <= 0:
             return
+        prefix, meta_key = keys.inbox_prefix(slot, owner), keys.inbox_meta(slot, owner)
         meta = self._meta_at(txn, meta_key)
         oldest_kept_floor = meta.exact_from
         for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
@@ -181,12 +171,15 @@ class InboxStore:
         txn.commit(sync=False)
 
     def store_tallies(self) -> int:
-        """Write every size that differs from its stored one, durably (at a
-        clean stop, so a restart trims on exact counts); returns how many."""
+        """Store the size of every inbox being counted and clear its
+        ``counting``, durably, so that a restart (or a copy of the store)
+        loads it without counting keys; returns how many. Call with no
+        transaction in progress: its puts would be stored as landed."""
         txn = self.store.txn()
         written = 0
-        for owner, tally in list(self.tallies.unstored()):
-            meta_key = keys.inbox_meta(slot_for_user(owner), owner)
+        for owner, tally in list(self.tallies.marked()):
+            meta_key = keys.inbox_meta(tally.slot, owner)
+            tally.marked = False
             self._save_meta(txn, meta_key, self._meta_at(txn, meta_key), tally)
             written += 1
         txn.commit(sync=True)

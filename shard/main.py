@@ -111,8 +111,10 @@ async def serve(args: argparse.Namespace) -> None:
     async def close() -> None:
         await worker.stop()
         await peers.close()
-        state.inbox.store_tallies()
-        state.store.close()
+        try:
+            state.inbox.store_tallies()
+        finally:
+            state.store.close()
 
     process.shutdown_hooks.append(close)
     await process.serve(f"murmur-shard {state.shard_id} serving on {{address}}")

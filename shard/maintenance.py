@@ -103,14 +103,15 @@ async def backup(state: ShardState, path: str) -> AsyncIterator[shard_pb2.Backup
 
     Restoring is starting ``murmur-shard --data-dir <path> --shard-id <same id>``
     (or copying the folder over a lost shard's data folder). The inbox
-    sizes counted in memory are stored first, so the copy holds exact ones.
+    sizes counted in memory are stored first, so the copy loads them without
+    counting keys.
     """
     if not path or not os.path.isabs(path):
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be absolute")
     if os.path.exists(path):
         raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"backup path {path} already exists")
-    target = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
     state.inbox.store_tallies()
+    target = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
     snapshot = state.store.db.snapshot()
     copied = 0
     try:

@@ -244,7 +244,7 @@ def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -
                 batch.delete(entry.key)
             else:
                 batch.put(entry.key, entry.value)
-    state.forget_cached()  # written around Txn: forget any copy of these keys
+    state.store.hot.clear()  # written around Txn: forget any copy of these keys
     return len(request.entries)
 
 
@@ -327,7 +327,7 @@ async def _drop_slots(state: ShardState, slots: set[int]) -> None:
             with db.write_batch() as batch:
                 for key in doomed:
                     batch.delete(key)
-            state.forget_cached()  # deleted around Txn: forget any copy of these keys
+            state.store.hot.clear()  # deleted around Txn: forget any copy of these keys
             await asyncio.sleep(0)
 
 

@@ -33,16 +33,12 @@ class ShardState:
         self.threshold_changed = False
         self.ownership.on_change.append(self._slots_changed)
 
-    def forget_cached(self) -> None:
-        """Drop every in-memory copy of stored data (the hot values and the
-        inbox tallies): for writers that go around ``Txn``, such as slot
-        import and drop."""
-        self.store.hot.clear()
-        self.inbox.tallies.clear()
-
     def _slots_changed(self, gained: set[int], lost: set[int]) -> None:
         for slot in gained | lost:
             self.clock.forget(slot)
+        # a slot's tallies leave with it: the inbox metadata that travels
+        # with the slot says which inboxes its next owner must count
+        self.inbox.tallies.forget_slots(gained | lost)
 
     @classmethod
     def open(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import plyvel
 
@@ -33,8 +33,9 @@ MISSING = object()
 
 
 class HotValues:
-    """Committed values of small keys that every fan-out entry reads (the
-    follower's edge, the inbox metadata), kept in memory so that read costs a
+    """Committed values of small keys read on hot paths (the follower's
+    edge, which every fan-out entry reads; the inbox metadata, which every
+    home read reads), kept in memory so that read costs a
     dict lookup instead of a LevelDB get (~2-5 µs once the shard holds a few
     million inbox entries). Only ``Txn.commit`` updates it, so a
     transaction that is dropped never leaves a value here that is not on
@@ -89,6 +90,9 @@ class Store:
         self.path = path
         self.captures: list[ChangeCapture] = []
         self.hot = HotValues()
+        # called when a commit's write fails: state kept in memory ahead of
+        # the commit (the inbox tallies) must be rebuilt from disk
+        self.on_failed_commit: list[Callable[[], None]] = []
         os.makedirs(path, exist_ok=True)
         self.db = plyvel.DB(
             path,
@@ -186,13 +190,18 @@ class Txn:
                 (key, value) for key, value in self.writes.items() if key[:2] in capture.prefixes
             )
         writes = self.writes
-        with self.store.db.write_batch(sync=sync) as batch:
-            put, delete = batch.put, batch.delete
-            for key, value in writes.items():
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
+        try:  # transaction=True: a batch that fails part-way writes nothing
+            with self.store.db.write_batch(sync=sync, transaction=True) as batch:
+                put, delete = batch.put, batch.delete
+                for key, value in writes.items():
+                    if value is None:
+                        delete(key)
+                    else:
+                        put(key, value)
+        except BaseException:
+            for hook in self.store.on_failed_commit:
+                hook()
+            raise
         self.hot.remember_all(self.hot_keys, writes)
         self.writes.clear()
         self.hot_keys.clear()

@@ -1,7 +1,8 @@
 """The in-memory copy of hot keys (edges, inbox metadata) and the inbox
 tallies: both skip LevelDB work on fan-out's hot path. The hot values must
-never disagree with what is on disk; the tallies may lag it, but an inbox
-is never cut on a count loaded from disk."""
+never disagree with what is on disk; the tallies run ahead of it, and
+whatever drops them (a crash, a failed commit, a slot that moves) leaves
+the inbox marked so that the next load counts it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.inbox import InboxStore
-from shard.inbox_tally import STORE_DRIFT, InboxTally, Tally
+from shard.inbox_tally import InboxTallies, Tally
 from shard.migration import _drop_slots, import_entries
 from shard.settings import ShardSettings
 from shard.state import ShardState
@@ -105,7 +106,7 @@ def test_remember_all_takes_each_value_and_stays_bounded() -> None:
     assert hot.lookup((0).to_bytes(4, "big")) is MISSING
 
 
-# the inbox tally: newest id and size in memory, stored lazily ----------------
+# the inbox tallies: newest id and size in memory ------------------------------
 
 
 def put(store: Store, inbox: InboxStore, tweet_id: int, owner: int = OWNER) -> int:
@@ -165,57 +166,97 @@ def test_a_loaded_inbox_learns_its_newest_id_from_its_first_key(store: Store) ->
     assert inbox_ids(store) == [600, 500, 450, 400]
 
 
-def test_the_size_is_stored_once_it_drifts(store: Store) -> None:
+def test_the_first_change_marks_the_inbox_counted_and_no_later_one_writes(
+    store: Store,
+) -> None:
     inbox = InboxStore(store)
-    for tweet_id in range(1, STORE_DRIFT):
+    put(store, inbox, 1)
+    assert stored_meta(store).counting and stored_meta(store).size == 1
+    for tweet_id in (2, 3, 4):
         put(store, inbox, tweet_id)
-    assert stored_meta(store).size == 0  # no metadata write per entry
-    put(store, inbox, STORE_DRIFT)
-    assert stored_meta(store).size == STORE_DRIFT
-    assert meta(store, inbox).size == STORE_DRIFT
+    assert stored_meta(store).size == 1  # no metadata write per entry
+    assert meta(store, inbox).size == 4 == len(inbox_ids(store))
 
 
-def test_a_clean_stop_stores_every_unstored_size(store: Store) -> None:
+def test_a_clean_stop_stores_every_counted_size(store: Store) -> None:
     inbox = InboxStore(store)
     for tweet_id in (1, 2, 3):
         put(store, inbox, tweet_id)
         put(store, inbox, tweet_id, owner=AUTHOR)
     assert inbox.store_tallies() == 2
-    assert stored_meta(store).size == 3 == stored_meta(store, AUTHOR).size
+    for owner in (OWNER, AUTHOR):
+        assert stored_meta(store, owner).size == 3 and not stored_meta(store, owner).counting
     assert inbox.store_tallies() == 0  # nothing left to store
+    put(store, inbox, 4)  # counting again: marked again
+    assert stored_meta(store).counting
 
 
-def test_after_a_crash_the_first_trim_recounts_a_lagging_size(store: Store) -> None:
+def test_after_a_crash_an_inbox_being_counted_is_counted_from_its_keys(store: Store) -> None:
     inbox = InboxStore(store)
     for tweet_id in range(1, 41):
         put(store, inbox, tweet_id)
-    assert stored_meta(store).size == 32  # the last 8 puts were never stored
     restarted = InboxStore(store)  # a crash: the tallies are gone, the entries are not
-    assert put(store, restarted, 41) == 33  # counts on from the stored size
+    assert put(store, restarted, 41) == 41
     restarted.trim(OWNER, 10)
     assert inbox_ids(store) == list(range(41, 31, -1))
     assert stored_meta(store).size == 10 and stored_meta(store).exact_from == 32
 
 
-def test_a_size_stored_too_high_cuts_nothing_it_should_keep(store: Store) -> None:
+def test_a_stored_size_is_trusted_only_when_not_being_counted(store: Store) -> None:
     slot = slot_for_user(OWNER)
     for tweet_id in (1, 2, 3):
         store.db.put(keys.inbox(slot, OWNER, tweet_id), tweet(tweet_id).SerializeToString())
-    store.db.put(keys.inbox_meta(slot, OWNER), shard_pb2.InboxMeta(size=100).SerializeToString())
+    counting = shard_pb2.InboxMeta(size=100, counting=True).SerializeToString()
+    store.db.put(keys.inbox_meta(slot, OWNER), counting)
+    assert put(store, InboxStore(store), 4) == 4  # counted from the keys
+    store.db.put(keys.inbox_meta(slot, OWNER), shard_pb2.InboxMeta(size=4).SerializeToString())
+    store.hot.clear()
+    assert put(store, InboxStore(store), 5) == 5  # the stored size, trusted
+
+
+def test_an_inbox_with_keys_but_no_metadata_is_counted(store: Store) -> None:
+    slot = slot_for_user(OWNER)
+    for tweet_id in (1, 2):
+        store.db.put(keys.inbox(slot, OWNER, tweet_id), tweet(tweet_id).SerializeToString())
+    assert put(store, InboxStore(store), 3) == 3
+
+
+def test_a_failed_commit_forgets_the_counts_it_made(store: Store) -> None:
     inbox = InboxStore(store)
-    assert put(store, inbox, 4) == 101  # past any threshold, so the caller trims
-    inbox.trim(OWNER, 10)
-    assert inbox_ids(store) == [4, 3, 2, 1]
-    assert meta(store, inbox).size == 4 and meta(store, inbox).exact_from == 0
+    put(store, inbox, 1)
+    txn = store.txn()
+    assert inbox.put(txn, OWNER, tweet(2)) == 2
+    txn.writes[b"not bytes"] = 7  # type: ignore[assignment]  # makes the batch fail
+    with pytest.raises(TypeError):
+        txn.commit(sync=False)
+    assert inbox.tallies.get(OWNER) is None
+    assert put(store, inbox, 3) == 2  # counted again from disk: tweet 2 never landed
 
 
-def test_tallies_are_bounded_and_reload_from_disk() -> None:
-    tallies = InboxTally(capacity=16)
+def test_tallies_are_bounded_and_forget_the_slots_that_move() -> None:
+    tallies = InboxTallies(capacity=16)
     for owner in range(100):
-        tallies.add(owner, Tally(newest_id=owner, size=1, stored_size=0, counted=True))
+        tallies.add(owner, Tally(newest_id=owner, size=1, slot=owner % 4, marked=owner % 2 == 0))
         assert len(tallies) <= 16
     assert tallies.get(99) is not None and tallies.get(0) is None
-    assert dict(tallies.unstored()).keys() == {o for o in range(100) if tallies.get(o)}
+    held = [owner for owner in range(100) if tallies.get(owner)]
+    assert [owner for owner, _ in tallies.marked()] == [o for o in held if o % 2 == 0]
+    tallies.forget_slots({1, 3})
+    assert [owner for owner in range(100) if tallies.get(owner)] == [o for o in held if o % 2 == 0]
+
+
+def test_a_slot_that_moves_away_takes_its_tallies(tmp_path: Path) -> None:
+    state = owned_state(tmp_path, owned=True)
+    txn = state.store.txn()
+    state.inbox.put(txn, OWNER, tweet(5))
+    txn.commit(sync=False)
+    assert state.inbox.tallies.get(OWNER) is not None
+    owners = [0] * 4096
+    owners[slot_for_user(OWNER)] = 1
+    state.ownership.adopt(shard_pb2.SlotMap(version=2, addresses={0: "a", 1: "b"}, owners=owners))
+    assert state.inbox.tallies.get(OWNER) is None
+    assert state.inbox.store_tallies() == 0  # nothing written into a slot it left
+    state.store.close()
 
 
 # writers that go around Txn forget the memory copy ------------------------------
@@ -233,7 +274,6 @@ def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> No
     slot = slot_for_user(OWNER)
     key = keys.inbox_meta(slot, OWNER)
     state.store.txn().get_hot(key)  # remembered as absent
-    state.inbox.put(state.store.txn(), OWNER, tweet(5))  # tallied as empty plus one
     fresh = shard_pb2.InboxMeta(size=7).SerializeToString()
     import_entries(
         state,
@@ -242,7 +282,6 @@ def test_import_and_drop_of_slots_forget_remembered_values(tmp_path: Path) -> No
         ),
     )
     assert state.store.txn().get_hot(key) == fresh
-    assert state.inbox.tallies.get(OWNER) is None  # counted again from the imported data
 
     asyncio.run(_drop_slots(state, {slot}))
     assert state.store.txn().get_hot(key) is None

@@ -878,6 +878,16 @@ def test_follow_sync_short_backfill_raises_exact_from(shard: Shard) -> None:
     assert list(page.pull_below_ids) == [fan, author]
 
 
+def test_a_backfill_past_the_cap_trims_the_inbox(open_shard) -> None:
+    shard = open_shard(inbox_cap=5)
+    author, fan = shard.create_user("author"), shard.create_user("fan")
+    shard.follow(fan, author)
+    tweets = [shard.post(author, f"t{n}") for n in range(8)][::-1]  # newest first
+    assert shard.deliver(follow_sync(author, [fan], False, 0, tweets=tweets)) == 8
+    assert shard.inbox_ids(fan) == [t.tweet_id for t in tweets[:5]]
+    assert tweets[5].tweet_id < shard.inbox(fan).exact_from <= tweets[4].tweet_id
+
+
 def test_deliver_op_of_unknown_kind_is_invalid_argument(shard: Shard) -> None:
     b = shard.create_user("b")
     newer_kind = shard_pb2.DeliveryOp.FromString(bytes([0x98, 0x06, 0x01]))  # field 99
