@@ -22,6 +22,7 @@ from shard.peers import PeerShards
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
 from shard.state import ShardState
+from shard.store import DEFAULT_WRITE_BUFFER_MB
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,11 +44,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="snappy-compress LevelDB tables: less disk, more CPU in compaction (off)",
     )
+    parser.add_argument(
+        "--write-buffer-mb",
+        type=write_buffer_mb,
+        default=DEFAULT_WRITE_BUFFER_MB,
+        help="MB of writes LevelDB holds in memory before writing a table; larger absorbs "
+        "fan-out bursts with less compaction, up to twice this in memory "
+        f"({DEFAULT_WRITE_BUFFER_MB})",
+    )
     tls.add_flags(parser)
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
+
+
+def write_buffer_mb(text: str) -> int:
+    """1 MB keeps LevelDB writing tables at all; past 1 GB a restart would
+    replay a log that long before serving."""
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be 1 to 1024 MB, got {value}")
+    return value
 
 
 def check_data_dir(path: str) -> None:
@@ -69,6 +87,7 @@ def open_state(args: argparse.Namespace, overrides: dict[str, int]) -> ShardStat
             ShardSettings(),
             overrides,
             compress_tables=args.compress_tables,
+            write_buffer_mb=args.write_buffer_mb,
         )
     except plyvel.Error as exc:
         raise SystemExit(f"cannot open the LevelDB in {args.data_dir}: {exc}") from None

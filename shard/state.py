@@ -12,7 +12,7 @@ from shard.inbox import InboxStore
 from shard.outbox import Outbox
 from shard.ownership import SlotOwnership
 from shard.settings import RUNTIME_FIELDS, ShardSettings, to_message
-from shard.store import Store
+from shard.store import DEFAULT_WRITE_BUFFER_MB, Store
 from shard.tweets import TweetStore
 from shard.users import UserStore
 
@@ -48,10 +48,11 @@ class ShardState:
         settings: ShardSettings | None = None,
         overrides: dict[str, int] | None = None,
         compress_tables: bool = False,
+        write_buffer_mb: int = DEFAULT_WRITE_BUFFER_MB,
     ) -> ShardState:
         """Open a shard's store. Settings: defaults, then what was stored by an
         earlier UpdateSettings, then ``overrides`` (flags given explicitly)."""
-        store = Store(data_dir, compress_tables=compress_tables)
+        store = Store(data_dir, compress_tables=compress_tables, write_buffer_mb=write_buffer_mb)
         settings = settings or ShardSettings()
         raw = store.get(keys.shard_meta("settings"))
         stored_threshold = None
