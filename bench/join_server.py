@@ -134,6 +134,23 @@ def build_db(
     return [i + 1 for i in range(len(handles))]
 
 
+def home_query_ms(path: Path | str, readers: list[int], repeats: int) -> list[float]:
+    """Milliseconds per home-timeline join run in this process on its own
+    connection: what the query costs without the gRPC call that carries it,
+    so a read's latency can be split into the two."""
+    db = connect(path)
+    try:
+        samples = []
+        for _ in range(repeats):
+            for reader in readers:
+                start = time.perf_counter()
+                db.execute(HOME_SQL, {"reader": reader, "before": NO_BOUND, "limit": 20}).fetchall()
+                samples.append((time.perf_counter() - start) * 1000.0)
+        return samples
+    finally:
+        db.close()
+
+
 def _timestamp(ms: int) -> Timestamp:
     stamp = Timestamp()
     stamp.FromMilliseconds(ms)

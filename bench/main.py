@@ -34,7 +34,7 @@ from typing import Any
 from bench import loader, probes
 from bench.cluster import JoinServer, MurmurCluster
 from bench.datasets import Graph, load_graph, load_texts
-from bench.join_server import build_db
+from bench.join_server import build_db, home_query_ms
 from bench.loadgen import MIX
 from bench.runner import PhaseRunner
 from bench.stats import BACKEND, summarize_ms
@@ -63,6 +63,9 @@ class Plan:
     sweep_tweets_per_author: int = 10
     sweep_readers_per_size: int = 2
     sweep_read_ops: int = 3000
+    join_query_repeats: int = 100  # in-process runs of the join per sweep reader
+    history_followees: int = 1000  # the join alone against each followee's history
+    history_depths: list[int] = field(default_factory=lambda: [10, 100])
     probes: int = 40
     burst_authors: int = 5
     burst_posts_per_author: int = 20
@@ -90,6 +93,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=2,
             sweep_readers_per_size=1,
             sweep_read_ops=100,
+            join_query_repeats=5,
+            history_followees=20,
+            history_depths=[2, 10],
             probes=4,
             burst_authors=2,
             burst_posts_per_author=3,
@@ -114,6 +120,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=5,
             sweep_readers_per_size=1,
             sweep_read_ops=1000,
+            join_query_repeats=20,
+            history_depths=[5, 50],
             probes=16,
             burst_authors=4,
             burst_posts_per_author=10,
@@ -544,6 +552,35 @@ class Bench:
             "rows": {"users": len(handles), "follows": len(edges), "tweets": len(tweets)},
         }
 
+    def join_query_alone(self, path: Path, sweep_readers: dict[int, list[int]]) -> dict:
+        """The join query's own latency per followee count, in-process, with
+        no server running: the rest of the join's read is its gRPC call."""
+        return {
+            str(size): summarize_ms(home_query_ms(path, readers, self.plan.join_query_repeats))
+            for size, readers in sweep_readers.items()
+        }
+
+    def join_history(self, folder: Path) -> dict:
+        """The join query alone for one reader of ``history_followees``
+        accounts holding each of ``history_depths`` tweets: does a deeper
+        history make the join slower? (SQLite walks each followee's tweets
+        newest first and stops once they can no longer enter the page.)"""
+        n = self.plan.history_followees
+        handles = [f"{self.tag}h{i}" for i in range(n)] + [f"{self.tag}hr"]
+        edges = [(n, i) for i in range(n)]
+        out = {}
+        for depth in self.plan.history_depths:
+            path = folder / f"history-{depth}.sqlite"
+            tweets = [
+                (i, self.texts[(i + k) % len(self.texts)]) for k in range(depth) for i in range(n)
+            ]
+            reader = build_db(path, handles, edges, tweets)[n]
+            samples = home_query_ms(path, [reader], self.plan.join_query_repeats * 2)
+            out[str(depth)] = summarize_ms(samples)
+            for file in folder.glob(f"{path.name}*"):  # with WAL's -wal and -shm
+                file.unlink()
+        return {"followees": n, "by_depth": out}
+
     async def join_check(self, system: System) -> dict:
         """The join server answers the same API correctly (a tiny scenario)."""
         async with loader.channel(system.target) as channel:
@@ -564,8 +601,11 @@ class Bench:
     async def run_join(self) -> dict:
         join_dir = self.work / "join"
         join_dir.mkdir(parents=True, exist_ok=True)
-        built = self.build_join_db(join_dir / "murmur-join.sqlite")
-        server = JoinServer(join_dir, join_dir / "murmur-join.sqlite").start()
+        db_path = join_dir / "murmur-join.sqlite"
+        built = self.build_join_db(db_path)
+        query_alone = self.join_query_alone(db_path, built["sweep_readers"])
+        history = self.join_history(join_dir)
+        server = JoinServer(join_dir, db_path).start()
         try:
             system = System("join", server.target, server.cpu)
             system.ids = built.pop("ids")
@@ -585,6 +625,8 @@ class Bench:
                 closed["post"][f"c{c}"] = await self.closed(system, {"post": 1.0}, c, f"post c{c}")
             out["closed_loop"] = closed
             out["followee_sweep"] = await self.sweep_reads(system)
+            out["followee_sweep_query_alone"] = query_alone
+            out["history"] = history
         finally:
             server.stop()
         return out
@@ -669,9 +711,25 @@ class Bench:
         await self.quiet(system)
         return mega, max(followers)
 
-    async def fanout_section(self, system: System, peak: float) -> dict:
+    async def own_mix_peak(self, system: System) -> dict:
+        """The mixed workload's closed-loop rate on ``system`` at the plan's
+        highest concurrency. "Half its peak" must be half of the cluster the
+        burst runs on: the hybrid cluster's peak, applied to the write-all
+        one (whose posts copy to every follower), kept 1.7 of 2 cores busy
+        before the burst began."""
+        c = max(self.plan.concurrencies)
+        result = await self.closed(system, MIX, c, f"mix c{c} (peak of this cluster)")
+        return {"concurrency": c, "throughput": result["throughput"], "closed_loop": result}
+
+    async def fanout_section(self, system: System, peak: float, measure_peak: bool = False) -> dict:
+        """Delivery latency and fan-out bursts while the mix runs at half of
+        ``peak`` (or of ``system``'s own peak, measured first, if
+        ``measure_peak``), then a burst on the idle cluster."""
         plan = self.plan
         out: dict[str, Any] = {}
+        if measure_peak:
+            out["mix_peak"] = await self.own_mix_peak(system)
+            peak = out["mix_peak"]["throughput"]
         mega = await self.add_mega(system)
         targets = self.probe_targets(system, plan.probes)
         if mega:
@@ -849,6 +907,9 @@ class Bench:
             t0 = time.monotonic()
             res["join"] = await self.run_join()
             res["followee_sweep"]["join"] = res["join"].pop("followee_sweep")
+            res["followee_sweep"]["join_query_alone"] = res["join"].pop(
+                "followee_sweep_query_alone"
+            )
             self.timings["join"] = time.monotonic() - t0
             # 3. strategies: pure fan-out on write, then pure fan-out on read
             if args.target:
@@ -871,7 +932,7 @@ class Bench:
                     self.timings[f"strategy_{label}"] = time.monotonic() - t0
                     if threshold == WRITE_ALL:
                         t0 = time.monotonic()
-                        res["fanout"] = await self.fanout_section(system, peak)
+                        res["fanout"] = await self.fanout_section(system, peak, measure_peak=True)
                         res["fanout"]["cluster"] = f"{label} (threshold {threshold})"
                         self.timings["fanout"] = time.monotonic() - t0
                     if self.remaining() < 0:

@@ -102,7 +102,8 @@ def targets(result: dict) -> list[dict]:
         ">= 100,000 inbox entries/s",
         rate,
         None if rate is None else rate >= 100_000,
-        f"mix at {_fmt(_get(result, 'fanout', 'background_mix', 'achieved_rate'))} ops/s",
+        f"mix at {_fmt(_get(result, 'fanout', 'background_mix', 'achieved_rate'))} ops/s, "
+        + _background_text(result.get("fanout") or {}),
     )
     d99 = _get(result, "fanout", "delivery", "all", "p99_ms")
     timed_out = _get(result, "fanout", "delivery", "timed_out", default=0)
@@ -140,6 +141,35 @@ def targets(result: dict) -> list[dict]:
             f"join {_fmt(j)} ms vs Murmur {_fmt(m)} ms",
         )
     return rows
+
+
+def _query_alone_text(result: dict) -> str:
+    """How the join's read splits into its query and its call, and whether a
+    deeper history per followee would slow the query."""
+    text = (
+        '"join query alone": the same SQL run in-process on the join\'s database, '
+        "no gRPC; the rest of the join's read is the call that carries it."
+    )
+    history = _get(result, "join", "history")
+    if history:
+        depths = ", ".join(
+            f"{_fmt(s.get('p50_ms'))} ms with {int(depth):,} tweets each"
+            for depth, s in history["by_depth"].items()
+        )
+        text += f" At {history['followees']:,} followees the query alone takes {depths}."
+    return text
+
+
+def _background_text(fan: dict) -> str:
+    """Where the background mix's rate came from, and how busy it kept the box."""
+    bg = fan.get("background_mix", {})
+    peak = fan.get("mix_peak")
+    source = (
+        f"half of this cluster's peak, {_fmt(peak['throughput'])} ops/s at c{peak['concurrency']}"
+        if peak
+        else "half of the hybrid cluster's peak"
+    )
+    return f"{source}; {_fmt(_get(bg, 'machine', 'busy_cores'))} cores busy"
 
 
 def markdown(result: dict) -> str:
@@ -218,17 +248,19 @@ def markdown(result: dict) -> str:
             "## Read latency against the reader's followees (ordinary accounts, c1)",
             "",
             "| followees | Murmur p50 ms | Murmur p99 ms | join p50 ms | join p99 ms |"
-            " join / Murmur p50 |",
-            "|---|---|---|---|---|---|",
+            " join / Murmur p50 | join query alone p50 ms |",
+            "|---|---|---|---|---|---|---|",
         ]
         for size in fs.get("sizes", []):
             m = _get(fs, "murmur", str(size), "ops", "home", default={})
             j = _get(fs, "join", str(size), "ops", "home", default={})
+            alone = _get(fs, "join_query_alone", str(size), "p50_ms")
             lines.append(
                 f"| {size:,} | {_fmt(m.get('p50_ms'))} | {_fmt(m.get('p99_ms'))} | "
                 f"{_fmt(j.get('p50_ms'))} | {_fmt(j.get('p99_ms'))} | "
-                f"{_fmt(_ratio(j.get('p50_ms'), m.get('p50_ms')))} |"
+                f"{_fmt(_ratio(j.get('p50_ms'), m.get('p50_ms')))} | {_fmt(alone)} |"
             )
+        lines += ["", _query_alone_text(result)]
     join = result.get("join")
     if join:
         lines += [
@@ -277,7 +309,8 @@ def markdown(result: dict) -> str:
         bg = fan.get("background_mix", {})
         lines.append(
             f"Background mix: offered {_fmt(bg.get('offered_rate'))}/s, achieved "
-            f"{_fmt(bg.get('achieved_rate'))}/s, p99 {_fmt(_get(bg, 'all_ops', 'p99_ms'))} ms."
+            f"{_fmt(bg.get('achieved_rate'))}/s, p99 {_fmt(_get(bg, 'all_ops', 'p99_ms'))} ms; "
+            f"{_background_text(fan)}."
         )
         lines += ["", "| burst | posts | inbox entries | span s | entries/s | method |"]
         lines += ["|---|---|---|---|---|---|"]

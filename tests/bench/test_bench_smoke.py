@@ -87,6 +87,11 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     for size in sweep["sizes"]:
         assert sweep["murmur"][str(size)]["ops"]["home"]["count"] > 0
         assert sweep["join"][str(size)]["ops"]["home"]["count"] > 0
+        assert sweep["join_query_alone"][str(size)]["count"] > 0
+    history = result["join"]["history"]
+    assert history["followees"] == 20
+    assert [int(d) for d in history["by_depth"]] == [2, 10]
+    assert all(s["count"] > 0 for s in history["by_depth"].values())
 
     assert result["join"]["check"]["ok"] is True
     assert set(result["strategies"]) == {"hybrid-500", "write-all", "read-all"}
@@ -96,6 +101,9 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         assert strategy["delivery"]["timed_out"] == 0
 
     fanout = result["fanout"]
+    peak = fanout["mix_peak"]["throughput"]  # the write-all cluster's own, measured first
+    assert peak > 0
+    assert fanout["background_mix"]["offered_rate"] == pytest.approx(max(5.0, peak / 2), rel=0.05)
     assert fanout["burst_idle"]["inbox_entries"] > 0
     assert fanout["burst_idle"]["missing_tweets"] == 0
     assert "entries_per_s" in fanout["burst_idle"]
@@ -106,6 +114,7 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
 
     markdown = (out / "smoke.md").read_text()
     assert "## Targets" in markdown and "met" in markdown
+    assert "join query alone" in markdown and "half of this cluster's peak" in markdown
     assert len(result["plots"]) == 5
     for name in result["plots"]:
         png = out / name
