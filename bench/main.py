@@ -23,6 +23,7 @@ import random
 import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ class Plan:
     sweep_tweets_per_author: int = 10
     sweep_readers_per_size: int = 2
     sweep_read_ops: int = 3000
+    paired_rounds: int = 5  # interleaved ping / home / post rounds for the ratios
+    paired_duration: float = 4.0
     join_query_repeats: int = 100  # in-process runs of the join per sweep reader
     history_followees: int = 1000  # the join alone against each followee's history
     history_depths: list[int] = field(default_factory=lambda: [10, 100])
@@ -93,6 +96,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=2,
             sweep_readers_per_size=1,
             sweep_read_ops=100,
+            paired_rounds=2,
+            paired_duration=0.4,
             join_query_repeats=5,
             history_followees=20,
             history_depths=[2, 10],
@@ -120,6 +125,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=5,
             sweep_readers_per_size=1,
             sweep_read_ops=1000,
+            paired_rounds=3,
+            paired_duration=2.0,
             join_query_repeats=20,
             history_depths=[5, 50],
             probes=16,
@@ -410,6 +417,33 @@ class Bench:
         return timings
 
     # main measurements -----------------------------------------------------------
+    async def side_by_side(self, system: System) -> dict:
+        """Ping, home reads and posts at the post concurrency (16) in
+        interleaved rounds; each ratio is taken within a round and the median
+        round's is reported. This box's slow spells last seconds (within one
+        run, home/Ping per 5-second round ranged 0.65-1.06), so two long
+        phases one after the other measure the spell as much as the code."""
+        c, rounds = self.plan.post_concurrency, []
+        for r in range(self.plan.paired_rounds):
+            row = {}
+            for op in ("ping", "home", "post"):
+                result = await self.closed(
+                    system,
+                    {op: 1.0},
+                    c,
+                    f"side by side {op} c{c} (round {r + 1}/{self.plan.paired_rounds})",
+                    duration=self.plan.paired_duration,
+                    tag=f"{self.tag}-pair{r}-{op}",  # request ids stay within 64 characters
+                )
+                row[op] = {
+                    "throughput": result["throughput"],
+                    "p99_ms": result["ops"][op]["p99_ms"],
+                    "ops_failed": result["ops_failed"],
+                }
+            rounds.append(row)
+            await self.quiet(system)  # the posts' fan-out, before the next Ping
+        return {"concurrency": c, "rounds": rounds, "ratios": paired_ratios(rounds)}
+
     async def main_phases(self, system: System) -> dict:
         plan = self.plan
         out: dict[str, dict] = {"ping": {}, "home": {}, "mix": {}, "post": {}}
@@ -886,6 +920,9 @@ class Bench:
             self.timings["closed_loop"] = time.monotonic() - t0
             peak = max(r["throughput"] for r in res["closed_loop"]["murmur"]["mix"].values())
             t0 = time.monotonic()
+            res["side_by_side"] = await self.side_by_side(system)
+            self.timings["side_by_side"] = time.monotonic() - t0
+            t0 = time.monotonic()
             res["rate_sweep"] = await self.rate_sweep(system, peak)
             self.timings["rate_sweep"] = time.monotonic() - t0
             t0 = time.monotonic()
@@ -953,6 +990,26 @@ class Bench:
         res["timings_s"]["total"] = round(time.monotonic() - self.started, 1)
         res["work_dir"] = str(self.work) if args.keep_work else None
         return res
+
+
+def paired_ratios(rounds: list[dict]) -> dict[str, dict]:
+    """Per-round ratios to Ping (throughput of home and post, p99 of home)
+    and their medians."""
+    pairs = {
+        "home_throughput": ("home", "throughput"),
+        "home_p99": ("home", "p99_ms"),
+        "post_throughput": ("post", "throughput"),
+    }
+    out = {}
+    for name, (op, field_name) in pairs.items():
+        ratios = [
+            r[op][field_name] / r["ping"][field_name] for r in rounds if r["ping"][field_name] > 0
+        ]
+        out[name] = {
+            "per_round": [round(x, 3) for x in ratios],
+            "median": round(statistics.median(ratios), 3) if ratios else None,
+        }
+    return out
 
 
 def median_round(results: list[dict]) -> dict:

@@ -27,6 +27,7 @@ SECTIONS = [
     "dataset",
     "load",
     "closed_loop",
+    "side_by_side",
     "rate_sweep",
     "followee_sweep",
     "join",
@@ -79,6 +80,15 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert set(mix["ops"]) == {"home", "user", "post"}
     assert set(mix["server_cpu_s"]) == {"router", "shard-0", "shard-1"}
     assert mix["loadgen_cpu_s"] > 0
+
+    paired = result["side_by_side"]
+    assert len(paired["rounds"]) == 2
+    for r in paired["rounds"]:
+        assert all(r[op]["throughput"] > 0 and r[op]["ops_failed"] == 0 for op in r)
+    for ratio in paired["ratios"].values():
+        assert len(ratio["per_round"]) == 2 and ratio["median"] > 0
+    home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))
+    assert home_target["measured"] == paired["ratios"]["home_throughput"]["median"]
 
     assert result["rate_sweep"]["steps"]
     assert "p99_crossing_rate" in result["rate_sweep"]

@@ -1,0 +1,57 @@
+"""The floor ratios: taken within each interleaved round, reported as the
+median round's, with the long phases' ratio kept beside it."""
+
+from __future__ import annotations
+
+from bench.main import paired_ratios
+from bench.report import targets
+
+
+def rounds(*rates: tuple[float, float, float]) -> list[dict]:
+    """(Ping, home, post) throughputs per round; p99s mirror them."""
+    return [
+        {
+            op: {"throughput": rate, "p99_ms": 1000.0 / rate, "ops_failed": 0}
+            for op, rate in zip(("ping", "home", "post"), r, strict=True)
+        }
+        for r in rates
+    ]
+
+
+def test_each_ratio_is_taken_within_its_round() -> None:
+    # a slow spell halves the second round: its ratios are the same as the others'
+    ratios = paired_ratios(rounds((1000, 900, 800), (500, 450, 400), (1000, 1100, 700)))
+    assert ratios["home_throughput"] == {"per_round": [0.9, 0.9, 1.1], "median": 0.9}
+    assert ratios["post_throughput"] == {"per_round": [0.8, 0.8, 0.7], "median": 0.8}
+    assert ratios["home_p99"]["median"] == round(1000 / 900, 3)
+
+
+def phases(ping: float, home: float, post: float) -> dict:
+    def phase(op: str, rate: float) -> dict:
+        return {"throughput": rate, "ops": {op: {"p99_ms": 20.0}}}
+
+    return {
+        "ping": {"c16": phase("ping", ping)},
+        "home": {"c16": phase("home", home)},
+        "post": {"c16": phase("post", post)},
+    }
+
+
+def test_the_targets_use_the_rounds_and_show_the_phases() -> None:
+    result = {
+        "closed_loop": {"murmur": phases(1000, 700, 800)},
+        "side_by_side": {
+            "concurrency": 16,
+            "ratios": paired_ratios(rounds((1000, 1050, 990), (900, 990, 950), (1200, 1100, 1300))),
+        },
+    }
+    home = next(t for t in targets(result) if t["target"].startswith("home-timeline throughput"))
+    assert home["measured"] == 1.05 and home["met"] is True
+    assert "median of 3 interleaved rounds" in home["note"] and "0.70" in home["note"]
+
+
+def test_without_rounds_the_phases_decide() -> None:
+    result = {"closed_loop": {"murmur": phases(1000, 700, 800)}}
+    found = {t["target"]: t for t in targets(result)}
+    assert found["home-timeline throughput vs floor (c16)"]["measured"] == 0.7
+    assert found["PostTweet throughput vs floor (c16)"]["met"] is False
