@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # make bench                 full run (under 20 minutes on 2 cores)
-# make bench ARGS=--quick     about two minutes; results in bench/results/
+# make bench ARGS=--quick     about three minutes; results in bench/results/
 bench: install
 	$(BIN)/murmur-bench $(ARGS)
 

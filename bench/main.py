@@ -418,15 +418,19 @@ class Bench:
 
     # main measurements -----------------------------------------------------------
     async def side_by_side(self, system: System) -> dict:
-        """Ping, home reads and posts at the post concurrency (16) in
-        interleaved rounds; each ratio is taken within a round and the median
-        round's is reported. This box's slow spells last seconds (within one
-        run, home/Ping per 5-second round ranged 0.65-1.06), so two long
-        phases one after the other measure the spell as much as the code."""
-        c, rounds = self.plan.post_concurrency, []
+        """Ping, home reads and posts at the post concurrency in interleaved
+        rounds; each ratio is taken within a round and the median of the
+        rounds' ratios is reported. This box's slow spells last seconds (in
+        one side-by-side run, the router's CPU per Ping was 522 µs in one
+        round and 812 µs in another), so two long phases one after the other
+        measure the spell as much as the code. Each round starts the order
+        one place later (Ping, home, post; home, post, Ping; ...) so that no
+        operation always runs first, and the cluster is let go idle after
+        posts, whose fan-out would otherwise run into the next phase."""
+        c, rounds, order = self.plan.post_concurrency, [], ("ping", "home", "post")
         for r in range(self.plan.paired_rounds):
             row = {}
-            for op in ("ping", "home", "post"):
+            for op in order[r % 3 :] + order[: r % 3]:
                 result = await self.closed(
                     system,
                     {op: 1.0},
@@ -440,8 +444,9 @@ class Bench:
                     "p99_ms": result["ops"][op]["p99_ms"],
                     "ops_failed": result["ops_failed"],
                 }
+                if op == "post":
+                    await self.quiet(system)
             rounds.append(row)
-            await self.quiet(system)  # the posts' fan-out, before the next Ping
         return {"concurrency": c, "rounds": rounds, "ratios": paired_ratios(rounds)}
 
     async def main_phases(self, system: System) -> dict:
@@ -747,12 +752,13 @@ class Bench:
 
     async def own_mix_peak(self, system: System) -> dict:
         """The mixed workload's closed-loop rate on ``system`` at the plan's
-        highest concurrency. "Half its peak" must be half of the cluster the
-        burst runs on: the hybrid cluster's peak, applied to the write-all
-        one (whose posts copy to every follower), kept 1.7 of 2 cores busy
-        before the burst began."""
+        highest concurrency: "half its peak" is half of the peak of the
+        cluster the burst runs on (write-all, where every post copies to every
+        follower but home reads pull nothing), not of the hybrid cluster's.
+        Waits for the mix's fan-out to finish before returning."""
         c = max(self.plan.concurrencies)
         result = await self.closed(system, MIX, c, f"mix c{c} (peak of this cluster)")
+        await self.quiet(system)
         return {"concurrency": c, "throughput": result["throughput"], "closed_loop": result}
 
     async def fanout_section(self, system: System, peak: float, measure_peak: bool = False) -> dict:
@@ -994,7 +1000,8 @@ class Bench:
 
 def paired_ratios(rounds: list[dict]) -> dict[str, dict]:
     """Per-round ratios to Ping (throughput of home and post, p99 of home)
-    and their medians."""
+    and their medians (with an even count of rounds, the mean of the middle
+    two)."""
     pairs = {
         "home_throughput": ("home", "throughput"),
         "home_p99": ("home", "p99_ms"),
@@ -1002,12 +1009,16 @@ def paired_ratios(rounds: list[dict]) -> dict[str, dict]:
     }
     out = {}
     for name, (op, field_name) in pairs.items():
-        ratios = [
-            r[op][field_name] / r["ping"][field_name] for r in rounds if r["ping"][field_name] > 0
-        ]
+        per_round = [
+            round(r[op][field_name] / r["ping"][field_name], 3)
+            if r["ping"][field_name] > 0
+            else None
+            for r in rounds
+        ]  # None keeps a round without Ping in its place
+        measured = [x for x in per_round if x is not None]
         out[name] = {
-            "per_round": [round(x, 3) for x in ratios],
-            "median": round(statistics.median(ratios), 3) if ratios else None,
+            "per_round": per_round,
+            "median": round(statistics.median(measured), 3) if measured else None,
         }
     return out
 

@@ -4,14 +4,14 @@ median round's, with the long phases' ratio kept beside it."""
 from __future__ import annotations
 
 from bench.main import paired_ratios
-from bench.report import targets
+from bench.report import markdown, targets
 
 
 def rounds(*rates: tuple[float, float, float]) -> list[dict]:
     """(Ping, home, post) throughputs per round; p99s mirror them."""
     return [
         {
-            op: {"throughput": rate, "p99_ms": 1000.0 / rate, "ops_failed": 0}
+            op: {"throughput": rate, "p99_ms": 1000.0 / rate if rate else 0.0, "ops_failed": 0}
             for op, rate in zip(("ping", "home", "post"), r, strict=True)
         }
         for r in rates
@@ -55,3 +55,37 @@ def test_without_rounds_the_phases_decide() -> None:
     found = {t["target"]: t for t in targets(result)}
     assert found["home-timeline throughput vs floor (c16)"]["measured"] == 0.7
     assert found["PostTweet throughput vs floor (c16)"]["met"] is False
+
+
+def test_a_round_without_ping_keeps_the_others_in_their_places() -> None:
+    ratios = paired_ratios(rounds((1000, 900, 800), (0.0, 450, 400), (1000, 1100, 700)))
+    assert ratios["home_throughput"] == {"per_round": [0.9, None, 1.1], "median": 1.0}
+    paired = {
+        "concurrency": 16,
+        "rounds": rounds((1000, 900, 800), (1, 450, 400), (1000, 1100, 700)),
+        "ratios": ratios,
+    }
+    lines = [line for line in markdown({"side_by_side": paired}).splitlines() if line[:4] == "| 3 "]
+    assert lines and "1.10" in lines[0]  # round 3's ratio on round 3's line
+
+
+def test_the_p99_ratio_is_a_ceiling_on_the_paired_path_too() -> None:
+    # home p99 / Ping p99 = Ping rate / home rate here: 1000/600 in every round
+    result = {
+        "closed_loop": {"murmur": phases(1000, 700, 800)},
+        "side_by_side": {
+            "concurrency": 16,
+            "ratios": paired_ratios(rounds((1000, 600, 900), (1000, 600, 900))),
+        },
+    }
+    p99 = next(t for t in targets(result) if t["target"].startswith("home-timeline p99"))
+    assert p99["measured"] == round(1000 / 600, 3) and p99["met"] is False
+
+
+def test_rounds_without_any_ping_fall_back_to_the_phases_and_say_so() -> None:
+    result = {
+        "closed_loop": {"murmur": phases(1000, 1100, 800)},
+        "side_by_side": {"concurrency": 8, "ratios": paired_ratios(rounds((0.0, 450, 400)))},
+    }
+    home = next(t for t in targets(result) if t["target"].startswith("home-timeline throughput"))
+    assert home["target"].endswith("(c16)") and home["measured"] == 1.1 and home["met"] is True
