@@ -184,22 +184,15 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
         "| round | Ping/s | home/s | post/s | home / Ping | home p99 / Ping p99 | post / Ping |",
         "|---|---|---|---|---|---|---|",
     ]
-    ratios = paired["ratios"]
+    ratios = list(paired["ratios"].values())  # home/Ping, home p99/Ping p99, post/Ping
     for i, r in enumerate(paired["rounds"]):
-        per = [ratios[k]["per_round"] for k in ("home_throughput", "home_p99", "post_throughput")]
         lines.append(
             f"| {i + 1} | {_fmt(r['ping']['throughput'])} | {_fmt(r['home']['throughput'])} | "
             f"{_fmt(r['post']['throughput'])} | "
-            + " | ".join(_fmt(p[i] if i < len(p) else None, 3) for p in per)
+            + " | ".join(_fmt(ratio["per_round"][i], 3) for ratio in ratios)
             + " |"
         )
-    lines.append(
-        "| median | | | | "
-        + " | ".join(
-            _fmt(ratios[k]["median"], 3) for k in ("home_throughput", "home_p99", "post_throughput")
-        )
-        + " |"
-    )
+    lines.append("| median | | | | " + " | ".join(_fmt(r["median"], 3) for r in ratios) + " |")
     return lines
 
 
