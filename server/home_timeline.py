@@ -163,21 +163,29 @@ async def pull_into_copies(
     return pulled, missing
 
 
-def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines, aging: list[int]) -> None:
-    """Renew copies past half their life: per shard, one call at a time and
-    at most one per half-life, carrying every copy noticed aging meanwhile."""
-    for shard_id, ids in pool.table.group_users(aging).items():
-        due = copies.due_refresh(shard_id, ids)
-        if not due:
+def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines) -> None:
+    """A read found a copy past half its life: renew every copy reads want,
+    at most once per half-life, one call per shard (a shard whose last
+    renewal is still out is left to the next round)."""
+    wanted = copies.renewals()
+    if not wanted:
+        return
+    for shard_id, ids in pool.table.group_users(wanted).items():
+        if not copies.start_refresh(shard_id):
             continue
-        task = asyncio.get_running_loop().create_task(_refresh(pool, copies, shard_id, due))
+        task = asyncio.get_running_loop().create_task(_refresh(pool, copies, shard_id, ids))
         _REFRESHES.add(task)  # keep a reference until it is done
         task.add_done_callback(_REFRESHES.discard)
 
 
 async def _refresh(pool: ShardPool, copies: CelebrityTimelines, shard_id: int, ids: list[int]):
+    """Renew one shard's copies, in as many calls as the per-call tweet cap
+    needs (a single call of more would be pulled uncopied)."""
+    per_call = MAX_PER_AUTHOR_TWEETS // copies.depth
     try:
-        await pull_into_copies(pool, copies, {shard_id: ids}, copies.depth, PULL_BUDGET_S)
+        for start in range(0, len(ids), per_call):
+            group = {shard_id: ids[start : start + per_call]}
+            await pull_into_copies(pool, copies, group, copies.depth, PULL_BUDGET_S)
     except Exception as exc:  # the copies then expire and readers pull themselves
         log.debug("background refresh from shard %d failed: %s", shard_id, exc)
     finally:
@@ -205,7 +213,7 @@ async def merge_home(
     if copies is not None and copies.serves(before_id, limit):
         copied, celebrities, aging = copies.lookup(celebrities)
         if aging:
-            refresh_in_background(pool, copies, aging)
+            refresh_in_background(pool, copies)
         if celebrities:
             groups = table.group_users(celebrities)
             pulls.append(pull_into_copies(pool, copies, groups, limit, timeout))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from murmur.v1 import murmur_pb2 as pb
+from server import home_timeline
 from server.celebrity_cache import CelebrityTimelines
 from server.servicer import MurmurServicer
 from tests.timeline.memory_cluster import FakeContext
@@ -89,6 +90,78 @@ def test_copies_are_renewed_in_the_background(make_cluster, loop):
     cluster.pool.calls.clear()
     model.check_home(reader, pages=1)
     assert pulls(cluster) == 0
+
+
+def test_a_renewal_round_takes_every_copy_read_lately_not_only_the_aging_one(make_cluster, loop):
+    """fan0 reads star0's copy while it is young; fan1 then finds star1's
+    aging. The round fan1 starts renews star0's too, so fan0's next read,
+    past the first copy's life, pulls nothing."""
+    cluster, clock, model, names = setup(make_cluster, loop)
+    model.follow("fan0", names[0])
+    model.follow("fan1", names[1])
+    model.settle()
+    model.check_home(model.user("reader"), pages=1)  # every copy filled now
+    clock.now += TTL * 0.4
+    model.check_home(model.user("fan0"), pages=1)  # young: wanted, not renewed
+    clock.now += TTL * 0.2
+    cluster.pool.calls.clear()
+    model.check_home(model.user("fan1"), pages=1)  # aging: a round begins
+    for _ in range(5):
+        model.run(asyncio.sleep(0))
+    renewed = {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
+    assert cluster.shard_of(model.user(names[0])) in renewed
+    assert pulls(cluster) == len(renewed)  # one call per shard
+    clock.now += TTL * 0.5  # the first copies have expired
+    cluster.pool.calls.clear()
+    model.check_home(model.user("fan0"), pages=1)
+    assert pulls(cluster) == 0
+
+
+def test_a_renewal_bigger_than_one_call_may_carry_goes_in_several(make_cluster, loop, monkeypatch):
+    """A call carries at most MAX_PER_AUTHOR_TWEETS tweets (here: one
+    celebrity's copy): a round renews a shard's copies in as many calls, and
+    keeps them all."""
+    cluster, clock, model, names = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1)
+    monkeypatch.setattr(
+        home_timeline, "MAX_PER_AUTHOR_TWEETS", cluster.router.celebrity_copies.depth
+    )
+    clock.now += TTL * 0.6
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=1)
+    for _ in range(10):
+        model.run(asyncio.sleep(0))
+    assert pulls(cluster) == len(names)  # one call per celebrity
+    clock.now += TTL * 0.45
+    cluster.pool.calls.clear()
+    model.check_home(reader, pages=1)
+    assert pulls(cluster) == 0
+
+
+def test_renewals_take_what_reads_wanted_within_a_life_once_per_half_life() -> None:
+    clock = Clock()
+    copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
+    tweet = (1, pb.Tweet(tweet_id=1, user_id=7, text="hi").SerializeToString())
+    copies.store(clock(), {7: [tweet], 8: [tweet]})
+    clock.now += TTL * 0.2
+    assert copies.lookup([7])[2] is False  # young: no reason to renew yet
+    clock.now += TTL * 0.4
+    assert copies.lookup([8])[2] is True
+    assert sorted(copies.renewals()) == [7, 8]
+    assert copies.renewals() == []  # a round began within the last half-life
+    clock.now += TTL * 0.9
+    assert copies.renewals() == [8]  # 7 was last wanted over a life ago
+    clock.now += TTL * 2
+    assert copies.renewals() == []  # nobody reads them now: nothing to renew
+
+
+def test_one_renewal_per_shard_at_a_time() -> None:
+    copies = CelebrityTimelines(ttl_s=TTL, clock=Clock())
+    assert copies.start_refresh(1) and copies.start_refresh(2)
+    assert not copies.start_refresh(1)
+    copies.refresh_done(1)
+    assert copies.start_refresh(1)
 
 
 def test_pages_further_back_are_pulled_exactly(make_cluster, loop):
