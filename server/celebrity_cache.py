@@ -14,16 +14,19 @@ delivers it (tens of milliseconds). Writes through this router drop the
 author's copy at once. ``ttl_s = 0`` turns the cache off. Only first pages
 use it; scrolling further back always pulls.
 
-Renewal: reads drive it, so an idle router makes no calls. Once a read
-finds a copy past half its life, and at most once per half-life, every
-celebrity some read wanted within the last ``ttl_s`` is renewed, one call
-per shard. Renewing only the copies a read happened to see aging left the
-others to expire between reads: on the benchmark's graph at c16, home reads
-then pulled 0.21 celebrities each themselves, against 0.01 this way.
+Renewal: reads drive it, so an idle router makes no calls. When a read
+finds a copy past half its life, every celebrity some read wanted within the
+last ``ttl_s`` is renewed from each shard whose last renewal began at least
+a half-life ago and has returned: one call per shard, or a few when its
+copies pass the per-call tweet cap. Renewing only the copies a read
+happened to see aging left the others to expire between reads: on the
+benchmark's graph at c16, home reads then pulled 0.21 celebrities each
+themselves, against 0.01 this way.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections.abc import Callable
@@ -59,8 +62,10 @@ class CelebrityTimelines:
         self.clock = clock
         self._copies: dict[int, tuple[float, list[RawTweet]]] = {}
         self._refreshing: set[int] = set()  # shards with a background refresh in flight
-        self._last_round = float("-inf")  # when the last renewal round began
+        self._started: dict[int, float] = {}  # shard -> when its last renewal began
+        self._last_look = float("-inf")  # when renewals() last listed the wanted
         self._wanted_at: dict[int, float] = {}  # celebrity -> the last read that wanted it
+        self._prune_at = capacity  # _wanted_at's size that makes store() prune it
         self._fills = 0  # pulls in flight whose results will be kept
         self._forgotten: dict[int, float] = {}  # author -> when, while pulls are in flight
         self.hits = 0
@@ -114,7 +119,7 @@ class CelebrityTimelines:
         there are), except those who wrote through this router after the
         pull began: their copy could miss that write."""
         copies = self._copies
-        if len(self._wanted_at) > self.capacity:  # reads that found no copy to age
+        if len(self._wanted_at) > self._prune_at:  # reads that found no copy to age
             self._forget_unwanted(self.clock())
         for celebrity, tweets in pulled.items():
             if self._forgotten.get(celebrity, float("-inf")) >= fetched_at:
@@ -125,26 +130,38 @@ class CelebrityTimelines:
             copies[celebrity] = (fetched_at, tweets)
 
     def renewals(self) -> list[int]:
-        """The celebrities to renew now: every one a read wanted within the
-        last ``ttl_s``, if a round may begin (none began within the last
-        half-life), else none. Call when a read found a copy aging."""
+        """The celebrities to renew: every one a read wanted within the last
+        ``ttl_s`` (the latest ``capacity`` of them), or none if they were
+        listed within the last quarter-life. Call when a read found a copy
+        aging; ``start_refresh`` then says which shards are due. The list is
+        taken twice per half-life so that a shard skipped because its last
+        renewal was still out is taken up soon after it returns."""
         now = self.clock()
-        if now - self._last_round < self.ttl_s / 2:
+        if now - self._last_look < self.ttl_s / 4:
             return []
-        self._last_round = now
+        self._last_look = now
         self._forget_unwanted(now)
-        return list(self._wanted_at)
+        wanted = self._wanted_at
+        if len(wanted) > self.capacity:
+            return heapq.nlargest(self.capacity, wanted, key=wanted.__getitem__)
+        return list(wanted)
 
     def _forget_unwanted(self, now: float) -> None:
         cutoff = now - self.ttl_s
         self._wanted_at = {c: at for c, at in self._wanted_at.items() if at >= cutoff}
+        self._prune_at = max(self.capacity, 2 * len(self._wanted_at))
 
     def start_refresh(self, shard_id: int) -> bool:
-        """Whether a renewal from ``shard_id`` may start (none in flight);
-        pair a True with ``refresh_done``."""
+        """Whether a renewal from ``shard_id`` may start now: none is in
+        flight and none began within the last half-life. Pair a True with
+        ``refresh_done``."""
+        now = self.clock()
         if shard_id in self._refreshing:
             return False
+        if now - self._started.get(shard_id, float("-inf")) < self.ttl_s / 2:
+            return False
         self._refreshing.add(shard_id)
+        self._started[shard_id] = now
         return True
 
     def refresh_done(self, shard_id: int) -> None:

@@ -128,6 +128,11 @@ async def pull_raw(
     return as_raw(tweets), missing
 
 
+def copies_per_call(copies: CelebrityTimelines) -> int:
+    """How many celebrities' copies one PullTimelines call may carry."""
+    return max(1, MAX_PER_AUTHOR_TWEETS // copies.depth)
+
+
 async def pull_into_copies(
     pool: ShardPool,
     copies: CelebrityTimelines,
@@ -138,7 +143,7 @@ async def pull_into_copies(
     """Pull celebrities the router has no fresh copy of, each one's newest
     ``copies.depth`` tweets, and keep them. A shard holding more of them
     than one per-author call may carry is pulled the plain way, uncopied."""
-    per_call = MAX_PER_AUTHOR_TWEETS // copies.depth
+    per_call = copies_per_call(copies)
     copied = {shard: ids for shard, ids in groups.items() if len(ids) <= per_call}
     plain = {shard: ids for shard, ids in groups.items() if len(ids) > per_call}
     pulls = [pull_groups(pool, copied, 0, copies.depth, timeout, per_author=True)]
@@ -164,9 +169,8 @@ async def pull_into_copies(
 
 
 def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines) -> None:
-    """A read found a copy past half its life: renew every copy reads want,
-    at most once per half-life, one call per shard (a shard whose last
-    renewal is still out is left to the next round)."""
+    """A read found a copy past half its life: renew the copies reads want,
+    from each shard that is due (``CelebrityTimelines.start_refresh``)."""
     wanted = copies.renewals()
     if not wanted:
         return
@@ -179,17 +183,24 @@ def refresh_in_background(pool: ShardPool, copies: CelebrityTimelines) -> None:
 
 
 async def _refresh(pool: ShardPool, copies: CelebrityTimelines, shard_id: int, ids: list[int]):
-    """Renew one shard's copies, in as many calls as the per-call tweet cap
-    needs (a single call of more would be pulled uncopied)."""
-    per_call = MAX_PER_AUTHOR_TWEETS // copies.depth
+    """Renew one shard's copies: one call, or several in parallel when they
+    pass the per-call tweet cap (one call of more would be pulled uncopied).
+    A failed call is left alone: its copies expire and their readers pull
+    (and re-learn the slot map, if that was stale)."""
+    per_call = copies_per_call(copies)
+    calls = [
+        pull_into_copies(
+            pool, copies, {shard_id: ids[i : i + per_call]}, copies.depth, PULL_BUDGET_S
+        )
+        for i in range(0, len(ids), per_call)
+    ]
     try:
-        for start in range(0, len(ids), per_call):
-            group = {shard_id: ids[start : start + per_call]}
-            await pull_into_copies(pool, copies, group, copies.depth, PULL_BUDGET_S)
-    except Exception as exc:  # the copies then expire and readers pull themselves
-        log.debug("background refresh from shard %d failed: %s", shard_id, exc)
+        results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
         copies.refresh_done(shard_id)
+    for result in results:
+        if isinstance(result, Exception):
+            log.debug("background refresh from shard %d failed: %s", shard_id, result)
 
 
 async def merge_home(

@@ -92,26 +92,24 @@ def test_copies_are_renewed_in_the_background(make_cluster, loop):
     assert pulls(cluster) == 0
 
 
-def test_a_renewal_round_takes_every_copy_read_lately_not_only_the_aging_one(make_cluster, loop):
-    """fan0 reads star0's copy while it is young; fan1 then finds star1's
-    aging. The round fan1 starts renews star0's too, so fan0's next read,
-    past the first copy's life, pulls nothing."""
+def test_a_renewal_round_takes_every_copy_reads_want_not_only_the_aging_one(make_cluster, loop):
+    """fan1 finds star1's copy aging; the round that begins renews star0's
+    copy too, which a read wanted within its life but none saw aging, so
+    fan0's read past the first copy's life pulls nothing."""
     cluster, clock, model, names = setup(make_cluster, loop)
     model.follow("fan0", names[0])
     model.follow("fan1", names[1])
     model.settle()
-    model.check_home(model.user("reader"), pages=1)  # every copy filled now
-    clock.now += TTL * 0.4
-    model.check_home(model.user("fan0"), pages=1)  # young: wanted, not renewed
-    clock.now += TTL * 0.2
+    model.check_home(model.user("reader"), pages=1)  # every copy filled and wanted
+    clock.now += TTL * 0.6
     cluster.pool.calls.clear()
-    model.check_home(model.user("fan1"), pages=1)  # aging: a round begins
+    model.check_home(model.user("fan1"), pages=1)  # star1's copy is aging: a round
     for _ in range(5):
         model.run(asyncio.sleep(0))
     renewed = {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
     assert cluster.shard_of(model.user(names[0])) in renewed
     assert pulls(cluster) == len(renewed)  # one call per shard
-    clock.now += TTL * 0.5  # the first copies have expired
+    clock.now += TTL * 0.45  # the first copies have expired, the renewed ones are young
     cluster.pool.calls.clear()
     model.check_home(model.user("fan0"), pages=1)
     assert pulls(cluster) == 0
@@ -139,7 +137,31 @@ def test_a_renewal_bigger_than_one_call_may_carry_goes_in_several(make_cluster, 
     assert pulls(cluster) == 0
 
 
-def test_renewals_take_what_reads_wanted_within_a_life_once_per_half_life() -> None:
+def test_a_failed_renewal_leaves_its_shard_free_for_the_next(make_cluster, loop, monkeypatch):
+    cluster, clock, model, names = setup(make_cluster, loop)
+    reader = model.user("reader")
+    model.check_home(reader, pages=1)
+    broken = cluster.shard_of(model.user(names[0]))
+    real_call = cluster.pool.call
+    failed = []
+
+    async def failing_call(shard_id, method, request, timeout):
+        if shard_id == broken and method == "PullTimelines":
+            failed.append(shard_id)
+            raise RuntimeError("the renewal breaks")
+        return await real_call(shard_id, method, request, timeout)
+
+    monkeypatch.setattr(cluster.pool, "call", failing_call)
+    clock.now += TTL * 0.6
+    model.check_home(reader, pages=1)  # served from copies; the round's call breaks
+    for _ in range(5):
+        model.run(asyncio.sleep(0))
+    assert failed == [broken]
+    clock.now += TTL * 0.55
+    assert cluster.router.celebrity_copies.start_refresh(broken)
+
+
+def test_renewals_list_what_reads_wanted_within_a_life() -> None:
     clock = Clock()
     copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
     tweet = (1, pb.Tweet(tweet_id=1, user_id=7, text="hi").SerializeToString())
@@ -149,18 +171,34 @@ def test_renewals_take_what_reads_wanted_within_a_life_once_per_half_life() -> N
     clock.now += TTL * 0.4
     assert copies.lookup([8])[2] is True
     assert sorted(copies.renewals()) == [7, 8]
-    assert copies.renewals() == []  # a round began within the last half-life
+    assert copies.renewals() == []  # listed within the last quarter-life
     clock.now += TTL * 0.9
     assert copies.renewals() == [8]  # 7 was last wanted over a life ago
     clock.now += TTL * 2
     assert copies.renewals() == []  # nobody reads them now: nothing to renew
 
 
-def test_one_renewal_per_shard_at_a_time() -> None:
-    copies = CelebrityTimelines(ttl_s=TTL, clock=Clock())
+def test_a_round_takes_the_latest_wanted_up_to_the_capacity() -> None:
+    clock = Clock()
+    copies = CelebrityTimelines(ttl_s=TTL, capacity=3, clock=clock)
+    for celebrity in range(1, 6):
+        clock.now += TTL / 10
+        copies.lookup([celebrity])
+    assert sorted(copies.renewals()) == [3, 4, 5]
+
+
+def test_a_shard_is_renewed_once_per_half_life_and_one_call_at_a_time() -> None:
+    clock = Clock()
+    copies = CelebrityTimelines(ttl_s=TTL, clock=clock)
     assert copies.start_refresh(1) and copies.start_refresh(2)
-    assert not copies.start_refresh(1)
+    clock.now += TTL
+    assert not copies.start_refresh(1)  # still out
     copies.refresh_done(1)
+    assert copies.start_refresh(1)
+    copies.refresh_done(1)
+    clock.now += TTL * 0.4
+    assert not copies.start_refresh(1)  # began within the last half-life
+    clock.now += TTL * 0.15
     assert copies.start_refresh(1)
 
 
