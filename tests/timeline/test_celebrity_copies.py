@@ -45,6 +45,16 @@ def pulls(cluster) -> int:
     return sum(n for (method, _), n in cluster.pool.calls.items() if method == "PullTimelines")
 
 
+def renewed_shards(cluster) -> set[int]:
+    return {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
+
+
+def let_renewals_run(model) -> None:
+    """Give the background renewals a few turns of the loop to finish."""
+    for _ in range(10):
+        model.run(asyncio.sleep(0))
+
+
 def test_first_pages_come_from_copies_without_pulls(make_cluster, loop):
     cluster, _clock, model, _ = setup(make_cluster, loop)
     reader = model.user("reader")
@@ -82,9 +92,8 @@ def test_copies_are_renewed_in_the_background(make_cluster, loop):
     clock.now += TTL * 0.6  # past half its life: served, and renewed meanwhile
     cluster.pool.calls.clear()
     model.check_home(reader, pages=1)
-    for _ in range(5):
-        model.run(asyncio.sleep(0))
-    renewed = {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
+    let_renewals_run(model)
+    renewed = renewed_shards(cluster)
     assert renewed and pulls(cluster) == len(renewed)  # one call per shard, not per read
     clock.now += TTL * 0.45  # the first copies have expired, the renewed ones are young
     cluster.pool.calls.clear()
@@ -104,9 +113,8 @@ def test_a_renewal_round_takes_every_copy_reads_want_not_only_the_aging_one(make
     clock.now += TTL * 0.6
     cluster.pool.calls.clear()
     model.check_home(model.user("fan1"), pages=1)  # star1's copy is aging: a round
-    for _ in range(5):
-        model.run(asyncio.sleep(0))
-    renewed = {shard for (method, shard) in cluster.pool.calls if method == "PullTimelines"}
+    let_renewals_run(model)
+    renewed = renewed_shards(cluster)
     assert cluster.shard_of(model.user(names[0])) in renewed
     assert pulls(cluster) == len(renewed)  # one call per shard
     clock.now += TTL * 0.45  # the first copies have expired, the renewed ones are young
@@ -128,8 +136,7 @@ def test_a_renewal_bigger_than_one_call_may_carry_goes_in_several(make_cluster, 
     clock.now += TTL * 0.6
     cluster.pool.calls.clear()
     model.check_home(reader, pages=1)
-    for _ in range(10):
-        model.run(asyncio.sleep(0))
+    let_renewals_run(model)
     assert pulls(cluster) == len(names)  # one call per celebrity
     clock.now += TTL * 0.45
     cluster.pool.calls.clear()
@@ -154,8 +161,7 @@ def test_a_failed_renewal_leaves_its_shard_free_for_the_next(make_cluster, loop,
     monkeypatch.setattr(cluster.pool, "call", failing_call)
     clock.now += TTL * 0.6
     model.check_home(reader, pages=1)  # served from copies; the round's call breaks
-    for _ in range(5):
-        model.run(asyncio.sleep(0))
+    let_renewals_run(model)
     assert failed == [broken]
     clock.now += TTL * 0.55
     assert cluster.router.celebrity_copies.start_refresh(broken)
