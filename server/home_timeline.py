@@ -45,23 +45,28 @@ def merged_page(
     by id (later copies win: pulled originals over inbox copies).
 
     Merging goes by the ids alone (``page_ids``) and builds the answer from
-    serialized tweets, re-serializing only the inbox tweets that made the
-    page: opening and copying every candidate message cost ~2x as much, and
-    ~70% of home reads on the benchmark's graph follow a celebrity."""
-    tweets = inbox.page.tweets
+    serialized tweets: opening and copying every candidate message cost ~2x
+    as much, and ~70% of home reads on the benchmark's graph follow a
+    celebrity. The inbox page comes serialized (``page_raw``) from shards
+    that were asked for it; from an older shard's ``page`` only the tweets
+    that made the answer are serialized again."""
     ids = inbox.page_ids
-    if len(ids) != len(tweets):
+    raws = inbox.page_raw
+    tweets = inbox.page.tweets
+    held = len(raws) or len(tweets)
+    if len(ids) != held or (raws and tweets):
         raise ServiceError(
             grpc.StatusCode.INTERNAL,
-            f"ReadInbox answered {len(tweets)} tweets with {len(ids)} page_ids",
+            f"ReadInbox answered {len(tweets)} tweets and {len(raws)} serialized"
+            f" with {len(ids)} page_ids",
         )
-    by_id: dict[int, int | bytes] = dict(zip(ids, range(len(ids)), strict=True))
+    by_id: dict[int, int | bytes] = dict(zip(ids, raws or range(held), strict=True))
     by_id.update(others)
-    raws = []
+    chosen = []
     for tweet_id in sorted(by_id, reverse=True)[:limit]:
         entry = by_id[tweet_id]
-        raws.append(entry if isinstance(entry, bytes) else tweets[entry].SerializeToString())
-    return murmur_pb2.TimelineResponse.FromString(repeated_field(raws))
+        chosen.append(entry if isinstance(entry, bytes) else tweets[entry].SerializeToString())
+    return murmur_pb2.TimelineResponse.FromString(repeated_field(chosen))
 
 
 def as_raw(tweets: Iterable[murmur_pb2.Tweet]) -> list[RawTweet]:

@@ -314,6 +314,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             before_id=before,
             limit=limit,
             skip_local_celebrities=copies is not None and copies.serves(before, limit),
+            raw_page=True,
         )
         inbox = await self._user_call(reader, "ReadInbox", request, context)
         try:

@@ -323,12 +323,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             merged_celebrity_ids=here,
             page_ids=[tweet_id for tweet_id, _ in entries],
         )
-        response.page.MergeFromString(raw_tweets.repeated_field(raw for _, raw in entries))
         if short and meta.exact_from > 0:
             celebrity_set = set(celebrities)
             ordinary = [u for u in state.graph.followees(reader) if u not in celebrity_set]
             response.needs_pull_below = True
             response.pull_below_ids.extend([reader, *ordinary])
+        if request.raw_page and (response.celebrity_ids or response.needs_pull_below):
+            response.page_raw.extend([raw for _, raw in entries])  # the router merges it
+        else:
+            response.page.MergeFromString(raw_tweets.repeated_field(raw for _, raw in entries))
         return response
 
     # fan-out ----------------------------------------------------------------

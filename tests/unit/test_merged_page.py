@@ -20,9 +20,15 @@ def tweet(tweet_id: int, source: str) -> murmur_pb2.Tweet:
     return murmur_pb2.Tweet(tweet_id=tweet_id, user_id=tweet_id % 7 + 1, text=source)
 
 
-def inbox_of(tweets: list[murmur_pb2.Tweet]) -> shard_pb2.ReadInboxResponse:
+def inbox_of(tweets: list[murmur_pb2.Tweet], raw: bool = False) -> shard_pb2.ReadInboxResponse:
+    """The shard's answer, its page as messages or (``raw``) serialized."""
+    ids = [t.tweet_id for t in tweets]
+    if raw:
+        return shard_pb2.ReadInboxResponse(
+            page_raw=[t.SerializeToString() for t in tweets], page_ids=ids
+        )
     return shard_pb2.ReadInboxResponse(
-        page=murmur_pb2.TimelineResponse(tweets=tweets), page_ids=[t.tweet_id for t in tweets]
+        page=murmur_pb2.TimelineResponse(tweets=tweets), page_ids=ids
     )
 
 
@@ -37,28 +43,41 @@ def expected(tweets: list[murmur_pb2.Tweet], limit: int) -> list[murmur_pb2.Twee
     st.sets(ids, max_size=20),
     st.lists(st.sets(ids, max_size=20), max_size=4),
     st.integers(min_value=1, max_value=30),
+    st.booleans(),
 )
 def test_merge_by_id_equals_merging_messages(
-    inbox_ids: set[int], other_ids: list[set[int]], limit: int
+    inbox_ids: set[int], other_ids: list[set[int]], limit: int, raw: bool
 ) -> None:
     inbox = [tweet(i, "inbox") for i in sorted(inbox_ids, reverse=True)]
     others = [tweet(i, f"other {n}") for n, group in enumerate(other_ids) for i in sorted(group)]
-    page = merged_page(inbox_of(inbox), as_raw(others), limit)
+    page = merged_page(inbox_of(inbox, raw), as_raw(others), limit)
     assert list(page.tweets) == expected([*inbox, *others], limit)
     assert not page.next_page_token and not page.partial
 
 
-def test_pulled_original_wins_over_the_inbox_copy() -> None:
+@pytest.mark.parametrize("raw", [False, True])
+def test_pulled_original_wins_over_the_inbox_copy(raw: bool) -> None:
     stale = tweet(5, "before the edit")
     fresh = tweet(5, "after the edit")
-    page = merged_page(inbox_of([tweet(9, "inbox"), stale]), as_raw([fresh]), 20)
+    page = merged_page(inbox_of([tweet(9, "inbox"), stale], raw), as_raw([fresh]), 20)
     assert [t.text for t in page.tweets] == ["inbox", "after the edit"]
 
 
-def test_page_ids_that_do_not_match_the_page_are_an_internal_error() -> None:
-    inbox = inbox_of([tweet(9, "a"), tweet(5, "b")])
+@pytest.mark.parametrize(
+    ("raw", "named"), [(False, "2 tweets and 0 serialized"), (True, "0 tweets and 2 serialized")]
+)
+def test_page_ids_that_do_not_match_the_page_are_an_internal_error(raw: bool, named: str) -> None:
+    inbox = inbox_of([tweet(9, "a"), tweet(5, "b")], raw)
     del inbox.page_ids[-1]
     with pytest.raises(ServiceError) as caught:
         merged_page(inbox, [], 20)
     assert caught.value.code == grpc.StatusCode.INTERNAL
-    assert "2 tweets with 1 page_ids" in caught.value.message
+    assert f"{named} with 1 page_ids" in caught.value.message
+
+
+def test_a_page_sent_both_ways_is_an_internal_error() -> None:
+    inbox = inbox_of([tweet(9, "a")])
+    inbox.page_raw.append(tweet(9, "a").SerializeToString())
+    with pytest.raises(ServiceError) as caught:
+        merged_page(inbox, [], 20)
+    assert caught.value.code == grpc.StatusCode.INTERNAL

@@ -452,6 +452,36 @@ def test_read_inbox_merges_the_celebrities_it_holds(open_shard) -> None:
     assert [t.tweet_id for t in older.page.tweets] == newest[4:]
 
 
+def test_read_inbox_sends_a_page_to_merge_serialized_when_asked(open_shard) -> None:
+    """With ``raw_page``, a page the router must merge (the reader follows a
+    celebrity elsewhere) comes as serialized tweets; a page the router hands
+    on as it is still comes as ``page``."""
+    shard = open_shard(owners=HALF)
+    fan, loner, friend = (
+        shard.create_user(handle_in(lambda s: s < 2048, h)) for h in ("fan", "lone", "fr")
+    )
+    shard.follow(fan, friend)
+    shard.follow(loner, friend)
+    shard.follow(fan, ghost_in(3000), celebrity=True, version=1)
+    posted = [shard.post(friend, f"friend {n}") for n in range(3)]
+    for tweet in posted:
+        shard.deliver(inbox_put([fan, loner], tweet))
+    newest_first = posted[::-1]
+
+    def read(reader: int) -> shard_pb2.ReadInboxResponse:
+        request = shard_pb2.ReadInboxRequest(user_id=reader, limit=10, raw_page=True)
+        return shard.ok("ReadInbox", request)
+
+    to_merge = read(fan)
+    assert not to_merge.page.tweets
+    assert [murmur_pb2.Tweet.FromString(raw) for raw in to_merge.page_raw] == newest_first
+    assert list(to_merge.page_ids) == [t.tweet_id for t in newest_first]
+    as_is = read(loner)
+    assert list(as_is.page.tweets) == newest_first and not as_is.page_raw
+    unasked = shard.inbox(fan)  # a router that did not ask gets messages
+    assert list(unasked.page.tweets) == newest_first and not unasked.page_raw
+
+
 def test_list_edges_pages(shard: Shard) -> None:
     a = shard.create_user("a")
     others = sorted(shard.create_user(f"o{n}") for n in range(5))
