@@ -36,11 +36,10 @@ import itertools
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter
-
+from murmur.loop_metrics import LoopCounter
 from murmur.raw_tweets import RawTweet
 
-LOOKUPS = Counter(
+LOOKUPS = LoopCounter(
     "murmur_router_celebrity_copies",
     "Celebrity timelines a home read needed: served from the router's copy, or pulled",
     ["result"],

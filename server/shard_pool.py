@@ -22,9 +22,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from prometheus_client import Histogram
 
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
+from murmur.loop_metrics import LoopHistogram
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.slot_map import RoutingTable
@@ -37,7 +37,7 @@ RESPONSE_TYPES = {
 # Ping is the benchmark's floor: exactly one router -> shard call per request.
 NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo", "Ping"}
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-BATCH_SIZE = Histogram(
+BATCH_SIZE = LoopHistogram(
     "murmur_router_shard_batch_requests",
     "Requests carried per router-to-shard call (coalescing)",
     ["shard"],

@@ -1,25 +1,26 @@
 """Prometheus series of one shard, read from its live state at scrape time:
 fan-out backlog, lag and deliveries, group commit, celebrities, slot moves
-and LevelDB size (per-RPC counts and latencies come from the interceptor)."""
+and LevelDB size (per-RPC counts and latencies come from ``murmur/observability.py``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from murmur.loop_metrics import LoopHistogram
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.maintenance import disk_bytes, oldest_outbox_age_ms
 
-INBOX_SIZE = Histogram(
+INBOX_SIZE = LoopHistogram(
     "murmur_inbox_size_entries",
     "Home inbox sizes seen by reads",
     buckets=(0, 10, 50, 100, 200, 400, 800, 1600, 5000),
-)
+).labels()
 CELEBRITY_CACHE_S = 30.0
 
 
