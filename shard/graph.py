@@ -27,17 +27,27 @@ class FollowGraph:
         marker = keys.celebrity_followed(slot, follower, followee)
         if edge.celebrity:
             txn.put(marker, b"")
+            txn.relist(keys.celebrity_followed_prefix(slot, follower))
         elif txn.get(marker) is not None:
             txn.delete(marker)
+            txn.relist(keys.celebrity_followed_prefix(slot, follower))
 
     def delete_following(self, txn: Txn, follower: int, followee: int) -> None:
         slot = slot_for_user(follower)
         txn.delete_hot(keys.following(slot, follower, followee))
         txn.delete(keys.celebrity_followed(slot, follower, followee))
+        txn.relist(keys.celebrity_followed_prefix(slot, follower))
 
-    def followed_celebrities(self, follower: int) -> list[int]:
+    def followed_celebrities(self, follower: int) -> tuple[int, ...]:
+        """Every home read asks, so the answer is remembered in memory
+        (``HotValues`` listings); the writes above forget it as they commit."""
         prefix = keys.celebrity_followed_prefix(slot_for_user(follower), follower)
-        return [keys.last_u64(k) for k in self.store.scan(prefix, include_value=False)]
+        hot = self.store.hot
+        ids = hot.listing(prefix)
+        if ids is None:
+            ids = tuple(keys.last_u64(k) for k in self.store.scan(prefix, include_value=False))
+            hot.remember_listing(prefix, ids)
+        return ids
 
     def followees(self, follower: int) -> list[int]:
         prefix = keys.following_prefix(slot_for_user(follower), follower)

@@ -15,6 +15,7 @@ import pytest
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
+from shard.graph import FollowGraph
 from shard.inbox import InboxStore
 from shard.inbox_tally import InboxTallies, Tally
 from shard.migration import _drop_slots, import_entries
@@ -104,6 +105,64 @@ def test_remember_all_takes_each_value_and_stays_bounded() -> None:
     assert hot.lookup((999).to_bytes(4, "big")) == b"999"
     assert hot.lookup(b"deleted") is None  # a deletion is remembered as absence
     assert hot.lookup((0).to_bytes(4, "big")) is MISSING
+
+
+# listings: the followed celebrities every home read asks for ----------------
+
+
+def follow(store: Store, follower: int, followee: int, celebrity: bool) -> None:
+    txn = store.txn()
+    edge = shard_pb2.FollowEdge(celebrity=celebrity)
+    FollowGraph(store).put_following(txn, follower, followee, edge)
+    txn.commit(sync=False)
+
+
+def test_followed_celebrities_are_remembered_and_forgotten_as_edges_change(store: Store) -> None:
+    graph = FollowGraph(store)
+    star, other_star, friend = 11, 22, 33
+    assert graph.followed_celebrities(OWNER) == ()
+    follow(store, OWNER, star, celebrity=True)
+    follow(store, OWNER, friend, celebrity=False)
+    assert graph.followed_celebrities(OWNER) == (star,)
+    prefix = keys.celebrity_followed_prefix(slot_for_user(OWNER), OWNER)
+    assert store.hot.listing(prefix) == (star,)  # the next read costs no scan
+    follow(store, OWNER, other_star, celebrity=True)
+    assert graph.followed_celebrities(OWNER) == (star, other_star)
+    follow(store, OWNER, star, celebrity=False)  # demoted
+    assert graph.followed_celebrities(OWNER) == (other_star,)
+    txn = store.txn()
+    graph.delete_following(txn, OWNER, other_star)  # unfollowed
+    txn.commit(sync=False)
+    assert graph.followed_celebrities(OWNER) == ()
+
+
+def test_an_uncommitted_change_leaves_the_listing_as_on_disk(store: Store) -> None:
+    graph = FollowGraph(store)
+    follow(store, OWNER, 11, celebrity=True)
+    assert graph.followed_celebrities(OWNER) == (11,)
+    dropped = store.txn()
+    graph.put_following(dropped, OWNER, 22, shard_pb2.FollowEdge(celebrity=True))
+    assert graph.followed_celebrities(OWNER) == (11,)  # never committed
+
+
+def test_writes_around_txn_forget_every_listing(store: Store) -> None:
+    """Slot import and drop write LevelDB directly and clear the hot values:
+    listings go with them."""
+    graph = FollowGraph(store)
+    assert graph.followed_celebrities(OWNER) == ()
+    store.db.put(keys.celebrity_followed(slot_for_user(OWNER), OWNER, 11), b"")
+    assert graph.followed_celebrities(OWNER) == ()  # remembered: not seen yet
+    store.hot.clear()
+    assert graph.followed_celebrities(OWNER) == (11,)
+
+
+def test_listings_stay_bounded() -> None:
+    hot = HotValues(capacity=64)
+    for n in range(1000):
+        hot.remember_listing(n.to_bytes(4, "big"), (n,))
+    assert len(hot._listings) <= 64
+    assert hot.listing((999).to_bytes(4, "big")) == (999,)
+    assert hot.listing((0).to_bytes(4, "big")) is None
 
 
 # the inbox tallies: newest id and size in memory ------------------------------
