@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
@@ -56,7 +57,12 @@ class HistogramChild:
         self.total += value
 
 
-class _Family(Collector):
+Child = TypeVar("Child", CounterChild, HistogramChild)
+
+
+class _Family(Collector, Generic[Child]):
+    """A named family of series, one per label set, registered on creation."""
+
     def __init__(
         self,
         name: str,
@@ -67,41 +73,38 @@ class _Family(Collector):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], Child] = {}
         (REGISTRY if registry is None else registry).register(self)
 
-    def _child(self, values: tuple[str, ...]) -> object:
-        if len(values) != len(self.labelnames):
-            raise ValueError(
-                f"{self.name} takes labels {self.labelnames}, got {len(values)} values"
-            )
-        child = self._children.get(values)
+    def labels(self, *values: object) -> Child:
+        """The series for these label values (bind it once on hot paths)."""
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {len(key)} values")
+        child = self._children.get(key)
         if child is None:
-            child = self._children.setdefault(values, self._new_child())
+            child = self._children.setdefault(key, self._new_child())
         return child
 
-    def _new_child(self) -> object:
+    def _new_child(self) -> Child:
         raise NotImplementedError
 
-    def describe(self) -> Iterator:
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> Iterator[Metric]:
         """The family with no samples, so registering it needs no collect."""
         yield self._family()
 
-    def _family(self) -> CounterMetricFamily | HistogramMetricFamily:
-        raise NotImplementedError
-
-    def _snapshot(self) -> list[tuple[tuple[str, ...], object]]:
+    def _snapshot(self) -> list[tuple[tuple[str, ...], Child]]:
         return list(self._children.copy().items())
 
 
-class LoopCounter(_Family):
+class LoopCounter(_Family[CounterChild]):
     """A counter family; ``labels(...)`` gives the series to ``inc``."""
 
     def _new_child(self) -> CounterChild:
         return CounterChild()
-
-    def labels(self, *values: str) -> CounterChild:
-        return self._child(tuple(str(v) for v in values))  # type: ignore[return-value]
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -109,11 +112,11 @@ class LoopCounter(_Family):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = self._family()
         for values, child in self._snapshot():
-            family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
+            family.add_metric(list(values), child.value)
         yield family
 
 
-class LoopHistogram(_Family):
+class LoopHistogram(_Family[HistogramChild]):
     """A histogram family with fixed upper bounds; ``labels(...)`` gives the
     series to ``observe``."""
 
@@ -134,9 +137,6 @@ class LoopHistogram(_Family):
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
 
-    def labels(self, *values: str) -> HistogramChild:
-        return self._child(tuple(str(v) for v in values))  # type: ignore[return-value]
-
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
@@ -144,10 +144,9 @@ class LoopHistogram(_Family):
         family = self._family()
         les = [floatToGoString(bound) for bound in self.bounds] + ["+Inf"]
         for values, child in self._snapshot():
-            counts = list(child.counts)  # type: ignore[attr-defined]
             cumulative, running = [], 0
-            for le, count in zip(les, counts, strict=True):
+            for le, count in zip(les, list(child.counts), strict=True):
                 running += count
                 cumulative.append((le, running))
-            family.add_metric(list(values), cumulative, sum_value=child.total)  # type: ignore[attr-defined]
+            family.add_metric(list(values), cumulative, sum_value=child.total)
         yield family
