@@ -13,7 +13,9 @@ a moment apart from its buckets; its count is always the buckets' total.
 
 The families keep prometheus_client's names and exposition (a counter
 ``x_total``, a histogram's ``_bucket``/``_count``/``_sum``), so dashboards
-and scrapers see no difference.
+and alerts see no difference. One series is gone: prometheus_client also
+exports each series' creation time (``x_created``), which a scraper uses
+only to spot counter resets earlier than a drop in the value shows them.
 """
 
 from __future__ import annotations
