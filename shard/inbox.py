@@ -11,6 +11,8 @@ needs a lookup, never what a reader sees.
 
 from __future__ import annotations
 
+import itertools
+
 from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
@@ -193,20 +195,31 @@ class InboxStore:
         bytes) pairs. The flag is True when the page stopped at
         ``exact_from`` (or the end) before filling up.
 
-        Only a reader who follows celebrities has authors to skip, and only
-        then is each entry parsed (for its author)."""
+        Entries come off the iterator as many at a time as the page still
+        needs (``islice`` runs in C) and each id is read from its key inline:
+        a Python call and a length check per entry showed in the read's
+        profile. Only a reader who follows celebrities has authors to skip,
+        and only then is each entry parsed (for its author)."""
         slot = slot_for_user(owner)
         prefix = keys.inbox_prefix(slot, owner)
         start = keys.inbox(slot, owner, before_id - 1) if before_id else prefix
-        entries: list[RawTweet] = []
+        scan = self.store.scan(prefix, start=start)
+        id_at, unpack = len(prefix), keys.U64.unpack_from  # the key ends in the inverted id
         parse = murmur_pb2.Tweet.FromString
-        for key, raw in self.store.scan(prefix, start=start):
-            tweet_id = keys.last_inverted(key)
-            if tweet_id < exact_from:
+        entries: list[RawTweet] = []
+        while len(entries) < limit:
+            wanted = limit - len(entries)
+            found = [
+                (keys.MAX_U64 - unpack(key, id_at)[0], raw)
+                for key, raw in itertools.islice(scan, wanted)
+            ]
+            ended = len(found) < wanted
+            if found and found[-1][0] < exact_from:  # ids descend: cut at the first below
+                found = [entry for entry in found if entry[0] >= exact_from]
+                ended = True
+            if skip_authors:
+                found = [entry for entry in found if parse(entry[1]).user_id not in skip_authors]
+            entries.extend(found)
+            if ended:
                 return entries, True
-            if skip_authors and parse(raw).user_id in skip_authors:
-                continue
-            entries.append((tweet_id, raw))
-            if len(entries) >= limit:
-                return entries, False
-        return entries, True
+        return entries, False

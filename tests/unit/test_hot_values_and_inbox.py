@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
@@ -376,3 +378,42 @@ def test_outbox_reads_from_its_floor_and_keeps_every_record(store: Store) -> Non
     store.db.put(keys.outbox(1), record(0).SerializeToString())
     seen = [any(seq == 1 for seq, _ in outbox.peek(10)) for _ in range(FULL_SCAN_EVERY)]
     assert any(seen)
+
+
+# the page a home read takes from the inbox ------------------------------------
+
+
+@settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.dictionaries(st.integers(1, 400), st.sampled_from([1, 2, 3, 4]), max_size=60),
+    st.integers(0, 420),
+    st.integers(1, 30),
+    st.integers(0, 420),
+    st.sets(st.sampled_from([1, 2, 3, 4]), max_size=2),
+)
+def test_page_is_the_plain_definition(
+    tmp_path_factory, authors_by_id, before_id, limit, exact_from, skip_authors
+) -> None:
+    """Newest first, below ``before_id``, at or above ``exact_from``, without
+    ``skip_authors``, at most ``limit``; flagged when it stopped short."""
+    store = Store(str(tmp_path_factory.mktemp("page") / "db"))
+    try:
+        inbox = InboxStore(store)
+        txn = store.txn()
+        for tweet_id, author in authors_by_id.items():
+            inbox.put(txn, OWNER, tweet(tweet_id, author))
+        txn.commit(sync=False)
+        entries, short = inbox.page(OWNER, before_id, limit, skip_authors, exact_from)
+        eligible = [
+            tweet_id
+            for tweet_id in sorted(authors_by_id, reverse=True)
+            if (not before_id or tweet_id < before_id) and tweet_id >= exact_from
+        ]
+        wanted = [t for t in eligible if authors_by_id[t] not in skip_authors][:limit]
+        assert [tweet_id for tweet_id, _ in entries] == wanted
+        assert all(murmur_pb2.Tweet.FromString(raw).tweet_id == t for t, raw in entries)
+        assert short == (len(wanted) < limit)
+    finally:
+        store.close()
