@@ -27,10 +27,11 @@ class FollowGraph:
         marker = keys.celebrity_followed(slot, follower, followee)
         if edge.celebrity:
             txn.put(marker, b"")
-            txn.relist(keys.celebrity_followed_prefix(slot, follower))
         elif txn.get(marker) is not None:
             txn.delete(marker)
-            txn.relist(keys.celebrity_followed_prefix(slot, follower))
+        else:
+            return
+        txn.relist(keys.celebrity_followed_prefix(slot, follower))
 
     def delete_following(self, txn: Txn, follower: int, followee: int) -> None:
         slot = slot_for_user(follower)

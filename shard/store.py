@@ -62,31 +62,29 @@ class HotValues:
 
     def remember(self, key: bytes, value: bytes | None) -> None:
         if key not in self._values:
-            self._make_room(1)
+            self._make_room(self._values, 1)
         self._values[key] = value
 
     def remember_all(self, keys: list[bytes], values: dict[bytes, bytes | None]) -> None:
         """``remember`` each of ``keys`` with its value in ``values``; a
         commit brings one key per fan-out entry, so room is made once."""
-        self._make_room(len(keys))
+        self._make_room(self._values, len(keys))
         held = self._values
         for key in keys:
             held[key] = values[key]
 
-    def _make_room(self, incoming: int) -> None:
-        """Forget the oldest entries (an eighth of the capacity, or as many as
-        are coming if more) when ``incoming`` new ones would not fit."""
-        held = self._values
+    def _make_room(self, held: dict, incoming: int) -> None:
+        """Forget the oldest entries of ``held`` (an eighth of the capacity,
+        or as many as are coming if more) when ``incoming`` new ones would
+        not fit."""
         if len(held) + incoming > self.capacity:
             for old in list(itertools.islice(held, max(self.capacity // 8, incoming))):
                 del held[old]
 
     def remember_listing(self, prefix: bytes, ids: tuple[int, ...]) -> None:
-        listings = self._listings
-        if prefix not in listings and len(listings) >= self.capacity:
-            for old in list(itertools.islice(listings, max(1, self.capacity // 8))):
-                del listings[old]
-        listings[prefix] = ids
+        if prefix not in self._listings:
+            self._make_room(self._listings, 1)
+        self._listings[prefix] = ids
 
     def forget_listings(self, prefixes: list[bytes]) -> None:
         for prefix in prefixes:
