@@ -41,6 +41,13 @@ def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
+_HANDLER_MAKERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
     """Register ``servicer`` for ``service`` as the generated add_*_to_server
     does, with tolerant request parsing."""
@@ -48,11 +55,7 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescript
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
+        make = _HANDLER_MAKERS[method.client_streaming, method.server_streaming]
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=tolerant_deserializer(request_class),

@@ -72,8 +72,9 @@ class ServingProcess:
     """An aio gRPC server with health and reflection that stops gracefully.
 
     On SIGTERM/SIGINT it first marks health NOT_SERVING (load balancers stop
-    sending), then lets in-flight calls finish within the grace period, then
-    runs the shutdown hooks (flush, close the store).
+    sending), runs the stopping hooks (end long-lived streams), then lets
+    in-flight calls finish within the grace period, then runs the shutdown
+    hooks (flush, close the store).
     """
 
     def __init__(
@@ -108,6 +109,9 @@ class ServingProcess:
             raise SystemExit(f"cannot listen on {host}:{port} (address in use?)")
         self.host = host
         self._stop = asyncio.Event()
+        # run before the server stops: end calls that would never end by
+        # themselves (long-lived streams) rather than wait out the grace
+        self.stopping_hooks: list[Callable[[], Awaitable[None]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
     async def _set_health(self, status: int) -> None:
@@ -124,6 +128,8 @@ class ServingProcess:
         await self._stop.wait()
         started = time.monotonic()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for hook in self.stopping_hooks:
+            await hook()
         await self.server.stop(GRACE_S)
         for hook in self.shutdown_hooks:
             await hook()

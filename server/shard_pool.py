@@ -1,10 +1,12 @@
 """Calls from the router to shards: coalesced, deadlines carried, failures named.
 
-Coalescing: each shard has one lane with at most one call in flight. Requests
-that arrive meanwhile queue, and when the call returns everything queued goes
-as one ``Execute`` batch. There is no timer, so a lone request goes at once
-as a plain call; under load batches grow by themselves, like group commit,
-and one gRPC round trip serves many requests.
+Coalescing: each shard has one lane with at most one batch in flight.
+Requests that arrive meanwhile queue, and when the batch returns everything
+queued goes as the next one. There is no timer, so a lone request goes at
+once, alone; under load batches grow by themselves, like group commit, and
+one round trip serves many requests. Batches travel as messages on one
+long-lived stream per shard (``server/shard_stream.py``), far cheaper for
+both ends than a unary call each.
 
 Every call carries the caller's remaining deadline (or a default when the
 caller set none), and a shard that does not answer becomes UNAVAILABLE or
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ from murmur.errors import WRONG_SLOT_METADATA, ServiceError
 from murmur.loop_metrics import LoopHistogram
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from server.shard_stream import ShardStream
 from server.slot_map import RoutingTable
 
 log = logging.getLogger("murmur.router.shards")
@@ -110,38 +114,29 @@ class ShardLane:
                 self.calls += 1
                 self.batched_requests += len(batch)
                 self.batch_sizes.observe(len(batch))
-                if len(batch) == 1:
-                    await self._send_one(batch[0])
-                else:
-                    await self._send_batch(batch)
+                await self._send(batch)
         finally:
             self.busy = False
 
-    async def _send_one(self, item: Pending) -> None:
-        try:
-            result = await self.pool.direct(
-                self.shard_id, item.method, item.request, item.remaining()
-            )
-        except ServiceError as exc:
-            _settle(item, error=exc)
-            return
-        _settle(item, result=result)
-
-    async def _send_batch(self, batch: list[Pending]) -> None:
-        request = shard_pb2.ExecuteRequest(
-            calls=[
-                shard_pb2.ShardCall(method=item.method, request=item.request.SerializeToString())
-                for item in batch
-            ]
-        )
+    async def _send(self, batch: list[Pending]) -> None:
+        calls = [
+            shard_pb2.ShardCall(method=item.method, request=item.request.SerializeToString())
+            for item in batch
+        ]
         timeout = max(item.remaining() for item in batch)
         try:
-            response = await self.pool.direct(self.shard_id, "Execute", request, timeout)
-        except ServiceError as exc:
+            results = await self.pool.execute(self.shard_id, calls, timeout)
+        except Exception as exc:
+            if not isinstance(exc, ServiceError):  # never leave a batch waiting for its timers
+                log.exception("batch to %s failed", self.pool.describe(self.shard_id))
+                exc = ServiceError(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error in the router calling {self.pool.describe(self.shard_id)}",
+                )
             for item in batch:
                 _settle(item, error=exc)
             return
-        for item, result in zip(batch, response.results, strict=True):
+        for item, result in zip(batch, results, strict=True):
             if result.code == 0:
                 _settle(item, result=RESPONSE_TYPES[item.method].FromString(result.response))
             else:
@@ -169,6 +164,8 @@ class ShardPool:
         self.lanes: dict[int, ShardLane] = {}
         self.suspect: set[int] = set()
         self._probes: dict[int, asyncio.Task] = {}
+        self._streams: dict[shard_pb2_grpc.ShardStub, ShardStream] = {}
+        self._unary_only: set[shard_pb2_grpc.ShardStub] = set()
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
@@ -197,18 +194,48 @@ class ShardPool:
         A shard whose health probe failed is refused at once (fail fast, so a
         stopped shard costs callers nothing but its own users' requests).
         """
+        self._refuse_suspect(shard_id)
+        rpc = getattr(self.stub(shard_id), method)
+        try:
+            return await rpc(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(shard_id, exc) from None
+
+    async def execute(
+        self, shard_id: int, calls: list[shard_pb2.ShardCall], timeout: float
+    ) -> Sequence[shard_pb2.ShardCallResult]:
+        """One batch on the shard's ExecuteStream (``Execute`` on a shard too
+        old to have the stream), failures named as ``direct`` names them."""
+        self._refuse_suspect(shard_id)
+        stub = self.stub(shard_id)
+        if stub in self._unary_only:
+            response = await self.direct(
+                shard_id, "Execute", shard_pb2.ExecuteRequest(calls=calls), timeout
+            )
+            return response.results
+        stream = self._streams.get(stub)
+        if stream is None:
+            stream = self._streams[stub] = ShardStream(stub)
+        try:
+            return await stream.execute(calls, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("%s has no ExecuteStream; batching with Execute", self.describe(shard_id))
+                self._unary_only.add(stub)
+                return await self.execute(shard_id, calls, timeout)
+            raise self._failed(shard_id, exc) from None
+
+    def _refuse_suspect(self, shard_id: int) -> None:
         if shard_id in self.suspect:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{self.describe(shard_id)} is not answering its health probe; retry later",
             )
-        rpc = getattr(self.stub(shard_id), method)
-        try:
-            return await rpc(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                self._probe(shard_id)
-            raise self._translate(shard_id, exc) from None
+
+    def _failed(self, shard_id: int, exc: grpc.aio.AioRpcError) -> ServiceError:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            self._probe(shard_id)
+        return self._translate(shard_id, exc)
 
     def _probe(self, shard_id: int) -> None:
         """After a failure, ping the shard until it answers; meanwhile it is suspect.
@@ -258,4 +285,6 @@ class ShardPool:
     async def close(self) -> None:
         for task in self._probes.values():
             task.cancel()
+        for stream in self._streams.values():
+            stream.close()
         await self._stubs.close()

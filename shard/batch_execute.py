@@ -1,4 +1,5 @@
-"""Runs a batch of Shard calls that the router coalesced into one Execute.
+"""Runs a batch of Shard calls that the router coalesced into one Execute,
+or into one message of an ExecuteStream.
 
 Each call goes through the same handler as a direct call, with a context that
 captures its status instead of ending the RPC, so a bad call fails alone and
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 
 from murmur.errors import WRONG_SLOT_METADATA
+from murmur.registration import Unparseable
 from murmur.v1 import shard_pb2
 
 log = logging.getLogger("murmur.shard.execute")
@@ -92,13 +95,12 @@ async def run_call(
     return shard_pb2.ShardCallResult(response=response.SerializeToString())
 
 
-async def run_batch(
-    servicer: Any, request: shard_pb2.ExecuteRequest, remaining: float | None
-) -> shard_pb2.ExecuteResponse:
+async def run_calls(
+    servicer: Any, calls: Sequence[shard_pb2.ShardCall], remaining: float | None
+) -> list[shard_pb2.ShardCallResult]:
     """Reads run one after another, each to its end; writes run as tasks
     together, so that they share one group commit. All the calls of a batch
     were in flight at once, so any order between them is a valid one."""
-    calls = request.calls
     results: list[shard_pb2.ShardCallResult | None] = [None] * len(calls)
     writes = []
     for index, call in enumerate(calls):
@@ -110,4 +112,97 @@ async def run_batch(
         done = await asyncio.gather(*(run_call(servicer, calls[i], remaining) for i in writes))
         for index, result in zip(writes, done, strict=True):
             results[index] = result
-    return shard_pb2.ExecuteResponse(results=results)
+    return results  # type: ignore[return-value]
+
+
+class BatchStream:
+    """One router's ExecuteStream: each message is a batch, answered by id.
+
+    A batch of reads only runs in the reading loop itself (its handlers never
+    await, so nothing waits behind it); a batch with writes runs as a task,
+    so that the next batches are read while it waits for its group commit.
+    Answers go out one at a time: a gRPC call takes one write at once.
+    """
+
+    def __init__(self, servicer: Any, context: grpc.aio.ServicerContext) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.running: set[asyncio.Task] = set()
+        self.writing = asyncio.Lock()
+        self.closing = False
+
+    async def serve(self, requests: AsyncIterator[Any]) -> None:
+        async for message in requests:
+            if isinstance(message, Unparseable):  # its id is unknown: end the stream
+                await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, message.message)
+            if self.closing:
+                await self._answer(message.id, [self._stopping()] * len(message.calls))
+            elif all(call.method in RUN_INLINE for call in message.calls):
+                await self._answer(message.id, await self._run(message))
+            else:
+                task = asyncio.get_running_loop().create_task(self._run_and_answer(message))
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+        await self.finish_running()  # the router closed its side
+
+    async def close(self) -> None:
+        """Answer the batches already running, then end the stream with
+        UNAVAILABLE: the router fails what it sent meanwhile, and its next
+        batch opens a new stream (to this shard's replacement)."""
+        self.closing = True
+        await self.finish_running()
+        async with self.writing:  # not in the middle of an answer
+            try:
+                await self.context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"{self._component()} is stopping"
+                )
+            except grpc.aio.AbortError:
+                pass  # raised in whoever aborts; the status is on its way
+
+    async def finish_running(self) -> None:
+        while self.running:
+            await asyncio.gather(*list(self.running), return_exceptions=True)
+
+    async def _run(self, message: shard_pb2.ExecuteStreamRequest) -> list:
+        return await run_calls(self.servicer, message.calls, message.timeout_s or None)
+
+    async def _run_and_answer(self, message: shard_pb2.ExecuteStreamRequest) -> None:
+        results = await self._run(message)
+        try:
+            await self._answer(message.id, results)
+        except Exception as exc:  # the stream is gone; the router fails the batch itself
+            log.info("could not answer batch %d: the stream ended (%s)", message.id, exc)
+
+    async def _answer(self, batch_id: int, results: list) -> None:
+        response = shard_pb2.ExecuteStreamResponse(id=batch_id, results=results)
+        async with self.writing:
+            await self.context.write(response)
+
+    def _stopping(self) -> shard_pb2.ShardCallResult:
+        return shard_pb2.ShardCallResult(
+            code=grpc.StatusCode.UNAVAILABLE.value[0],
+            message=f"{self._component()} is stopping; retry once it is back",
+        )
+
+    def _component(self) -> str:
+        return getattr(self.servicer, "component", "the shard")
+
+
+class BatchStreams:
+    """The ExecuteStreams open on this shard. Routers never close theirs, so
+    a stopping shard ends them itself instead of waiting out its grace period."""
+
+    def __init__(self, servicer: Any) -> None:
+        self.servicer = servicer
+        self.open: set[BatchStream] = set()
+
+    async def serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        stream = BatchStream(self.servicer, context)
+        self.open.add(stream)
+        try:
+            await stream.serve(requests)
+        finally:
+            self.open.discard(stream)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(stream.close() for stream in list(self.open)))

@@ -135,6 +135,7 @@ async def serve(args: argparse.Namespace) -> None:
         finally:
             state.store.close()
 
+    process.stopping_hooks.append(servicer.batch_streams.close)
     process.shutdown_hooks.append(close)
     await process.serve(f"murmur-shard {state.shard_id} serving on {{address}}")
 

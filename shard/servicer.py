@@ -17,7 +17,7 @@ from murmur.rpc_errors import refuse_unparseable, rpc, streamed
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
-from shard.batch_execute import run_batch
+from shard.batch_execute import BatchStreams, run_calls
 from shard.celebrity import reevaluate_all
 from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier, trim_threshold
@@ -48,6 +48,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.state = state
         self.applier = applier
         self.commits = GroupCommit(state.store)
+        self.batch_streams = BatchStreams(self)
         self.worker = worker
         self.peers = peers
 
@@ -348,7 +349,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     @rpc
     async def Execute(self, request, context):
-        return await run_batch(self, request, context.time_remaining())
+        results = await run_calls(self, request.calls, context.time_remaining())
+        return shard_pb2.ExecuteResponse(results=results)
+
+    async def ExecuteStream(self, requests, context):
+        await self.batch_streams.serve(requests, context)
 
     # settings ---------------------------------------------------------------
     @rpc

@@ -13,15 +13,36 @@ from murmur.errors import ServiceError
 from murmur.slots import even_assignment
 from murmur.v1 import murmur_pb2, shard_pb2
 from server.shard_pool import ShardPool
+from server.shard_stream import stream_error
 from server.slot_map import RoutingTable
 
 
+class StreamOfAnOldShard:
+    """ExecuteStream on a shard that predates it: every use is UNIMPLEMENTED."""
+
+    async def write(self, request: Any) -> None:
+        raise stream_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    async def read(self) -> Any:
+        raise stream_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    def cancel(self) -> bool:
+        return True
+
+
 class StuckThenAnswering:
-    """A shard whose first call hangs until released; later calls answer."""
+    """A shard whose first call hangs until released; later calls answer.
+
+    It has no ExecuteStream, so the router batches with Execute."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.calls: list[tuple[str, Any]] = []
+        self.streams_opened = 0
+
+    def ExecuteStream(self) -> StreamOfAnOldShard:
+        self.streams_opened += 1
+        return StreamOfAnOldShard()
 
     def __getattr__(self, method: str):
         async def call(request: Any, timeout: float | None = None) -> Any:
@@ -83,8 +104,10 @@ def test_requests_behind_a_stuck_call_fail_at_their_own_deadline() -> None:
         assert (await first).exact_from == 7
         assert [(await q).exact_from for q in queued] == [7, 7]
         # the expired request was dropped from the batch; the other two went together
-        assert [m for m, _ in stub.calls] == ["ReadInbox", "Execute"]
+        assert [m for m, _ in stub.calls] == ["Execute", "Execute"]
         assert [c.method for c in stub.calls[1][1].calls] == ["ReadInbox", "ReadInbox"]
+        # the stream was tried once; after UNIMPLEMENTED the shard gets Execute
+        assert stub.streams_opened == 1
 
     asyncio.run(scenario())
 

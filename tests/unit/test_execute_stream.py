@@ -1,0 +1,136 @@
+"""The router's stream to a shard, against a real in-process aio server: answers
+by id in any order, a deadline per batch, and a shard that stops or goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from murmur.registration import add_service
+from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from server.shard_stream import ShardStream
+from shard.batch_execute import BatchStreams
+
+SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+
+
+class SlowWriteShard(shard_pb2_grpc.ShardServicer):
+    """Answers Ping at once; a PostTweet (a write, so it runs as a task)
+    waits until the test releases it."""
+
+    component = "shard 9"
+
+    def __init__(self) -> None:
+        self.batch_streams = BatchStreams(self)
+        self.release = asyncio.Event()
+
+    async def Ping(self, request: Any, context: Any) -> murmur_pb2.PingResponse:
+        return murmur_pb2.PingResponse(shard_id=9)
+
+    async def PostTweet(self, request: Any, context: Any) -> murmur_pb2.Tweet:
+        await self.release.wait()
+        return murmur_pb2.Tweet(tweet_id=5, text=request.text)
+
+    async def ExecuteStream(self, requests: AsyncIterator[Any], context: Any) -> None:
+        await self.batch_streams.serve(requests, context)
+
+
+def ping() -> list[shard_pb2.ShardCall]:
+    return [shard_pb2.ShardCall(method="Ping", request=b"")]
+
+
+def post(text: str) -> list[shard_pb2.ShardCall]:
+    request = murmur_pb2.PostTweetRequest(user_id=1, text=text).SerializeToString()
+    return [shard_pb2.ShardCall(method="PostTweet", request=request)]
+
+
+def with_shard(
+    scenario: Callable[[SlowWriteShard, grpc.aio.Server, ShardStream], Awaitable[None]],
+) -> None:
+    async def run() -> None:
+        shard = SlowWriteShard()
+        server = grpc.aio.server()
+        add_service(server, shard, SERVICE)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stream = ShardStream(shard_pb2_grpc.ShardStub(channel))
+        try:
+            await scenario(shard, server, stream)
+        finally:
+            shard.release.set()
+            stream.close()
+            await channel.close()
+            await server.stop(0)
+
+    asyncio.run(run())
+
+
+def test_a_read_is_answered_while_a_write_before_it_still_waits() -> None:
+    async def scenario(shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
+        write = asyncio.ensure_future(stream.execute(post("first"), 5.0))
+        [pong] = await stream.execute(ping(), 5.0)
+        assert murmur_pb2.PingResponse.FromString(pong.response).shard_id == 9
+        assert not write.done()
+        shard.release.set()
+        [tweet] = await write
+        assert tweet.code == 0
+        assert murmur_pb2.Tweet.FromString(tweet.response).text == "first"
+
+    with_shard(scenario)
+
+
+def test_a_batch_not_answered_in_time_fails_alone() -> None:
+    async def scenario(_shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.execute(post("late"), 0.1)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        [pong] = await stream.execute(ping(), 5.0)  # the stream itself is fine
+        assert pong.code == 0
+
+    with_shard(scenario)
+
+
+def test_a_stopping_shard_answers_what_it_began_then_ends_the_stream() -> None:
+    async def scenario(shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
+        write = asyncio.ensure_future(stream.execute(post("begun"), 5.0))
+        await asyncio.sleep(0.05)  # the write is running on the shard
+        closing = asyncio.ensure_future(shard.batch_streams.close())
+        await asyncio.sleep(0.05)
+        [refused] = await stream.execute(ping(), 5.0)
+        assert refused.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert "shard 9 is stopping" in refused.message
+        shard.release.set()
+        [tweet] = await write
+        assert tweet.code == 0  # acknowledged before the stream ended
+        await closing
+        assert not shard.batch_streams.open
+        # the next batch opens a new stream (a restarted shard would serve it)
+        [pong] = await stream.execute(ping(), 5.0)
+        assert pong.code == 0
+
+    with_shard(scenario)
+
+
+def test_a_shard_that_goes_away_fails_the_batch_waiting_on_it() -> None:
+    async def scenario(
+        _shard: SlowWriteShard, server: grpc.aio.Server, stream: ShardStream
+    ) -> None:
+        write = asyncio.ensure_future(stream.execute(post("lost"), 5.0))
+        await asyncio.sleep(0.05)
+        await server.stop(0)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await write
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stream.execute(ping(), 1.0)
+        assert again.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+
+    with_shard(scenario)
