@@ -1,8 +1,8 @@
 """Lazily opened channels to shards, one per (shard id, address).
 
 The router and every shard (for fan-out and moves) talk to shards the same
-way: TLS as configured, large messages allowed, one channel per address,
-closed together at shutdown.
+way: TLS as configured, large messages allowed, one channel per address and
+one ExecuteStream on it for batches, closed together at shutdown.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from murmur import tls
+from murmur.execute_stream import ShardStream
 from murmur.v1 import shard_pb2_grpc
 
 CHANNEL_OPTIONS = [
@@ -23,6 +24,7 @@ class ShardStubs:
     def __init__(self) -> None:
         self._stubs: dict[tuple[int, str], shard_pb2_grpc.ShardStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._streams: dict[tuple[int, str], ShardStream] = {}
 
     def get(self, shard_id: int, address: str) -> shard_pb2_grpc.ShardStub:
         key = (shard_id, address)
@@ -33,6 +35,15 @@ class ShardStubs:
             stub = self._stubs[key] = shard_pb2_grpc.ShardStub(channel)
         return stub
 
+    def stream(self, shard_id: int, address: str) -> ShardStream:
+        key = (shard_id, address)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = ShardStream(self.get(shard_id, address))
+        return stream
+
     async def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
         for channel in self._channels:
             await channel.close()

@@ -5,7 +5,7 @@ Requests that arrive meanwhile queue, and when the batch returns everything
 queued goes as the next one. There is no timer, so a lone request goes at
 once, alone; under load batches grow by themselves, like group commit, and
 one round trip serves many requests. Batches travel as messages on one
-long-lived stream per shard (``server/shard_stream.py``), far cheaper for
+long-lived stream per shard (``murmur/execute_stream.py``), far cheaper for
 both ends than a unary call each.
 
 Every call carries the caller's remaining deadline (or a default when the
@@ -27,10 +27,10 @@ import grpc
 from google.protobuf import message_factory
 
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
+from murmur.execute_stream import STATUS_BY_NUMBER
 from murmur.loop_metrics import LoopHistogram
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
-from server.shard_stream import ShardStream
 from server.slot_map import RoutingTable
 
 log = logging.getLogger("murmur.router.shards")
@@ -40,7 +40,6 @@ RESPONSE_TYPES = {
 }
 # Ping is the benchmark's floor: exactly one router -> shard call per request.
 NOT_COALESCED = {"Execute", "AssignSlots", "UpdateSettings", "GetShardInfo", "Ping"}
-STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 BATCH_SIZE = LoopHistogram(
     "murmur_router_shard_batch_requests",
     "Requests carried per router-to-shard call (coalescing)",
@@ -164,19 +163,20 @@ class ShardPool:
         self.lanes: dict[int, ShardLane] = {}
         self.suspect: set[int] = set()
         self._probes: dict[int, asyncio.Task] = {}
-        self._streams: dict[shard_pb2_grpc.ShardStub, ShardStream] = {}
-        self._unary_only: set[shard_pb2_grpc.ShardStub] = set()
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
 
     def stub(self, shard_id: int) -> shard_pb2_grpc.ShardStub:
+        return self._stubs.get(shard_id, self._address(shard_id))
+
+    def _address(self, shard_id: int) -> str:
         address = self.table.addresses.get(shard_id)
         if not address:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"shard {shard_id} has no known address"
             )
-        return self._stubs.get(shard_id, address)
+        return address
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
         """Invoke ``method`` on one shard (coalesced with concurrent calls)."""
@@ -204,25 +204,13 @@ class ShardPool:
     async def execute(
         self, shard_id: int, calls: list[shard_pb2.ShardCall], timeout: float
     ) -> Sequence[shard_pb2.ShardCallResult]:
-        """One batch on the shard's ExecuteStream (``Execute`` on a shard too
-        old to have the stream), failures named as ``direct`` names them."""
+        """One batch on the shard's ExecuteStream, failures named as
+        ``direct`` names them."""
         self._refuse_suspect(shard_id)
-        stub = self.stub(shard_id)
-        if stub in self._unary_only:
-            response = await self.direct(
-                shard_id, "Execute", shard_pb2.ExecuteRequest(calls=calls), timeout
-            )
-            return response.results
-        stream = self._streams.get(stub)
-        if stream is None:
-            stream = self._streams[stub] = ShardStream(stub)
+        stream = self._stubs.stream(shard_id, self._address(shard_id))
         try:
             return await stream.execute(calls, timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                log.info("%s has no ExecuteStream; batching with Execute", self.describe(shard_id))
-                self._unary_only.add(stub)
-                return await self.execute(shard_id, calls, timeout)
             raise self._failed(shard_id, exc) from None
 
     def _refuse_suspect(self, shard_id: int) -> None:
@@ -285,6 +273,4 @@ class ShardPool:
     async def close(self) -> None:
         for task in self._probes.values():
             task.cancel()
-        for stream in self._streams.values():
-            stream.close()
         await self._stubs.close()

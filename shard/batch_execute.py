@@ -158,6 +158,8 @@ class BatchStream:
                 )
             except grpc.aio.AbortError:
                 pass  # raised in whoever aborts; the status is on its way
+            except Exception as exc:  # the caller hung up first: nobody to tell
+                log.info("stream already ended while stopping (%s)", type(exc).__name__)
 
     async def finish_running(self) -> None:
         while self.running:

@@ -1,11 +1,12 @@
 """The fan-out worker: drains this shard's outbox to the destination shards.
 
 Records are taken in order, expanded into per-destination operations (one
-batched ``Deliver`` call per destination shard per round, never one call per
-follower), and removed only after every destination applied them. A record
-with many followers is delivered page by page with a saved resume point, and
-records behind a half-delivered one wait, so an edit or delete never overtakes
-the post it changes. Any failure retries the round: deliveries are idempotent.
+batched ``Deliver`` per destination shard per round, never one per follower,
+sent as a message on that shard's ExecuteStream), and removed only after
+every destination applied them. A record with many followers is delivered
+page by page with a saved resume point, and records behind a half-delivered
+one wait, so an edit or delete never overtakes the post it changes. Any
+failure retries the round: deliveries are idempotent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from murmur.errors import WRONG_SLOT_METADATA
+from murmur.execute_stream import STATUS_BY_NUMBER
 from murmur.ids import now_ms
 from murmur.slots import slot_for_user, slots_for_users
 from murmur.v1 import shard_pb2
@@ -269,23 +270,31 @@ class FanoutWorker:
         if errors:
             raise errors[0]
 
-    def _start_send(
-        self, shard_id: int, ops: list[shard_pb2.DeliveryOp]
-    ) -> grpc.aio.UnaryUnaryCall:
+    def _start_send(self, shard_id: int, ops: list[shard_pb2.DeliveryOp]) -> asyncio.Future:
+        """One Deliver, as a batch on the destination's ExecuteStream."""
         request = shard_pb2.DeliverRequest(from_shard=self.state.shard_id, ops=ops)
-        return self.peers.stub(shard_id).Deliver(request, timeout=DELIVER_TIMEOUT_S)
+        call = shard_pb2.ShardCall(method="Deliver", request=request.SerializeToString())
+        stream = self.peers.stream(shard_id)
+        return asyncio.ensure_future(stream.execute([call], DELIVER_TIMEOUT_S))
 
-    async def _finish_send(self, shard_id: int, call: grpc.aio.UnaryUnaryCall) -> None:
+    async def _finish_send(self, shard_id: int, sending: asyncio.Future) -> None:
         try:
-            response = await call
+            [result] = await sending
         except grpc.aio.AioRpcError as exc:
-            if any(key == WRONG_SLOT_METADATA for key, _ in exc.trailing_metadata() or ()):
+            raise self._failed(shard_id, exc.code(), exc.details()) from exc
+        if result.code != 0:
+            if result.wrong_slot:
                 await self._learn_map_from(shard_id)
-            raise ConnectionError(
-                f"delivery to shard {shard_id} ({self.peers.address(shard_id)}) failed: "
-                f"{exc.code().name}: {exc.details()}"
-            ) from exc
+            code = STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
+            raise self._failed(shard_id, code, result.message)
+        response = shard_pb2.DeliverResponse.FromString(result.response)
         self.stats.inbox_entries += response.inbox_entries_written
+
+    def _failed(self, shard_id: int, code: grpc.StatusCode, details: str | None) -> Exception:
+        return ConnectionError(
+            f"delivery to shard {shard_id} ({self.peers.address(shard_id)}) failed: "
+            f"{code.name}: {details}"
+        )
 
     async def _learn_map_from(self, shard_id: int) -> None:
         """A destination no longer owns a slot: adopt its (newer) slot map, so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from murmur.execute_stream import ShardStream
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import shard_pb2_grpc
 from shard.ownership import SlotOwnership
@@ -23,6 +24,13 @@ class PeerShards:
         if not address:
             raise LookupError(f"shard {shard_id} has no address in slot map")
         return self._stubs.get(shard_id, address)
+
+    def stream(self, shard_id: int) -> ShardStream:
+        """The ExecuteStream to ``shard_id`` at its slot-map address."""
+        address = self.address(shard_id)
+        if not address:
+            raise LookupError(f"shard {shard_id} has no address in slot map")
+        return self._stubs.stream(shard_id, address)
 
     async def close(self) -> None:
         await self._stubs.close()

@@ -21,6 +21,7 @@ from murmur.v1 import shard_pb2
 from server.servicer import MurmurServicer
 from server.shard_pool import WrongSlot
 from server.slot_map import RoutingTable
+from shard.batch_execute import run_calls
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.servicer import ShardServicer
@@ -66,7 +67,7 @@ class InProcessPool:
 
 
 class InProcessPeers:
-    """Stands in for PeerShards: Deliver goes straight to the target servicer."""
+    """Stands in for PeerShards: a batch runs straight on the target servicer."""
 
     def __init__(self, pool: InProcessPool) -> None:
         self.pool = pool
@@ -74,16 +75,20 @@ class InProcessPeers:
     def address(self, shard_id: int) -> str:
         return f"in-process-{shard_id}"
 
-    def stub(self, shard_id: int) -> Any:
+    def stream(self, shard_id: int) -> Any:
         pool = self.pool
 
-        class Stub:
-            async def Deliver(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802
+        class Stream:
+            async def execute(self, calls: list, timeout: float) -> list:
+                """Each batched Deliver straight into the target servicer."""
                 if shard_id in pool.down:
                     raise ConnectionError(f"shard {shard_id} is down")
-                return await pool.call(shard_id, "Deliver", request, timeout)
+                for call in calls:
+                    pool.calls[call.method, shard_id] += 1
+                    pool.timeouts.append((call.method, timeout))
+                return await run_calls(pool.servicers[shard_id], calls, timeout)
 
-        return Stub()
+        return Stream()
 
     async def close(self) -> None:
         return None

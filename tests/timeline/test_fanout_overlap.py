@@ -23,15 +23,15 @@ def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster,
 
     worker = cluster.workers[cluster.shard_of(author)]
     events: list[str] = []
-    real_stub, real_apply = worker.peers.stub, worker.applier.apply
+    real_stream, real_apply = worker.peers.stream, worker.applier.apply
 
-    def recording_stub(shard_id: int) -> Any:
-        stub = real_stub(shard_id)
+    def recording_stream(shard_id: int) -> Any:
+        stream = real_stream(shard_id)
 
         class Recording:
-            def Deliver(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802
+            async def execute(self, calls: list, timeout: float) -> Any:
                 events.append("remote call started")
-                return stub.Deliver(request, timeout=timeout)
+                return await stream.execute(calls, timeout)
 
         return Recording()
 
@@ -39,7 +39,7 @@ def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster,
         events.append("local applied" if local else "remote applied")
         return real_apply(ops, local=local)
 
-    worker.peers.stub = recording_stub  # type: ignore[method-assign]
+    worker.peers.stream = recording_stream  # type: ignore[method-assign]
     worker.applier.apply = recording_apply  # type: ignore[method-assign]
     model.post("author", "to both shards")
     assert loop.run_until_complete(worker.run_round())

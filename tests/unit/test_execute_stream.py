@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
+from murmur.execute_stream import ShardStream
 from murmur.registration import add_service
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
-from server.shard_stream import ShardStream
 from shard.batch_execute import BatchStreams
 
 SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
@@ -109,6 +109,11 @@ def test_a_stopping_shard_answers_what_it_began_then_ends_the_stream() -> None:
         assert tweet.code == 0  # acknowledged before the stream ended
         await closing
         assert not shard.batch_streams.open
+        for _ in range(200):  # the stream's status reaches the router's reader
+            if stream.connection is None or stream.connection.ended:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.connection is not None and stream.connection.ended
         # the next batch opens a new stream (a restarted shard would serve it)
         [pong] = await stream.execute(ping(), 5.0)
         assert pong.code == 0
@@ -132,5 +137,24 @@ def test_a_shard_that_goes_away_fails_the_batch_waiting_on_it() -> None:
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
         )
+
+    with_shard(scenario)
+
+
+def test_stopping_after_the_caller_hung_up_ends_quietly() -> None:
+    async def scenario(shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
+        write = asyncio.ensure_future(stream.execute(post("orphan"), 5.0))
+        await asyncio.sleep(0.05)  # running on the shard
+        [opened] = shard.batch_streams.open
+        closing = asyncio.ensure_future(shard.batch_streams.close())
+        await asyncio.sleep(0.05)
+        stream.close()  # the router goes away while the shard waits for the write
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await write
+        assert caught.value.code() == grpc.StatusCode.CANCELLED  # at once, not at its deadline
+        await asyncio.sleep(0.05)
+        shard.release.set()
+        await closing  # neither the lost answer nor the status may raise here
+        assert opened.closing
 
     with_shard(scenario)

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from murmur.errors import ServiceError
+from murmur.execute_stream import ShardStream, stream_error
 from murmur.slots import even_assignment
 from murmur.v1 import murmur_pb2, shard_pb2
 from server.shard_pool import ShardPool
-from server.shard_stream import stream_error
 from server.slot_map import RoutingTable
 
 
@@ -62,9 +62,13 @@ class StuckThenAnswering:
 class Stubs:
     def __init__(self, stub: StuckThenAnswering) -> None:
         self.stub = stub
+        self.shard_stream = ShardStream(stub)  # type: ignore[arg-type]
 
     def get(self, shard_id: int, address: str) -> StuckThenAnswering:
         return self.stub
+
+    def stream(self, shard_id: int, address: str) -> ShardStream:
+        return self.shard_stream
 
     async def close(self) -> None:
         return None
