@@ -27,6 +27,7 @@ class SlowWriteShard(shard_pb2_grpc.ShardServicer):
     def __init__(self) -> None:
         self.batch_streams = BatchStreams(self)
         self.release = asyncio.Event()
+        self.address = ""
 
     async def Ping(self, request: Any, context: Any) -> murmur_pb2.PingResponse:
         return murmur_pb2.PingResponse(shard_id=9)
@@ -55,9 +56,9 @@ def with_shard(
         shard = SlowWriteShard()
         server = grpc.aio.server()
         add_service(server, shard, SERVICE)
-        port = server.add_insecure_port("127.0.0.1:0")
+        shard.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = grpc.aio.insecure_channel(shard.address)
         stream = ShardStream(shard_pb2_grpc.ShardStub(channel))
         try:
             await scenario(shard, server, stream)
@@ -156,5 +157,18 @@ def test_stopping_after_the_caller_hung_up_ends_quietly() -> None:
         shard.release.set()
         await closing  # neither the lost answer nor the status may raise here
         assert opened.closing
+
+    with_shard(scenario)
+
+
+def test_a_message_that_does_not_parse_ends_the_stream_invalid_argument() -> None:
+    async def scenario(shard: SlowWriteShard, _server: Any, _stream: ShardStream) -> None:
+        async with grpc.aio.insecure_channel(shard.address) as channel:
+            raw = channel.stream_stream("/murmur.v1.Shard/ExecuteStream")()  # bytes as they are
+            await raw.write(b"\x0a\xff")  # field 1, length-delimited, running past the end
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await raw.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "murmur.v1.ExecuteStreamRequest" in (caught.value.details() or "")
 
     with_shard(scenario)
