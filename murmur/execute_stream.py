@@ -12,8 +12,10 @@ answer to the batch waiting for that id.
 Failures keep the shape of a unary call's: the stream's own error (the shard
 stopped or went away) fails every unanswered batch with it, as an
 ``AioRpcError``, and the next batch opens a new stream; a batch not answered
-within its timeout fails DEADLINE_EXCEEDED alone. A shard too old to have
-ExecuteStream (UNIMPLEMENTED) gets its batches as unary Execute calls.
+within its timeout fails DEADLINE_EXCEEDED alone, and if its message never
+even went out (a host that takes no bytes) the stream is dropped as well. A
+shard too old to have ExecuteStream (UNIMPLEMENTED) gets its batches as
+unary Execute calls for as long as this object lives.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import grpc
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("murmur.execute_stream")
+# a batch sent with no time left must not read as "no limit" (timeout_s 0)
+MIN_TIMEOUT_S = 0.001
 # a ShardCallResult's code is the status's number
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -37,27 +41,58 @@ def stream_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 
 
 class _Connection:
-    """One open ExecuteStream and the batches sent on it, not yet answered."""
+    """One open ExecuteStream and the batches sent on it, not yet answered.
+
+    Its own writer task puts the batches on the wire one at a time (a gRPC
+    call takes one write at once), so no batch ever awaits a write: a write
+    that never completes (a host that takes no bytes, a full flow-control
+    window) cannot hold a batch past its deadline.
+    """
 
     def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        loop = asyncio.get_running_loop()
         self.call = call
         self.waiting: dict[int, asyncio.Future] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.outbox: asyncio.Queue[shard_pb2.ExecuteStreamRequest] = asyncio.Queue()
+        self.written_through = 0  # ids are increasing: every batch up to it is on the wire
         self.ended = False
+        self.reader = loop.create_task(self._read())
+        self.writer = loop.create_task(self._write())
+
+    @property
+    def usable(self) -> bool:
+        return not self.ended and not self.call.done()
+
+    def send(self, request: shard_pb2.ExecuteStreamRequest, answer: asyncio.Future) -> None:
+        self.waiting[request.id] = answer
+        self.outbox.put_nowait(request)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                request = await self.outbox.get()
+                await self.call.write(request)
+                self.written_through = request.id
+        except grpc.aio.AioRpcError as exc:  # the call's final status
+            self._end(exc)
+        except asyncio.InvalidStateError:  # the call is over; its reader has the status
+            self.call.cancel()
 
     async def _read(self) -> None:
+        error = stream_error(grpc.StatusCode.UNAVAILABLE, "the stream ended")
         try:
             while True:
                 message = await self.call.read()
                 if message is grpc.aio.EOF:
                     error = stream_error(grpc.StatusCode.UNAVAILABLE, "the shard ended the stream")
-                    break
+                    return
                 answer = self.waiting.get(message.id)
                 if answer is not None and not answer.done():
                     answer.set_result(message.results)
         except grpc.aio.AioRpcError as exc:
             error = exc
-        self._end(error)
+        finally:  # however it ends, cancelled included, nothing may wait on it
+            self._end(error)
 
     def _end(self, error: grpc.aio.AioRpcError) -> None:
         self.ended = True
@@ -65,10 +100,11 @@ class _Connection:
             if not answer.done():
                 answer.set_exception(error)
 
-    def close(self) -> None:
+    def close(self, error: grpc.aio.AioRpcError | None = None) -> None:
         self.reader.cancel()
+        self.writer.cancel()
         self.call.cancel()
-        self._end(stream_error(grpc.StatusCode.CANCELLED, "the stream was closed"))
+        self._end(error or stream_error(grpc.StatusCode.CANCELLED, "the stream was closed"))
 
 
 class ShardStream:
@@ -78,7 +114,6 @@ class ShardStream:
         self.stub = stub
         self.connection: _Connection | None = None
         self.ids = itertools.count(1)
-        self.writing = asyncio.Lock()
         self.unary_only = False
 
     async def execute(
@@ -100,28 +135,21 @@ class ShardStream:
         self, calls: Sequence[shard_pb2.ShardCall], timeout: float
     ) -> Sequence[shard_pb2.ShardCallResult]:
         loop = asyncio.get_running_loop()
-        batch_id = next(self.ids)
-        answer = loop.create_future()
-        timer = loop.call_later(timeout, _expire, answer)
         connection = self._current()
-        connection.waiting[batch_id] = answer
+        request = shard_pb2.ExecuteStreamRequest(
+            id=next(self.ids), calls=calls, timeout_s=max(timeout, MIN_TIMEOUT_S)
+        )
+        answer = loop.create_future()
+        connection.send(request, answer)
+        timer = loop.call_later(timeout, _expire, connection, request.id, answer)
         try:
-            request = shard_pb2.ExecuteStreamRequest(id=batch_id, calls=calls, timeout_s=timeout)
-            async with self.writing:  # a gRPC call takes one write at a time
-                await connection.call.write(request)
             return await answer
-        except asyncio.InvalidStateError:  # the stream was half-closed under us
-            raise stream_error(grpc.StatusCode.UNAVAILABLE, "the stream ended") from None
         finally:
             timer.cancel()
-            connection.waiting.pop(batch_id, None)
-            if not answer.done():
-                answer.cancel()
-            elif not answer.cancelled():
-                answer.exception()  # seen: the write's own error was raised instead
+            connection.waiting.pop(request.id, None)
 
     def _current(self) -> _Connection:
-        if self.connection is None or self.connection.ended:
+        if self.connection is None or not self.connection.usable:
             self.connection = _Connection(self.stub.ExecuteStream())
         return self.connection
 
@@ -131,6 +159,11 @@ class ShardStream:
             self.connection = None
 
 
-def _expire(answer: asyncio.Future) -> None:
-    if not answer.done():
-        answer.set_exception(stream_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+def _expire(connection: _Connection, batch_id: int, answer: asyncio.Future) -> None:
+    if answer.done():
+        return
+    answer.set_exception(stream_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+    if connection.written_through < batch_id:  # it never even went out: the stream is stuck
+        connection.close(
+            stream_error(grpc.StatusCode.UNAVAILABLE, "the stream stopped taking batches")
+        )

@@ -265,6 +265,9 @@ class ShardPool:
             )
         if code == grpc.StatusCode.CANCELLED:
             return ServiceError(code, f"call to {self.describe(shard_id)} was cancelled")
+        if code == grpc.StatusCode.INTERNAL and "shard" not in (exc.details() or ""):
+            # gRPC's own (a broken stream), not a shard's "internal error in shard N"
+            return ServiceError(code, f"{self.describe(shard_id)} failed: {exc.details()}")
         trailing = exc.trailing_metadata() or ()
         if any(key == WRONG_SLOT_METADATA for key, _ in trailing):
             return WrongSlot(code, exc.details() or "wrong slot")

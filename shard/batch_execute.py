@@ -18,6 +18,7 @@ from google.protobuf import message_factory
 
 from murmur.errors import WRONG_SLOT_METADATA
 from murmur.registration import Unparseable
+from murmur.serving import GRACE_S
 from murmur.v1 import shard_pb2
 
 log = logging.getLogger("murmur.shard.execute")
@@ -191,14 +192,19 @@ class BatchStream:
 
 
 class BatchStreams:
-    """The ExecuteStreams open on this shard. Routers never close theirs, so
-    a stopping shard ends them itself instead of waiting out its grace period."""
+    """The ExecuteStreams open on this shard. Callers never close theirs, so
+    a stopping shard ends them itself instead of waiting out its grace period,
+    and refuses the streams that callers open meanwhile."""
 
     def __init__(self, servicer: Any) -> None:
         self.servicer = servicer
         self.open: set[BatchStream] = set()
+        self.closing = False
 
     async def serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        if self.closing:
+            component = getattr(self.servicer, "component", "the shard")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{component} is stopping")
         stream = BatchStream(self.servicer, context)
         self.open.add(stream)
         try:
@@ -207,4 +213,11 @@ class BatchStreams:
             self.open.discard(stream)
 
     async def close(self) -> None:
-        await asyncio.gather(*(stream.close() for stream in list(self.open)))
+        """End every stream, giving the batches already running up to the
+        server's grace period to answer; the server's own stop does the rest."""
+        self.closing = True
+        closing = asyncio.gather(*(stream.close() for stream in list(self.open)))
+        try:
+            await asyncio.wait_for(closing, GRACE_S)
+        except TimeoutError:
+            log.warning("batches still running after %.0f s; stopping without them", GRACE_S)

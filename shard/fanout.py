@@ -253,22 +253,25 @@ class FanoutWorker:
         while they work, so the sender and its destinations use their cores at
         the same time instead of taking turns."""
         local = plan.ops.get(self.state.shard_id)
-        sends = [
-            (shard_id, self._start_send(shard_id, ops))
-            for shard_id, ops in plan.ops.items()
-            if shard_id != self.state.shard_id
-        ]
-        if sends and local:
-            await asyncio.sleep(0)  # the calls' tasks put the requests on the wire
-        if local:
-            self.stats.inbox_entries += self.applier.apply(local, local=True)
+        sends: list[tuple[int, asyncio.Future]] = []
+        failure: BaseException | None = None
+        try:
+            for shard_id, ops in plan.ops.items():
+                if shard_id != self.state.shard_id:
+                    sends.append((shard_id, self._start_send(shard_id, ops)))
+            if sends and local:
+                await asyncio.sleep(0)  # the calls' tasks put the requests on the wire
+            if local:
+                self.stats.inbox_entries += self.applier.apply(local, local=True)
+        except Exception as exc:  # still wait for the sends begun: none is left behind
+            failure = exc
         results = await asyncio.gather(
-            *(self._finish_send(shard_id, call) for shard_id, call in sends),
+            *(self._finish_send(shard_id, sending) for shard_id, sending in sends),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        if failure is not None or errors:
+            raise failure or errors[0]
 
     def _start_send(self, shard_id: int, ops: list[shard_pb2.DeliveryOp]) -> asyncio.Future:
         """One Deliver, as a batch on the destination's ExecuteStream."""

@@ -4,6 +4,7 @@ by id in any order, a deadline per batch, and a shard that stops or goes away.""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -115,7 +116,13 @@ def test_a_stopping_shard_answers_what_it_began_then_ends_the_stream() -> None:
                 break
             await asyncio.sleep(0.01)
         assert stream.connection is not None and stream.connection.ended
-        # the next batch opens a new stream (a restarted shard would serve it)
+        # the next batch opens a new stream, which the stopping shard refuses
+        with pytest.raises(grpc.aio.AioRpcError) as refused_stream:
+            await stream.execute(ping(), 5.0)
+        assert refused_stream.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shard 9 is stopping" in (refused_stream.value.details() or "")
+        # and once the shard is back (here: fresh stream state), the one after that is served
+        shard.batch_streams = BatchStreams(shard)
         [pong] = await stream.execute(ping(), 5.0)
         assert pong.code == 0
 
@@ -172,3 +179,28 @@ def test_a_message_that_does_not_parse_ends_the_stream_invalid_argument() -> Non
         assert "murmur.v1.ExecuteStreamRequest" in (caught.value.details() or "")
 
     with_shard(scenario)
+
+
+def test_a_host_that_never_answers_fails_each_batch_at_its_deadline() -> None:
+    """A write that cannot go out (no HTTP/2 on the other end, here a bare
+    socket) must not hold the batch past its deadline; the stuck stream is
+    dropped so the next batch starts afresh."""
+
+    async def scenario() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{listener.getsockname()[1]}"
+            ) as channel:
+                stream = ShardStream(shard_pb2_grpc.ShardStub(channel))
+                for _ in range(2):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        # the guard only turns a hang into a failure: gRPC's own
+                        # connect timeout (20 s) is what the deadline must beat
+                        await asyncio.wait_for(stream.execute(ping(), 0.2), 10.0)
+                    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    assert stream.connection is not None and stream.connection.ended
+                stream.close()
+
+    asyncio.run(scenario())
