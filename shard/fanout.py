@@ -260,7 +260,10 @@ class FanoutWorker:
                 if shard_id != self.state.shard_id:
                     sends.append((shard_id, self._start_send(shard_id, ops)))
             if sends and local:
-                await asyncio.sleep(0)  # the calls' tasks put the requests on the wire
+                # the sends' tasks queue their batches, then each stream's
+                # writer puts them on the wire: two turns of the loop
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
             if local:
                 self.stats.inbox_entries += self.applier.apply(local, local=True)
         except Exception as exc:  # still wait for the sends begun: none is left behind
