@@ -155,7 +155,7 @@ class BatchStream:
         async with self.writing:  # not in the middle of an answer
             try:
                 await self.context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"{self._component()} is stopping"
+                    grpc.StatusCode.UNAVAILABLE, f"{_component(self.servicer)} is stopping"
                 )
             except grpc.aio.AbortError:
                 pass  # raised in whoever aborts; the status is on its way
@@ -184,11 +184,8 @@ class BatchStream:
     def _stopping(self) -> shard_pb2.ShardCallResult:
         return shard_pb2.ShardCallResult(
             code=grpc.StatusCode.UNAVAILABLE.value[0],
-            message=f"{self._component()} is stopping; retry once it is back",
+            message=f"{_component(self.servicer)} is stopping; retry once it is back",
         )
-
-    def _component(self) -> str:
-        return getattr(self.servicer, "component", "the shard")
 
 
 class BatchStreams:
@@ -203,8 +200,9 @@ class BatchStreams:
 
     async def serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
         if self.closing:
-            component = getattr(self.servicer, "component", "the shard")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{component} is stopping")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{_component(self.servicer)} is stopping"
+            )
         stream = BatchStream(self.servicer, context)
         self.open.add(stream)
         try:
@@ -221,3 +219,8 @@ class BatchStreams:
             await asyncio.wait_for(closing, GRACE_S)
         except TimeoutError:
             log.warning("batches still running after %.0f s; stopping without them", GRACE_S)
+
+
+def _component(servicer: Any) -> str:
+    """How the shard names itself in messages ("shard 2")."""
+    return getattr(servicer, "component", "the shard")
