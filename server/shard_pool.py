@@ -2,11 +2,12 @@
 
 Coalescing: each shard has one lane with at most one batch in flight.
 Requests that arrive meanwhile queue, and when the batch returns everything
-queued goes as the next one. There is no timer, so a lone request goes at
-once, alone; under load batches grow by themselves, like group commit, and
-one round trip serves many requests. Batches travel as messages on one
-long-lived stream per shard (``murmur/execute_stream.py``), far cheaper for
-both ends than a unary call each.
+queued goes as the next one (within a bound on the message's size). There
+is no timer, so a lone request goes at once, alone; under load batches grow
+by themselves, like group commit, and one round trip serves many requests.
+Batches travel as messages on one long-lived stream per shard
+(``murmur/execute_stream.py``), far cheaper for both ends than a unary call
+each.
 
 Every call carries the caller's remaining deadline (or a default when the
 caller set none), and a shard that does not answer becomes UNAVAILABLE or
@@ -31,6 +32,7 @@ from murmur.execute_stream import STATUS_BY_NUMBER
 from murmur.loop_metrics import LoopHistogram
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
+from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from server.slot_map import RoutingTable
 
 log = logging.getLogger("murmur.router.shards")
@@ -46,6 +48,16 @@ BATCH_SIZE = LoopHistogram(
     ["shard"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+
+# One batch is one message each way, so it is bounded: by count, and by the
+# tweets its answers may hold (a request's page size, or a per-author pull's
+# depth times its authors). The tweet budget is what one per-author pull may
+# carry (``copies_per_call`` keeps each pull under it); at ~1.2 kB for the
+# longest tweet that stays well under the 64 MB message limit, where an
+# unbounded queue behind a slow shard would fail whole batches with
+# RESOURCE_EXHAUSTED. A request over the budget on its own goes alone.
+MAX_BATCH_CALLS = 128
+MAX_BATCH_TWEETS = MAX_PER_AUTHOR_TWEETS
 
 DEFAULT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 0.5
@@ -66,6 +78,15 @@ class Pending:
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
+
+    def answer_tweets(self) -> int:
+        """The most tweets this request's answer may carry."""
+        request = self.request
+        if self.method == "PullTimelines" and request.per_author:
+            return request.limit * len(request.author_ids)
+        if self.method in ("PullTimelines", "ReadInbox"):
+            return request.limit
+        return 0
 
 
 class ShardLane:
@@ -106,8 +127,7 @@ class ShardLane:
     async def _drain(self) -> None:
         try:
             while self.pending:
-                batch, self.pending = self.pending, []
-                batch = [item for item in batch if not item.future.done()]
+                batch = self._next_batch()
                 if not batch:
                     continue
                 self.calls += 1
@@ -116,6 +136,20 @@ class ShardLane:
                 await self._send(batch)
         finally:
             self.busy = False
+
+    def _next_batch(self) -> list[Pending]:
+        """The oldest waiting requests, within MAX_BATCH_CALLS and
+        MAX_BATCH_TWEETS (always at least one); the rest wait for the next
+        batch. Requests whose callers gave up are dropped."""
+        live = [item for item in self.pending if not item.future.done()]
+        taken, tweets = 0, 0
+        for item in live[:MAX_BATCH_CALLS]:
+            tweets += item.answer_tweets()
+            if taken and tweets > MAX_BATCH_TWEETS:
+                break
+            taken += 1
+        batch, self.pending = live[:taken], live[taken:]
+        return batch
 
     async def _send(self, batch: list[Pending]) -> None:
         calls = [

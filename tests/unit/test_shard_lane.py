@@ -13,7 +13,7 @@ from murmur.errors import ServiceError
 from murmur.execute_stream import ShardStream, stream_error
 from murmur.slots import even_assignment
 from murmur.v1 import murmur_pb2, shard_pb2
-from server.shard_pool import ShardPool
+from server.shard_pool import MAX_BATCH_CALLS, MAX_BATCH_TWEETS, ShardPool
 from server.slot_map import RoutingTable
 
 
@@ -136,5 +136,66 @@ def test_ping_is_never_coalesced() -> None:
             *(pool.call(0, "Ping", murmur_pb2.PingRequest(), 1.0) for _ in range(3))
         )
         assert [m for m, _ in stub.calls] == ["Ping"] * 3
+
+    asyncio.run(scenario())
+
+
+def test_a_long_queue_goes_in_bounded_batches() -> None:
+    """Behind a slow shard the queue can grow past what one message should
+    carry: it leaves in batches of at most MAX_BATCH_CALLS, in arrival order."""
+
+    async def scenario() -> None:
+        stub = StuckThenAnswering()
+        pool = pool_with(stub)
+        first = asyncio.ensure_future(pool.call(0, "ReadInbox", read(1), 5.0))
+        await asyncio.sleep(0.01)
+        queued = [
+            asyncio.ensure_future(pool.call(0, "ReadInbox", read(u), 5.0))
+            for u in range(2, 2 + MAX_BATCH_CALLS * 2 + 5)
+        ]
+        await asyncio.sleep(0.01)
+        stub.release.set()
+        await first
+        assert all(answer.exact_from == 7 for answer in await asyncio.gather(*queued))
+        sizes = [len(request.calls) for _, request in stub.calls]
+        assert sizes == [1, MAX_BATCH_CALLS, MAX_BATCH_CALLS, 5]
+        users = [
+            shard_pb2.ReadInboxRequest.FromString(call.request).user_id
+            for _, request in stub.calls[1:]
+            for call in request.calls
+        ]
+        assert users == list(range(2, 2 + MAX_BATCH_CALLS * 2 + 5))
+
+    asyncio.run(scenario())
+
+
+def test_big_answers_split_batches_and_an_oversized_one_goes_alone() -> None:
+    """The tweets a batch's answers may hold stay within MAX_BATCH_TWEETS:
+    per-author pulls (depth x authors) and large pages count in full."""
+
+    async def scenario() -> None:
+        stub = StuckThenAnswering()
+        pool = pool_with(stub)
+        first = asyncio.ensure_future(pool.call(0, "ReadInbox", read(1), 5.0))
+        await asyncio.sleep(0.01)
+        half = MAX_BATCH_TWEETS // 2
+        pulls = [
+            shard_pb2.PullTimelinesRequest(author_ids=[7, 8], limit=half // 2, per_author=True),
+            shard_pb2.PullTimelinesRequest(author_ids=[9], limit=half, per_author=True),
+            shard_pb2.PullTimelinesRequest(author_ids=[10], limit=half + 1, per_author=True),
+            shard_pb2.PullTimelinesRequest(
+                author_ids=[11, 12], limit=MAX_BATCH_TWEETS, per_author=True
+            ),
+        ]
+        queued = [asyncio.ensure_future(pool.call(0, "PullTimelines", pull, 5.0)) for pull in pulls]
+        queued.append(asyncio.ensure_future(pool.call(0, "ReadInbox", read(2), 5.0)))
+        await asyncio.sleep(0.01)
+        stub.release.set()
+        await first
+        await asyncio.gather(*queued)
+        sizes = [len(request.calls) for _, request in stub.calls]
+        # half + half fit; half + 1 does not fit beside them; the oversized
+        # pull goes alone; the read that follows it waits for the next batch
+        assert sizes == [1, 2, 1, 1, 1]
 
     asyncio.run(scenario())
