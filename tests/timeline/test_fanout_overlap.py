@@ -45,17 +45,22 @@ class LoopbackCall:
         return True
 
 
-def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster, loop):
+def author_with_fans(make_cluster, loop, count: int) -> tuple[Any, Model, list[int], Any]:
+    """Two shards, an author and ``count`` followers on both of them: the
+    cluster, its model, the followers' ids and the author's fan-out worker."""
     cluster = make_cluster(shards=2)
     model = Model(cluster, loop)
     author = model.user("author")
-    fans = [model.user(f"fan{i}") for i in range(40)]
-    assert {cluster.shard_of(f) for f in fans} == {0, 1}
-    for i in range(40):
+    fans = [model.user(f"fan{i}") for i in range(count)]
+    assert {cluster.shard_of(fan) for fan in fans} == {0, 1}
+    for i in range(count):
         model.follow(f"fan{i}", "author")
     model.settle()
+    return cluster, model, fans, cluster.workers[cluster.shard_of(author)]
 
-    worker = cluster.workers[cluster.shard_of(author)]
+
+def test_remote_deliveries_leave_before_the_local_share_is_applied(make_cluster, loop):
+    cluster, model, fans, worker = author_with_fans(make_cluster, loop, 40)
     events: list[str] = []
     real_stream, real_apply = worker.peers.stream, worker.applier.apply
 
@@ -89,15 +94,7 @@ def test_remote_batches_are_on_the_wire_before_the_local_share_is_applied(make_c
     round (the stream opens) and on later ones (it is open). When the write
     came one loop turn later, the benchmark's fan-out burst fell from ~140k
     to ~100k inbox entries/s: the destinations waited for the sender."""
-    cluster = make_cluster(shards=2)
-    model = Model(cluster, loop)
-    author = model.user("author")
-    for i in range(40):
-        model.follow(f"fan{i}", "author")
-    model.settle()
-    assert {cluster.shard_of(model.user(f"fan{i}")) for i in range(40)} == {0, 1}
-
-    worker = cluster.workers[cluster.shard_of(author)]
+    cluster, model, fans, worker = author_with_fans(make_cluster, loop, 40)
     events: list[str] = []
     streams: dict[int, ShardStream] = {}
 
@@ -128,8 +125,8 @@ def test_remote_batches_are_on_the_wire_before_the_local_share_is_applied(make_c
             assert loop.run_until_complete(worker.run_round())
             assert events == ["remote written", "local applied"], text
         model.settle()
-        for i in range(40):  # the remote share arrived through the stream too
-            model.check_home(model.user(f"fan{i}"))
+        for fan in fans:  # the remote share arrived through the stream too
+            model.check_home(fan)
     finally:
         for stream in streams.values():
             stream.close()
@@ -137,14 +134,7 @@ def test_remote_batches_are_on_the_wire_before_the_local_share_is_applied(make_c
 
 
 def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, loop):
-    cluster = make_cluster(shards=2)
-    model = Model(cluster, loop)
-    author = model.user("author")
-    for i in range(20):
-        model.follow(f"fan{i}", "author")
-    model.settle()
-    assert {cluster.shard_of(model.user(f"fan{i}")) for i in range(20)} == {0, 1}
-    worker = cluster.workers[cluster.shard_of(author)]
+    cluster, model, _fans, worker = author_with_fans(make_cluster, loop, 20)
     worker.linger_s = 0.05
     model.post("author", "first")
 
@@ -152,7 +142,8 @@ def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, 
         round_task = asyncio.ensure_future(worker.run_round())
         await asyncio.sleep(0.01)
         await cluster.call(
-            "PostTweet", pb.PostTweetRequest(user_id=author, text="second, while it waits")
+            "PostTweet",
+            pb.PostTweetRequest(user_id=model.user("author"), text="second, while it waits"),
         )
         return await round_task
 
