@@ -32,7 +32,7 @@ from murmur.validation import (
 from server.celebrity_cache import CelebrityTimelines
 from server.home_timeline import merge_home
 from server.shard_pool import ShardPool, WrongSlot
-from server.slot_map import RoutingTable, newest_map
+from server.slot_map import RoutingTable
 
 log = logging.getLogger("murmur.router")
 
@@ -74,7 +74,6 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         self.table = table
         self.pool = pool
         self.celebrity_copies = celebrity_copies
-        self._refresh_lock = asyncio.Lock()
 
     def shard_of(self, request: Any) -> int | None:
         """The shard a request is routed to, for call logs."""
@@ -92,16 +91,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
 
     async def _refresh(self) -> None:
         """A shard said it no longer owns a slot: re-learn the map from the shards."""
-        async with self._refresh_lock:
-            try:
-                newest = await newest_map(list(self.table.addresses.values()), wait_s=1.0)
-            except SystemExit as exc:
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc}"
-                ) from None
-            if newest.version > self.table.version:
-                self.table.install(newest)
-                log.info("slot map refreshed to version %d", self.table.version)
+        await self.pool.refresh_map()
 
     async def _routed(self, route: Any, method: str, request: Any, context: Any) -> Any:
         """Call the owner of a key; on a stale map, refresh once and retry."""

@@ -33,7 +33,7 @@ from murmur.loop_metrics import LoopHistogram
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
-from server.slot_map import RoutingTable
+from server.slot_map import RoutingTable, newest_map
 
 log = logging.getLogger("murmur.router.shards")
 _SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
@@ -62,6 +62,9 @@ MAX_BATCH_TWEETS = MAX_PER_AUTHOR_TWEETS
 DEFAULT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 0.5
 PROBE_INTERVAL_S = 0.5
+# while a shard is silent, re-read the slot map this often: it may have been
+# drained and removed (or its slots moved) through another router
+MAP_CHECK_INTERVAL_S = 2.0
 
 
 class WrongSlot(ServiceError):
@@ -197,6 +200,7 @@ class ShardPool:
         self.lanes: dict[int, ShardLane] = {}
         self.suspect: set[int] = set()
         self._probes: dict[int, asyncio.Task] = {}
+        self._refresh_lock = asyncio.Lock()
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
@@ -272,7 +276,11 @@ class ShardPool:
             )
 
     async def _probe_until_healthy(self, shard_id: int) -> None:
-        while True:
+        """Ping until the shard answers, or until the slot map no longer has
+        it: a shard drained and removed through another router never says
+        "wrong slot" to this one, so only the map tells where its slots went."""
+        map_checked_at = 0.0
+        while shard_id in self.table.addresses:
             try:
                 await self.stub(shard_id).Ping(murmur_pb2.PingRequest(), timeout=PROBE_TIMEOUT_S)
             except (grpc.aio.AioRpcError, ServiceError):
@@ -282,12 +290,42 @@ class ShardPool:
                         self.describe(shard_id),
                     )
                 self.suspect.add(shard_id)
+                if time.monotonic() - map_checked_at >= MAP_CHECK_INTERVAL_S:
+                    map_checked_at = time.monotonic()
+                    await self._refresh_quietly()
+                    continue
                 await asyncio.sleep(PROBE_INTERVAL_S)
                 continue
             if shard_id in self.suspect:
                 log.info("%s answers again", self.describe(shard_id))
             self.suspect.discard(shard_id)
             return
+        log.info("shard %d left the slot map; no longer probing it", shard_id)
+        self.suspect.discard(shard_id)
+
+    async def refresh_map(self) -> None:
+        """Re-learn the slot map from the shards (the newest any of them
+        holds): a shard said it no longer owns a slot, or one went silent."""
+        async with self._refresh_lock:
+            try:
+                newest = await newest_map(
+                    list(self.table.addresses.values()),
+                    wait_s=1.0,
+                    silent_log_level=logging.DEBUG,  # the probe already said which
+                )
+            except SystemExit as exc:
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc}"
+                ) from None
+            if newest.version > self.table.version:
+                self.table.install(newest)
+                log.info("slot map refreshed to version %d", self.table.version)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh_map()
+        except ServiceError as exc:  # no shard answered: the probe goes on
+            log.debug("slot map refresh while probing failed: %s", exc.message)
 
     def _translate(self, shard_id: int, exc: grpc.aio.AioRpcError) -> ServiceError:
         code = exc.code()

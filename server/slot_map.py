@@ -67,7 +67,10 @@ async def fetch_info(address: str, deadline: float) -> shard_pb2.ShardInfo | Non
 
 
 async def fetch_infos(
-    addresses: list[str], wait_s: float = 30.0, require_all: bool = False
+    addresses: list[str],
+    wait_s: float = 30.0,
+    require_all: bool = False,
+    silent_log_level: int = logging.WARNING,
 ) -> dict[str, shard_pb2.ShardInfo]:
     """Ask every shard who it is, in parallel, waiting for ones still starting.
 
@@ -81,13 +84,19 @@ async def fetch_infos(
     if silent and (require_all or not infos):
         raise SystemExit(f"shards at {', '.join(silent)} did not answer within {wait_s:.0f}s")
     if silent:
-        log.warning("shards at %s are not answering; serving without them", ", ".join(silent))
+        log.log(
+            silent_log_level,
+            "shards at %s are not answering; serving without them",
+            ", ".join(silent),
+        )
     return infos
 
 
-async def newest_map(addresses: list[str], wait_s: float) -> shard_pb2.SlotMap:
+async def newest_map(
+    addresses: list[str], wait_s: float, silent_log_level: int = logging.WARNING
+) -> shard_pb2.SlotMap:
     """The newest slot map any reachable shard holds."""
-    infos = await fetch_infos(addresses, wait_s=wait_s)
+    infos = await fetch_infos(addresses, wait_s=wait_s, silent_log_level=silent_log_level)
     return max(infos.values(), key=lambda info: info.map_version).slot_map
 
 
