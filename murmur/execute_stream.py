@@ -74,7 +74,7 @@ class _Connection:
                 await self.call.write(request)
                 self.written_through = request.id
         except grpc.aio.AioRpcError as exc:  # the call's final status
-            self._end(exc)
+            self._end(exc, by_writer=True)
         except asyncio.InvalidStateError:  # the call is over; its reader has the status
             self.call.cancel()
 
@@ -94,8 +94,12 @@ class _Connection:
         finally:  # however it ends, cancelled included, nothing may wait on it
             self._end(error)
 
-    def _end(self, error: grpc.aio.AioRpcError) -> None:
+    def _end(self, error: grpc.aio.AioRpcError, by_writer: bool = False) -> None:
         self.ended = True
+        if not by_writer:
+            # else it waits on its queue for good, and is reported destroyed
+            # while pending once the stream drops this connection
+            self.writer.cancel()
         for answer in self.waiting.values():
             if not answer.done():
                 answer.set_exception(error)

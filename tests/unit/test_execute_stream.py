@@ -135,10 +135,15 @@ def test_a_shard_that_goes_away_fails_the_batch_waiting_on_it() -> None:
     ) -> None:
         write = asyncio.ensure_future(stream.execute(post("lost"), 5.0))
         await asyncio.sleep(0.05)
+        connection = stream.connection
+        assert connection is not None
         await server.stop(0)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await write
         assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        await asyncio.sleep(0.01)
+        # its tasks end with it: none is left pending when the connection is dropped
+        assert connection.reader.done() and connection.writer.done()
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await stream.execute(ping(), 1.0)
         assert again.value.code() in (
