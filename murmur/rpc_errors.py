@@ -49,6 +49,9 @@ def rpc(method: Handler) -> Handler:
         except grpc.aio.AbortError:
             code = _aborted_code(context)
             raise
+        except asyncio.CancelledError:  # the caller went away, or its deadline passed
+            code = _cancelled_code(context)
+            raise
         except (plyvel.Error, OSError) as exc:
             log.error("%s: storage failure in %s: %s", component, method.__name__, exc)
             code = (
@@ -86,6 +89,15 @@ async def _abort(context: Any, code: grpc.StatusCode, message: str) -> None:
         await context.abort(code, message)
     except grpc.aio.InternalError:
         raise asyncio.CancelledError from None
+
+
+def _cancelled_code(context: Any) -> grpc.StatusCode:
+    """How a call that gRPC cancelled under its handler ended, for the call
+    log and metrics (which would otherwise count it OK)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _aborted_code(context: Any) -> grpc.StatusCode:
