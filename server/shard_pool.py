@@ -60,11 +60,21 @@ MAX_BATCH_CALLS = 128
 MAX_BATCH_TWEETS = MAX_PER_AUTHOR_TWEETS
 
 DEFAULT_TIMEOUT_S = 10.0
+MAX_DEADLINE_MARGIN_S = 0.25
 PROBE_TIMEOUT_S = 0.5
 PROBE_INTERVAL_S = 0.5
 # while a shard is silent, re-read the slot map this often: it may have been
 # drained and removed (or its slots moved) through another router
 MAP_CHECK_INTERVAL_S = 2.0
+
+
+def shard_timeout(remaining: float | None) -> float:
+    """How long to wait for a shard: the caller's time less a tenth (at most
+    0.25 s), so that a shard that does not answer reaches the caller as this
+    router's DEADLINE_EXCEEDED naming it, not as the caller's own deadline."""
+    if remaining is None:
+        return DEFAULT_TIMEOUT_S
+    return max(0.0, remaining - min(MAX_DEADLINE_MARGIN_S, remaining * 0.1))
 
 
 class WrongSlot(ServiceError):
@@ -218,7 +228,7 @@ class ShardPool:
 
     async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
         """Invoke ``method`` on one shard (coalesced with concurrent calls)."""
-        timeout = timeout if timeout is not None else DEFAULT_TIMEOUT_S
+        timeout = shard_timeout(timeout)
         if not self.coalesce or method in NOT_COALESCED:
             return await self.direct(shard_id, method, request, timeout)
         lane = self.lanes.get(shard_id)

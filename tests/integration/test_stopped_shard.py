@@ -31,8 +31,11 @@ def test_a_stopped_shard_fails_fast_and_degrades_home_timelines(tmp_path):
         pid = cluster.shard_pid(2)
         os.kill(pid, signal.SIGSTOP)
         try:
-            with pytest.raises((Unavailable, DeadlineExceeded)):
+            with pytest.raises((Unavailable, DeadlineExceeded)) as first:
                 client.get_user(user_id=star.user_id)
+            # the router gives up a moment before the caller does, so even
+            # the calls caught in flight hear which shard did not answer
+            assert "shard 2" in str(first.value)
             time.sleep(1.5)  # the router's probe marks the shard suspect
             started = time.monotonic()
             with pytest.raises(Unavailable) as caught:
@@ -52,4 +55,25 @@ def test_a_stopped_shard_fails_fast_and_degrades_home_timelines(tmp_path):
             assert "pulled at read time" in [t.text for t in page.tweets]
 
         eventually(recovered, timeout=15)
+        client.close()
+
+
+def test_a_shard_back_after_a_long_outage_serves_again_within_seconds(tmp_path):
+    """gRPC's reconnect backoff grows to minutes by default; the router's
+    channels to shards cap it at a second, so a shard that was down ~20 s is
+    used again as soon as it listens."""
+    with LocalCluster(tmp_path, shards=2) as cluster:
+        client = MurmurClient(cluster.target, timeout=5.0, retries=False)
+        user = client.create_user(cluster.handle_on_shard(1))
+        cluster.kill_shard(1)
+        down_until = time.monotonic() + 20
+        while time.monotonic() < down_until:  # callers keep the router trying
+            with pytest.raises(Unavailable):
+                client.get_user(user_id=user.user_id)
+            time.sleep(0.5)
+        cluster.restart_shard(1)
+        back = time.monotonic()
+
+        eventually(lambda: client.get_user(user_id=user.user_id), timeout=30, interval=0.1)
+        assert time.monotonic() - back < 4.0
         client.close()
