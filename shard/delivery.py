@@ -172,6 +172,7 @@ class DeliveryApplier:
         inbox's largest size on the way (0 if nothing was new)."""
         tweets: list[murmur_pb2.Tweet] = list(sync.tweets)
         sizes = [self.state.inbox.put(txn, follower, tweet) for tweet in tweets]
-        if not sync.complete and tweets:
-            self.state.inbox.raise_exact_from(txn, follower, tweets[-1].tweet_id)
+        if not sync.complete:
+            exact_from = sync.exact_from or (tweets[-1].tweet_id if tweets else 0)
+            self.state.inbox.raise_exact_from(txn, follower, exact_from)
         return sum(1 for size in sizes if size), max(sizes, default=0)

@@ -228,6 +228,8 @@ class FanoutWorker:
             recent = list(state.tweets.recent(status.followee_id, 0, limit + 1))
             sync.tweets.extend(recent[:limit])
             sync.complete = len(recent) <= limit
+            if not sync.complete:
+                sync.exact_from = recent[limit].tweet_id + 1
         # what one follower costs the destination: a backfill writes every
         # tweet; a promotion scans the follower's inbox for the author's copies
         per_follower = len(sync.tweets) if not sync.celebrity else PROMOTION_COST

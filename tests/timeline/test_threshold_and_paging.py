@@ -162,3 +162,61 @@ def test_a_reader_of_thousands_of_celebrities_gets_an_exact_page_in_one_pull_per
     # celebrity; the reader's own shard merges its celebrities into the page
     others = set(cluster.states) - {cluster.shard_of(reader)}
     assert set(pulls) == others and all(n == 3 for n in pulls.values()), pulls
+
+
+def test_backfill_limits_down_to_zero_keep_home_timelines_exact(make_cluster, loop):
+    """A follow (or a demotion) whose backfill leaves tweets out must mark the
+    follower's inbox inexact below them, even when it carries none at all:
+    with backfill_limit 0 the reader's shard then pulls them at read time."""
+    for limit in (0, 1):
+        cluster = make_cluster(shards=3, celebrity_threshold=1000, backfill_limit=limit)
+        model = Model(cluster, loop)
+        for i in range(3):
+            model.post("author", f"before the follow {i}")
+        model.post("other", "from an account followed from the start")
+        for i in range(4):
+            model.follow(f"fan{i}", "other")
+        model.settle()
+        for i in range(4):
+            model.follow(f"fan{i}", "author")
+        model.settle()
+        for i in range(4):
+            model.check_home(model.user(f"fan{i}"), pages=2, size=2)
+
+
+def test_a_demotion_with_backfill_limit_zero_keeps_home_timelines_exact(make_cluster, loop):
+    """Promotion removes an author's copies from inboxes; the demotion's
+    backfill, with limit 0, brings none back, so the inboxes must say they
+    no longer hold that author's older tweets."""
+    from murmur.v1 import shard_pb2
+
+    cluster = make_cluster(shards=3, celebrity_threshold=1000, backfill_limit=0)
+    model = Model(cluster, loop)
+    for i in range(4):
+        model.follow(f"f{i}", "author")
+        model.follow(f"f{i}", "other")
+    for i in range(3):
+        model.post("author", f"ordinary {i}")
+    model.post("other", "from other")
+    model.settle()
+
+    def set_threshold(value: int) -> None:
+        for shard_id in cluster.states:
+            model.run(
+                cluster.pool.call(
+                    shard_id,
+                    "UpdateSettings",
+                    shard_pb2.UpdateSettingsRequest(celebrity_threshold=value),
+                    None,
+                )
+            )
+
+    author = model.user("author")
+    set_threshold(2)
+    model.settle()
+    assert model.call("GetUser", pb.GetUserRequest(user_id=author)).celebrity
+    set_threshold(10_000)
+    model.settle()
+    assert not model.call("GetUser", pb.GetUserRequest(user_id=author)).celebrity
+    for i in range(4):
+        model.check_home(model.user(f"f{i}"), pages=2, size=10)
