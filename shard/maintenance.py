@@ -98,6 +98,38 @@ async def compact(state: ShardState) -> shard_pb2.CompactResponse:
     )
 
 
+def check_backup_path(state: ShardState, path: str) -> None:
+    """Refuse, naming the problem, a path a backup cannot (or must not) go
+    to: LevelDB's own errors for these reach nobody clearly."""
+    where = f"on shard {state.shard_id}"
+    if not path or "\x00" in path or not os.path.isabs(path):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be an absolute path"
+        )
+    if os.path.lexists(path):
+        raise ServiceError(
+            grpc.StatusCode.ALREADY_EXISTS, f"backup path {path} already exists {where}"
+        )
+    parent = os.path.dirname(os.path.normpath(path))
+    if not os.path.isdir(parent):
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"folder {parent} does not exist {where}; create it first",
+        )
+    data_dir = os.path.realpath(state.store.path)
+    if os.path.commonpath([os.path.realpath(parent), data_dir]) == data_dir:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"backup path {path} is inside the shard's own data folder {data_dir}",
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    """plyvel's errors are bytes from LevelDB: say them as text."""
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+
+
 async def backup(state: ShardState, path: str) -> AsyncIterator[shard_pb2.BackupStatus]:
     """Copy a consistent snapshot into a new LevelDB at ``path``.
 
@@ -106,12 +138,15 @@ async def backup(state: ShardState, path: str) -> AsyncIterator[shard_pb2.Backup
     sizes counted in memory are stored first, so the copy loads them without
     counting keys.
     """
-    if not path or not os.path.isabs(path):
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be absolute")
-    if os.path.exists(path):
-        raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"backup path {path} already exists")
+    check_backup_path(state, path)
     state.inbox.store_tallies()
-    target = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
+    try:
+        target = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
+    except (plyvel.Error, OSError) as exc:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"shard {state.shard_id} cannot create a backup at {path}: {_reason(exc)}",
+        ) from None
     snapshot = state.store.db.snapshot()
     copied = 0
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from client.admin_client import AdminClient
 from client.client import MurmurClient
-from client.errors import AlreadyExists, InvalidArgument, NotFound
+from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from shard import keys
@@ -97,6 +97,13 @@ def test_backup_refuses_bad_requests(cluster: Cluster, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="shard 7"):
         list(cluster.admin.backup_shard(7, str(tmp_path / "nope")))
     assert not (tmp_path / "nope").exists()
+    with pytest.raises(FailedPrecondition, match=r"folder .*missing does not exist on shard 0"):
+        list(cluster.admin.backup_shard(0, str(tmp_path / "missing" / "backup")))
+    with pytest.raises(InvalidArgument, match="absolute"):
+        list(cluster.admin.backup_shard(0, str(tmp_path / "cut\x00short")))
+    assert not (tmp_path / "cut").exists()
+    with pytest.raises(InvalidArgument, match="own data folder"):
+        list(cluster.admin.backup_shard(0, str(cluster.procs.data_dir(0) / "copy")))
 
 
 def test_compact_reports_disk_bytes(cluster: Cluster) -> None:
