@@ -45,11 +45,25 @@ def rebalance_plan(owners: list[int], shard_ids: list[int]) -> list[tuple[list[i
 def drain_plan(
     owners: list[int], leaving: int, shard_ids: list[int]
 ) -> list[tuple[list[int], int]]:
-    """Spread every slot of ``leaving`` over the other shards, evening them out."""
-    staying = [s for s in shard_ids if s != leaving]
+    """Moves that take every slot of ``leaving`` and nothing else (a drain
+    must not move, and freeze, slots the operator did not ask about). They
+    go to the staying shards that hold the fewest first, in contiguous runs;
+    ``rebalance_plan`` evens the rest out if the operator wants that."""
+    staying = sorted(s for s in shard_ids if s != leaving)
     if not staying:
         raise ValueError("cannot drain the only shard")
-    return rebalance_plan(owners, staying)
+    holdings = owned_by(owners)
+    held = {s: len(holdings.get(s, [])) for s in staying}
+    taken: dict[int, int] = {s: 0 for s in staying}
+    for _ in holdings.get(leaving, []):  # one slot at a time to the emptiest
+        target = min(staying, key=lambda s: (held[s] + taken[s], s))
+        taken[target] += 1
+    moves: list[tuple[list[int], int]] = []
+    remaining = sorted(holdings.get(leaving, []))
+    for shard in staying:
+        give, remaining = remaining[: taken[shard]], remaining[taken[shard] :]
+        moves.extend(chunked(give, shard))
+    return moves
 
 
 def chunked(slots: list[int], target: int) -> list[tuple[list[int], int]]:
