@@ -512,8 +512,17 @@ def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
         reply = session.client.get_settings()
     if session.as_json:
         emit_json(to_dict(reply))
-    else:
-        click.echo(kv_table((name, getattr(reply, name)) for name in SETTINGS))
+        return
+    click.echo(kv_table((name, getattr(reply, name)) for name in SETTINGS))
+    if reply.disagreeing_shards:
+        shards = ", ".join(str(s) for s in reply.disagreeing_shards)
+        click.echo(
+            f"warning: shards {shards} have other settings; repeat the update to align them",
+            err=True,
+        )
+    if reply.unreachable_shards:
+        shards = ", ".join(str(s) for s in reply.unreachable_shards)
+        click.echo(f"warning: shards {shards} did not answer", err=True)
 
 
 @cli.command()

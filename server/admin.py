@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -20,7 +21,7 @@ from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
 from server.admin_auth import operator_only
-from server.shard_pool import ShardPool
+from server.shard_pool import ShardPool, shard_timeout
 from server.slot_map import newest_map
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 
@@ -249,8 +250,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def AddShard(self, request, context):
         address = request.address.strip()
-        if not address or ":" not in address:
-            raise invalid(f"address {request.address!r} must be host:port")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise invalid(f"address {request.address!r} must be host:port, the port 1-65535")
         async with tls.aio_channel(address) as channel:
             from murmur.v1 import shard_pb2_grpc
 
@@ -349,24 +351,52 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async for item in streamed(context, run()):
             yield item
 
+    async def _on_every_shard(
+        self, method: str, request: Any, context: Any
+    ) -> dict[int, Any | ServiceError]:
+        """``method`` on every shard at once: each shard's answer, or its
+        failure (named by the pool), by shard id."""
+        timeout = shard_timeout(min(STATS_TIMEOUT_S, context.time_remaining() or STATS_TIMEOUT_S))
+        shard_ids = sorted(self.table.addresses)
+        replies = await asyncio.gather(
+            *(self.pool.direct(shard_id, method, request, timeout) for shard_id in shard_ids),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ServiceError):
+                raise reply
+        return dict(zip(shard_ids, replies, strict=True))
+
     @operator_only
     @rpc
     async def GetSettings(self, request, context):
-        first = min(self.table.addresses)
-        return await self.pool.direct(
-            first, "GetSettings", shard_pb2.GetSettingsRequest(), STATS_TIMEOUT_S
-        )
+        replies = await self._on_every_shard("GetSettings", shard_pb2.GetSettingsRequest(), context)
+        answered = {s: r for s, r in replies.items() if not isinstance(r, ServiceError)}
+        if not answered:
+            raise next(iter(replies.values()))
+        settings = answered[min(answered)]
+        disagreeing = [s for s, r in answered.items() if r != settings]
+        settings.disagreeing_shards.extend(disagreeing)
+        settings.unreachable_shards.extend(s for s in replies if s not in answered)
+        return settings
 
     @operator_only
     @rpc
     async def UpdateSettings(self, request, context):
-        replies = await asyncio.gather(
-            *(
-                self.pool.direct(shard_id, "UpdateSettings", request, MOVE_TIMEOUT_S)
-                for shard_id in sorted(self.table.addresses)
+        replies = await self._on_every_shard("UpdateSettings", request, context)
+        failed = {s: r for s, r in replies.items() if isinstance(r, ServiceError)}
+        if failed:
+            first = next(iter(failed.values()))
+            if len(failed) == len(replies):  # refused everywhere (bad input), or all down
+                raise first
+            took = [str(s) for s in replies if s not in failed]
+            raise ServiceError(
+                first.code,
+                f"the settings changed on shards [{', '.join(took)}] but not on shards"
+                f" [{', '.join(str(s) for s in failed)}] ({first.message}); they disagree"
+                " until the same update is repeated and reaches every shard",
             )
-        )
-        return replies[0]
+        return replies[min(replies)]
 
     # consistency --------------------------------------------------------------
     async def _check(self, request, repair: bool) -> admin_pb2.ConsistencyReport:

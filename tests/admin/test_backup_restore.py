@@ -4,8 +4,10 @@ LevelDB was edited behind its back."""
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +19,14 @@ import pytest
 
 from client.admin_client import AdminClient
 from client.client import MurmurClient
-from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from client.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from shard import keys
@@ -40,6 +49,7 @@ class Cluster:
     admin: AdminClient
     users: list[int]
     edges: set[tuple[int, int]]
+    token: str
 
     def shard_of(self, user_id: int) -> int:
         slot = slot_for_user(user_id)
@@ -79,7 +89,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             edges = {(u, v) for u in users for v in rng.sample(users, FOLLOWS_PER_USER) if u != v}
             list(pool.map(lambda e: client.follow(*e), sorted(edges)))
             list(pool.map(lambda i: client.post_tweet(users[i % USERS], f"post {i}"), range(POSTS)))
-            cluster = Cluster(procs, shards, router, client, admin, users, edges)
+            cluster = Cluster(procs, shards, router, client, admin, users, edges, token)
             eventually(lambda: _settled(admin), timeout=30)
             yield cluster
 
@@ -139,6 +149,48 @@ def test_settings_round_trip_on_every_shard(cluster: Cluster) -> None:
             backfill_limit=before.backfill_limit,
         )
     assert admin.get_settings() == before
+
+
+def test_settings_that_did_not_reach_a_shard_are_named_and_repeating_aligns_them(
+    cluster: Cluster,
+) -> None:
+    admin = cluster.admin
+    before = admin.get_settings()
+    assert list(before.disagreeing_shards) == list(before.unreachable_shards) == []
+    # an update that reached shard 1 only (as when the others timed out)
+    channel, stub = shard_stub(cluster.shards[1].address)
+    with channel:
+        stub.UpdateSettings(
+            shard_pb2.UpdateSettingsRequest(backfill_limit=before.backfill_limit + 1), timeout=10
+        )
+    try:
+        seen = admin.get_settings()
+        assert seen.backfill_limit == before.backfill_limit  # shard 0's
+        assert list(seen.disagreeing_shards) == [1]
+        # a shard that stops answering fails the update, naming who took it
+        pid = cluster.shards[1].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            impatient = AdminClient(cluster.router.address, cluster.token, timeout=3.0)
+            with impatient, pytest.raises(DeadlineExceeded) as caught:
+                impatient.update_settings(backfill_limit=before.backfill_limit + 2)
+            message = str(caught.value)
+            assert "changed on shards [0] but not on shards [1]" in message
+            assert "shard 1 (" in message
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        # once the router's probe finds shard 1 again, the repeat reaches both
+        repeated = eventually(lambda: _update_or_retry(admin, before.backfill_limit))
+    assert list(repeated.disagreeing_shards) == []
+    assert admin.get_settings() == before
+
+
+def _update_or_retry(admin: AdminClient, backfill_limit: int) -> shard_pb2.Settings:
+    try:
+        return admin.update_settings(backfill_limit=backfill_limit)
+    except Unavailable as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def test_check_finds_corruption_and_repair_fixes_it(cluster: Cluster) -> None:
