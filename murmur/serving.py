@@ -50,12 +50,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class TextFormatter(logging.Formatter):
+    """Lines for people: the message, then the record's structured fields
+    (user id, component, shard...) that it does not already say, as
+    key=value, so the text log carries what the JSON one does."""
+
+    SAID_IN_MESSAGE = frozenset({"rpc", "code", "duration_ms"})
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        line = super().formatMessage(record)
+        fields = getattr(record, "fields", None)
+        if not fields:
+            return line
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in self.SAID_IN_MESSAGE)
+        return f"{line} {extra}" if extra else line
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
