@@ -33,6 +33,8 @@ class InvalidInput(ValueError):
 def check_handle(handle: str) -> str:
     if not handle:
         raise InvalidInput("handle is required (1-15 characters of A-Z a-z 0-9 _)")
+    if handle.startswith("@"):
+        raise InvalidInput(f"handle {handle[:20]!r} starts with '@': send the handle without it")
     if len(handle) > MAX_HANDLE:
         raise InvalidInput(f"handle is {len(handle)} characters; the limit is {MAX_HANDLE}")
     if not HANDLE_PATTERN.fullmatch(handle):

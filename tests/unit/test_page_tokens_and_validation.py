@@ -328,3 +328,9 @@ def test_control_rule_is_exactly_category_cc_but_tab_and_newline() -> None:
             assert forbidden and f"U+{code:04X}" in str(exc), hex(code)
         else:
             assert not forbidden, hex(code)
+
+
+@pytest.mark.parametrize("handle", ["@alice", "@" + "a" * 15])
+def test_a_handle_sent_with_its_at_sign_is_told_so(handle: str) -> None:
+    with pytest.raises(InvalidInput, match="starts with '@'"):
+        validation.check_handle(handle)
