@@ -21,8 +21,50 @@ from google.protobuf.message import DecodeError
 class Unparseable:
     """Stands in for a request body that is not a valid message of its type."""
 
-    def __init__(self, type_name: str, error: Exception) -> None:
-        self.message = f"the request is not a valid {type_name}: {error}"
+    def __init__(self, type_name: str, error: Exception, bad_utf8: str | None = None) -> None:
+        if bad_utf8 is not None:
+            self.message = f"field {bad_utf8} of {type_name} is not valid UTF-8"
+        else:
+            self.message = f"the request is not a valid {type_name}: {error}"
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def bad_utf8_field(descriptor: Any, data: bytes) -> str | None:
+    """The top-level string field of ``data`` that holds invalid UTF-8, if
+    one does: protobuf's own error does not say which (every request's
+    strings are top-level fields)."""
+    strings = {f.number: f.name for f in descriptor.fields if f.type == f.TYPE_STRING}
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                size, pos = _varint(data, pos)
+                value, pos = data[pos : pos + size], pos + size
+                if number in strings:
+                    value.decode("utf-8")
+            else:
+                return None
+    except UnicodeDecodeError:
+        return strings[number]
+    except IndexError:
+        return None
+    return None
 
 
 def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
@@ -36,7 +78,7 @@ def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except DecodeError as error:
-            return Unparseable(type_name, error)
+            return Unparseable(type_name, error, bad_utf8_field(message_class.DESCRIPTOR, data))
 
     return deserialize
 
