@@ -19,7 +19,7 @@ from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, slot_ranges
-from murmur.v1 import admin_pb2, admin_pb2_grpc, shard_pb2
+from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
 from server.shard_pool import ShardPool, shard_timeout
 from server.slot_map import newest_map
@@ -28,6 +28,7 @@ from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
+PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
 
 
 def describe_ranges(slots: list[int]) -> str:
@@ -142,6 +143,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 by_source[owner].append(slot)
             else:
                 done += 1
+        if not by_source:
+            yield admin_pb2.MoveProgress(
+                slots_done=done,
+                slots_total=total,
+                step=f"slots {describe_ranges(slots)} are already on shard {target}:"
+                " nothing to move",
+                map_version=self.table.version,
+            )
+            return
         copied_before = 0
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
@@ -193,11 +203,37 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             if not plan:
                 yield admin_pb2.MoveProgress(step="nothing to move", map_version=self.table.version)
             return
+        await self._require_answering(plan)
         done = 0
         for slots, target in plan:
             async for progress in self._move(slots, target, done, total):
                 yield progress
             done += len(slots)
+
+    async def _require_answering(self, plan: list[tuple[list[int], int]]) -> None:
+        """Refuse a move whose shards do not all answer now, naming them,
+        rather than start it and wait out a copy's long timeout."""
+        involved = sorted(
+            {target for _, target in plan}
+            | {self.table.owners[slot] for slots, _ in plan for slot in slots}
+        )
+        answers = await asyncio.gather(
+            *(
+                self.pool.direct(shard_id, "Ping", murmur_pb2.PingRequest(), PREFLIGHT_TIMEOUT_S)
+                for shard_id in involved
+            ),
+            return_exceptions=True,
+        )
+        silent = [
+            (s, a) for s, a in zip(involved, answers, strict=True) if isinstance(a, Exception)
+        ]
+        if silent:
+            shard_id, error = silent[0]
+            reason = error.message if isinstance(error, ServiceError) else repr(error)
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the move did not start: shard {shard_id} does not answer ({reason})",
+            )
 
     @operator_only
     async def MoveSlots(self, request, context):

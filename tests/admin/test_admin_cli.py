@@ -200,6 +200,10 @@ def test_move_slots_refusals(cluster: Cluster) -> None:
     ]:
         result = cluster.run(*args)
         assert result.code == code and message in result.err, result
+    owner = cluster.json("status")["shards"][0]
+    first = owner["slots"][0]["start"]
+    stay = cluster.ok("move-slots", f"{first}-{first + 3}", "--to", str(owner["shard_id"]))
+    assert f"already on shard {owner['shard_id']}: nothing to move" in stay.out
 
 
 def test_rebalance_when_balanced(cluster: Cluster) -> None:
@@ -243,6 +247,10 @@ def test_shard_lifecycle(cluster: Cluster) -> None:
     down = [line.split() for line in cluster.ok("status").out.splitlines()[2:]][2]
     assert down[:4] == ["2", extra.address, "-", "0"] and down[4] == "UNAVAILABLE:", down
     assert down[-5:] == ["-"] * 5
+    refused = cluster.run("move-slots", "0-3", "--to", "2")
+    assert refused.code == 1 and refused.err.startswith(
+        "error: UNAVAILABLE: the move did not start: shard 2 does not answer"
+    ), refused
     assert cluster.ok("remove-shard", "2").out.startswith("shard 2 removed; map version ")
     shards = cluster.json("status")["shards"]
     assert [(s["shard_id"], s["slot_count"]) for s in shards] == [(0, 2048), (1, 2048)]
