@@ -436,7 +436,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     # consistency --------------------------------------------------------------
     async def _check(self, request, repair: bool) -> admin_pb2.ConsistencyReport:
-        slots = list(request.slots)
+        slots = sorted(set(request.slots))  # a slot named twice is checked once
         if any(s >= SLOT_COUNT for s in slots):
             raise invalid(f"slots must be 0-{SLOT_COUNT - 1}")
         report = admin_pb2.ConsistencyReport()
