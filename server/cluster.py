@@ -52,7 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("MURMUR_ADMIN_TOKEN"),
         help="operator token passed to the router (or MURMUR_ADMIN_TOKEN)",
     )
+    parser.add_argument("--log-level", default="INFO", help="of every process (INFO)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="of every process"
+    )
     return parser.parse_args(argv)
+
+
+def log_flags(args: argparse.Namespace) -> list[str]:
+    return ["--log-level", args.log_level, "--log-format", args.log_format]
 
 
 def setting_flags(args: argparse.Namespace) -> list[str]:
@@ -133,6 +141,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
                 *setting_flags(args),
                 *metrics_flags(args, 1 + index),
                 *tls_flags(args),
+                *log_flags(args),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -155,6 +164,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
             *metrics_flags(args, 0),
             *tls_flags(args),
             *router_flags(args),
+            *log_flags(args),
         ],
         stdout=subprocess.DEVNULL,
         env=router_env(args),
