@@ -28,15 +28,20 @@ class Unparseable:
             self.message = f"the request is not a valid {type_name}: {error}"
 
 
+MAX_VARINT_BYTES = 10  # a 64-bit varint; longer is garbage, not a bigger number
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
+    """One base-128 varint; IndexError for a truncated or overlong one (an
+    unbounded run of continuation bytes would build ever larger integers)."""
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
-        shift += 7
+    raise IndexError("varint longer than 10 bytes")
 
 
 def bad_utf8_field(descriptor: Any, data: bytes) -> str | None:
@@ -55,6 +60,8 @@ def bad_utf8_field(descriptor: Any, data: bytes) -> str | None:
                 pos += 8 if wire_type == 1 else 4
             elif wire_type == 2:
                 size, pos = _varint(data, pos)
+                if pos + size > len(data):  # cut short: not a UTF-8 problem
+                    return None
                 value, pos = data[pos : pos + size], pos + size
                 if number in strings:
                     value.decode("utf-8")
