@@ -21,8 +21,9 @@ CHANNEL_OPTIONS = [
     # a minute's outage went unused for another ~35 s. Few channels ever
     # point at one shard (one per router and per peer shard), so retrying
     # every second at most costs nothing and users get it back at once.
+    # (Not grpc.min_reconnect_backoff_ms: gRPC core takes that as each
+    # attempt's connect timeout, and a slow handshake would never finish.)
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
