@@ -301,8 +301,8 @@ class ShardPool:
                     )
                 self.suspect.add(shard_id)
                 if time.monotonic() - map_checked_at >= MAP_CHECK_INTERVAL_S:
-                    map_checked_at = time.monotonic()
                     await self._refresh_quietly()
+                    map_checked_at = time.monotonic()  # after: a refresh may take seconds
                     continue
                 await asyncio.sleep(PROBE_INTERVAL_S)
                 continue
@@ -315,11 +315,19 @@ class ShardPool:
 
     async def refresh_map(self) -> None:
         """Re-learn the slot map from the shards (the newest any of them
-        holds): a shard said it no longer owns a slot, or one went silent."""
+        holds): a shard said it no longer owns a slot, or one went silent.
+
+        Shards failing their probe are not asked (each would cost the full
+        wait), and a caller that waited while another refresh installed a
+        newer map uses that one: refreshes never queue up behind each other."""
+        seen = self.table.version
         async with self._refresh_lock:
+            if self.table.version != seen:
+                return
+            answering = [a for s, a in self.table.addresses.items() if s not in self.suspect]
             try:
                 newest = await newest_map(
-                    list(self.table.addresses.values()),
+                    answering or list(self.table.addresses.values()),
                     wait_s=1.0,
                     silent_log_level=logging.DEBUG,  # the probe already said which
                 )
