@@ -31,6 +31,7 @@ RPC_SECONDS = LoopHistogram(
 )
 SLOW_CALL_S = 0.25
 CLIENT_CODES = {
+    grpc.StatusCode.CANCELLED,  # the caller went away
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.ALREADY_EXISTS,

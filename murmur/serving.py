@@ -65,8 +65,16 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if not fields:
             return line
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in self.SAID_IN_MESSAGE)
+        extra = " ".join(
+            f"{k}={_text_value(v)}" for k, v in fields.items() if k not in self.SAID_IN_MESSAGE
+        )
         return f"{line} {extra}" if extra else line
+
+
+def _text_value(value: object) -> str:
+    """key=value stays one token: a value with spaces or '=' is quoted."""
+    text = str(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' ="')) else text
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
+PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
 
 
@@ -291,7 +293,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def AddShard(self, request, context):
         address = request.address.strip()
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not host or not PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
             raise invalid(f"address {request.address!r} must be host:port, the port 1-65535")
         async with tls.aio_channel(address) as channel:
             from murmur.v1 import shard_pb2_grpc
@@ -392,11 +394,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             yield item
 
     async def _on_every_shard(
-        self, method: str, request: Any, context: Any
+        self, method: str, request: Any, context: Any, limit_s: float
     ) -> dict[int, Any | ServiceError]:
-        """``method`` on every shard at once: each shard's answer, or its
-        failure (named by the pool), by shard id."""
-        timeout = shard_timeout(min(STATS_TIMEOUT_S, context.time_remaining() or STATS_TIMEOUT_S))
+        """``method`` on every shard at once, each given ``limit_s`` or the
+        caller's time if less: each shard's answer, or its failure (named by
+        the pool), by shard id."""
+        remaining = context.time_remaining()
+        timeout = shard_timeout(limit_s if remaining is None else min(limit_s, remaining))
         shard_ids = sorted(self.table.addresses)
         replies = await asyncio.gather(
             *(self.pool.direct(shard_id, method, request, timeout) for shard_id in shard_ids),
@@ -410,7 +414,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @operator_only
     @rpc
     async def GetSettings(self, request, context):
-        replies = await self._on_every_shard("GetSettings", shard_pb2.GetSettingsRequest(), context)
+        replies = await self._on_every_shard(
+            "GetSettings", shard_pb2.GetSettingsRequest(), context, STATS_TIMEOUT_S
+        )
         answered = {s: r for s, r in replies.items() if not isinstance(r, ServiceError)}
         if not answered:
             raise next(iter(replies.values()))
@@ -423,18 +429,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @operator_only
     @rpc
     async def UpdateSettings(self, request, context):
-        replies = await self._on_every_shard("UpdateSettings", request, context)
+        # a new threshold re-evaluates every user on each shard: that can be long
+        replies = await self._on_every_shard("UpdateSettings", request, context, MOVE_TIMEOUT_S)
         failed = {s: r for s, r in replies.items() if isinstance(r, ServiceError)}
         if failed:
             first = next(iter(failed.values()))
             if len(failed) == len(replies):  # refused everywhere (bad input), or all down
                 raise first
-            took = [str(s) for s in replies if s not in failed]
+            took = ", ".join(str(s) for s in replies if s not in failed)
+            missed = ", ".join(str(s) for s in failed)
+            unknown = first.code in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNAVAILABLE,
+            )
             raise ServiceError(
                 first.code,
-                f"the settings changed on shards [{', '.join(took)}] but not on shards"
-                f" [{', '.join(str(s) for s in failed)}] ({first.message}); they disagree"
-                " until the same update is repeated and reaches every shard",
+                f"the settings changed on shards [{took}] but "
+                f"{'may not have' if unknown else 'did not'} on shards [{missed}]"
+                f" ({first.message}); they may disagree until the same update is"
+                " repeated and reaches every shard",
             )
         return replies[min(replies)]
 

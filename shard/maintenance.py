@@ -102,7 +102,9 @@ def check_backup_path(state: ShardState, path: str) -> None:
     """Refuse, naming the problem, a path a backup cannot (or must not) go
     to: LevelDB's own errors for these reach nobody clearly."""
     where = f"on shard {state.shard_id}"
-    if not path or "\x00" in path or not os.path.isabs(path):
+    if "\x00" in path:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} contains a NUL")
+    if not path or not os.path.isabs(path):
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be an absolute path"
         )

@@ -254,7 +254,7 @@ def test_shard_lifecycle(cluster: Cluster) -> None:
     assert cluster.ok("remove-shard", "2").out.startswith("shard 2 removed; map version ")
     shards = cluster.json("status")["shards"]
     assert [(s["shard_id"], s["slot_count"]) for s in shards] == [(0, 2048), (1, 2048)]
-    for address in ("nohost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", ":50061"):
+    for address in ("nohost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", ":50061", "h:²"):
         bad = cluster.run("add-shard", address)
         assert bad.code == 1 and bad.err.startswith("error: INVALID_ARGUMENT: "), address
         assert "host:port" in bad.err

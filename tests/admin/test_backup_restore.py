@@ -109,7 +109,7 @@ def test_backup_refuses_bad_requests(cluster: Cluster, tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
     with pytest.raises(FailedPrecondition, match=r"folder .*missing does not exist on shard 0"):
         list(cluster.admin.backup_shard(0, str(tmp_path / "missing" / "backup")))
-    with pytest.raises(InvalidArgument, match="absolute"):
+    with pytest.raises(InvalidArgument, match="contains a NUL"):
         list(cluster.admin.backup_shard(0, str(tmp_path / "cut\x00short")))
     assert not (tmp_path / "cut").exists()
     with pytest.raises(InvalidArgument, match="own data folder"):
@@ -172,10 +172,10 @@ def test_settings_that_did_not_reach_a_shard_are_named_and_repeating_aligns_them
         os.kill(pid, signal.SIGSTOP)
         try:
             impatient = AdminClient(cluster.router.address, cluster.token, timeout=3.0)
-            with impatient, pytest.raises(DeadlineExceeded) as caught:
+            with impatient, pytest.raises((DeadlineExceeded, Unavailable)) as caught:
                 impatient.update_settings(backfill_limit=before.backfill_limit + 2)
             message = str(caught.value)
-            assert "changed on shards [0] but not on shards [1]" in message
+            assert "changed on shards [0] but may not have on shards [1]" in message
             assert "shard 1 (" in message
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -189,7 +189,7 @@ def test_settings_that_did_not_reach_a_shard_are_named_and_repeating_aligns_them
 def _update_or_retry(admin: AdminClient, backfill_limit: int) -> shard_pb2.Settings:
     try:
         return admin.update_settings(backfill_limit=backfill_limit)
-    except Unavailable as exc:
+    except (Unavailable, DeadlineExceeded) as exc:  # shard 1 just resumed
         raise AssertionError(str(exc)) from exc
 
 

@@ -20,7 +20,7 @@ def call_record() -> logging.LogRecord:
     )
     record.fields = {
         "rpc": "Murmur.GetUser",
-        "component": "router",
+        "component": "router admin",
         "code": "UNAVAILABLE",
         "duration_ms": 0.3,
         "user_id": 42,
@@ -33,7 +33,7 @@ def test_text_lines_end_with_the_fields_the_message_does_not_say() -> None:
     line = TextFormatter().format(call_record())
     assert line.endswith(
         "murmur.calls: failed call Murmur.GetUser UNAVAILABLE in 0.3 ms"
-        " component=router user_id=42 shard=1"
+        ' component="router admin" user_id=42 shard=1'
     )
 
 
@@ -44,4 +44,4 @@ def test_a_record_without_fields_is_the_plain_line() -> None:
 
 def test_json_lines_carry_the_same_fields() -> None:
     entry = json.loads(JsonFormatter().format(call_record()))
-    assert (entry["component"], entry["user_id"], entry["shard"]) == ("router", 42, 1)
+    assert (entry["component"], entry["user_id"], entry["shard"]) == ("router admin", 42, 1)
