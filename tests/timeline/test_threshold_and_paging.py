@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 from murmur.v1 import murmur_pb2 as pb
+from murmur.v1 import shard_pb2
 from tests.timeline.model import Model
+
+
+def set_threshold(model: Model, value: int) -> None:
+    """The celebrity threshold, changed at runtime on every shard."""
+    cluster = model.cluster
+    for shard_id in cluster.states:
+        model.run(
+            cluster.pool.call(
+                shard_id,
+                "UpdateSettings",
+                shard_pb2.UpdateSettingsRequest(celebrity_threshold=value),
+                None,
+            )
+        )
 
 
 def test_crossing_the_threshold_both_ways_keeps_timelines_exact(make_cluster, loop):
@@ -103,8 +118,6 @@ def test_paging_while_posts_arrive_never_repeats_or_skips(make_cluster, loop):
 
 
 def test_changing_the_threshold_at_runtime_reclassifies_and_stays_exact(make_cluster, loop):
-    from murmur.v1 import shard_pb2
-
     cluster = make_cluster(shards=3, celebrity_threshold=1000)
     model = Model(cluster, loop)
     for i in range(8):
@@ -114,25 +127,14 @@ def test_changing_the_threshold_at_runtime_reclassifies_and_stays_exact(make_clu
         model.post("star" if i % 2 else "plain", f"tweet {i}")
     model.settle()
 
-    def set_threshold(value: int) -> None:
-        for shard_id in cluster.states:
-            model.run(
-                cluster.pool.call(
-                    shard_id,
-                    "UpdateSettings",
-                    shard_pb2.UpdateSettingsRequest(celebrity_threshold=value),
-                    None,
-                )
-            )
-
     star = model.user("star")
-    set_threshold(5)
+    set_threshold(model, 5)
     model.settle()
     assert model.call("GetUser", pb.GetUserRequest(user_id=star)).celebrity
     model.post("star", "now pulled at read time")
     for i in range(8):
         model.check_home(model.user(f"f{i}"), pages=2, size=10)
-    set_threshold(1000)
+    set_threshold(model, 1000)
     model.settle()
     assert not model.call("GetUser", pb.GetUserRequest(user_id=star)).celebrity
     model.post("star", "fanned out again")
@@ -188,8 +190,6 @@ def test_a_demotion_with_backfill_limit_zero_keeps_home_timelines_exact(make_clu
     """Promotion removes an author's copies from inboxes; the demotion's
     backfill, with limit 0, brings none back, so the inboxes must say they
     no longer hold that author's older tweets."""
-    from murmur.v1 import shard_pb2
-
     cluster = make_cluster(shards=3, celebrity_threshold=1000, backfill_limit=0)
     model = Model(cluster, loop)
     for i in range(4):
@@ -200,22 +200,11 @@ def test_a_demotion_with_backfill_limit_zero_keeps_home_timelines_exact(make_clu
     model.post("other", "from other")
     model.settle()
 
-    def set_threshold(value: int) -> None:
-        for shard_id in cluster.states:
-            model.run(
-                cluster.pool.call(
-                    shard_id,
-                    "UpdateSettings",
-                    shard_pb2.UpdateSettingsRequest(celebrity_threshold=value),
-                    None,
-                )
-            )
-
     author = model.user("author")
-    set_threshold(2)
+    set_threshold(model, 2)
     model.settle()
     assert model.call("GetUser", pb.GetUserRequest(user_id=author)).celebrity
-    set_threshold(10_000)
+    set_threshold(model, 10_000)
     model.settle()
     assert not model.call("GetUser", pb.GetUserRequest(user_id=author)).celebrity
     for i in range(4):
