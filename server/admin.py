@@ -23,7 +23,7 @@ from murmur.slots import SLOT_COUNT, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
 from server.shard_pool import ShardPool, shard_timeout
-from server.slot_map import fetch_infos
+from server.slot_map import fetch_infos, newest_info
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 
 log = logging.getLogger("murmur.router.admin")
@@ -133,7 +133,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         (also when this router already has it: a refresh on a wrong-slot
         answer may have installed it here before the other shards had it)."""
         infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
-        newest = max(infos.values(), key=lambda info: info.map_version).slot_map
+        newest = newest_info(infos).slot_map
         behind = any(info.map_version < newest.version for info in infos.values())
         if newest.version > self.table.version or behind:
             await self._publish(newest)

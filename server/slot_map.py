@@ -92,12 +92,17 @@ async def fetch_infos(
     return infos
 
 
+def newest_info(infos: dict[str, shard_pb2.ShardInfo]) -> shard_pb2.ShardInfo:
+    """The answer holding the newest slot map."""
+    return max(infos.values(), key=lambda info: info.map_version)
+
+
 async def newest_map(
     addresses: list[str], wait_s: float, silent_log_level: int = logging.WARNING
 ) -> shard_pb2.SlotMap:
     """The newest slot map any reachable shard holds."""
     infos = await fetch_infos(addresses, wait_s=wait_s, silent_log_level=silent_log_level)
-    return max(infos.values(), key=lambda info: info.map_version).slot_map
+    return newest_info(infos).slot_map
 
 
 def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, bool]:
@@ -110,7 +115,7 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
                 "start each with a distinct --shard-id"
             )
         by_id[info.shard_id] = address
-    newest = max(infos.values(), key=lambda info: info.map_version)
+    newest = newest_info(infos)
     if newest.map_version == 0:
         owners = even_assignment(sorted(by_id))
         return shard_pb2.SlotMap(version=1, addresses=by_id, owners=owners), True
