@@ -98,6 +98,16 @@ class ShardCollector(Collector):
             "Writes made durable by those fsyncs",
             self.commits.synced_writes,
         )
+        yield counter(
+            "murmur_inline_fsyncs",
+            "Fsyncs run on the event loop, the disk being fast enough (the rest use a thread)",
+            self.commits.inline_syncs,
+        )
+        yield gauge(
+            "murmur_fsync_seconds_average",
+            "Moving average of fsync wall time; it decides where fsyncs run",
+            self.commits.sync_s,
+        )
         yield gauge("murmur_celebrities", "Celebrity users on this shard", self._celebrity_count())
         yield gauge("murmur_slots_owned", "Slots this shard owns", sum(state.ownership.owned))
         yield gauge(
