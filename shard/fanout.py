@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
@@ -29,11 +30,13 @@ from shard.state import ShardState
 log = logging.getLogger("murmur.shard.fanout")
 
 DELIVER_TIMEOUT_S = 10.0
-# A round that finds only a few records waits this long for more: under a
-# stream of posts rounds then carry several, and the shards exchange about
-# half as many Deliver calls (calls are the cost); a lone post's delivery
-# takes at most this much longer.
-LINGER_S = 0.002
+# While posts stream in (the last round found more than one record), a round
+# that finds fewer than LINGER_BELOW waits this long for more: rounds then
+# carry several records and the shards exchange fewer Deliver calls (calls
+# are the cost). 16 ms against 2 ms took 23% off the shards' CPU per post at
+# c16, interleaved on one cluster; delivery p50 is tens of ms under load. A
+# lone post after a quiet spell is delivered at once.
+LINGER_S = 0.016
 LINGER_BELOW = 16
 MAX_BACKOFF_S = 2.0
 RECORDS_PER_ROUND = 256
@@ -81,6 +84,8 @@ class FanoutWorker:
         linger_s: float = LINGER_S,
     ) -> None:
         self.linger_s = linger_s
+        self.last_found = 0  # records the last round found: are posts streaming in?
+        self._empty_since = 0.0  # when the outbox was last found empty
         self.state = state
         self.applier = applier
         self.peers = peers
@@ -121,11 +126,17 @@ class FanoutWorker:
         if not self.state.ownership.assigned:
             return False
         records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
+        now = time.monotonic()
         if not records:
+            self._empty_since = self._empty_since or now
             return False
-        if self.linger_s and len(records) < LINGER_BELOW:
+        if self._empty_since and now - self._empty_since >= self.linger_s:
+            self.last_found = 0  # after a quiet spell a lone post goes at once
+        self._empty_since = 0.0
+        if self.linger_s and self.last_found > 1 and len(records) < LINGER_BELOW:
             await asyncio.sleep(self.linger_s)
             records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
+        self.last_found = len(records)
         plan = self._plan(records)
         await self._deliver(plan)
         self.state.outbox.finish(plan.done, plan.progress)

@@ -1,6 +1,7 @@
 """A fan-out round starts its calls to the other shards before applying the
 local share, so sender and destinations work at the same time; a round with
-little to carry waits briefly for more."""
+little to carry waits briefly for more while posts stream in, and not
+after a quiet spell."""
 
 from __future__ import annotations
 
@@ -136,6 +137,7 @@ def test_remote_batches_are_on_the_wire_before_the_local_share_is_applied(make_c
 def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, loop):
     cluster, model, _fans, worker = author_with_fans(make_cluster, loop, 20)
     worker.linger_s = 0.05
+    worker.last_found = 2  # the last round found two records: posts are streaming in
     model.post("author", "first")
 
     async def post_during_the_linger() -> bool:
@@ -151,3 +153,31 @@ def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, 
     assert loop.run_until_complete(post_during_the_linger())
     assert sum(n for (method, _), n in cluster.pool.calls.items() if method == "Deliver") == 1
     assert cluster.backlog() == 0  # both posts went in that one round
+
+
+def run_round_unless_it_lingers(worker, loop) -> bool:
+    """Run one round with a linger far longer than a round takes: it ends in
+    time only if it did not linger."""
+    worker.linger_s = 60.0
+    return loop.run_until_complete(asyncio.wait_for(worker.run_round(), timeout=20))
+
+
+def test_a_lone_post_on_a_fresh_shard_is_delivered_without_lingering(make_cluster, loop):
+    cluster, model, fans, worker = author_with_fans(make_cluster, loop, 20)
+    worker.last_found = 0
+    model.post("author", "lone")
+    assert run_round_unless_it_lingers(worker, loop)
+    assert cluster.backlog() == 0
+    for fan in fans:
+        model.check_home(fan)
+
+
+def test_a_lone_post_after_a_quiet_spell_is_delivered_without_lingering(make_cluster, loop):
+    cluster, model, _fans, worker = author_with_fans(make_cluster, loop, 20)
+    worker.last_found = 5  # the last busy round found several
+    assert not loop.run_until_complete(worker.run_round())  # then the outbox ran dry
+    worker._empty_since -= 120  # ... two minutes ago
+    model.post("author", "after the quiet")
+    assert run_round_unless_it_lingers(worker, loop)
+    assert cluster.backlog() == 0
+    assert worker.last_found == 1  # and the next lone one will not linger either
