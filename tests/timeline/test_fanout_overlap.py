@@ -137,7 +137,7 @@ def test_remote_batches_are_on_the_wire_before_the_local_share_is_applied(make_c
 def test_a_small_round_lingers_and_carries_what_arrives_meanwhile(make_cluster, loop):
     cluster, model, _fans, worker = author_with_fans(make_cluster, loop, 20)
     worker.linger_s = 0.05
-    worker.last_found = 2  # the last round found two records: posts are streaming in
+    worker.streaming = True  # the last round carried several small records
     model.post("author", "first")
 
     async def post_during_the_linger() -> bool:
@@ -162,9 +162,9 @@ def run_round_unless_it_lingers(worker, loop) -> bool:
     return loop.run_until_complete(asyncio.wait_for(worker.run_round(), timeout=20))
 
 
-def test_a_lone_post_on_a_fresh_shard_is_delivered_without_lingering(make_cluster, loop):
+def test_a_lone_post_goes_without_lingering_unless_posts_stream_in(make_cluster, loop):
     cluster, model, fans, worker = author_with_fans(make_cluster, loop, 20)
-    worker.last_found = 0
+    worker.streaming = False  # the last round carried a single record
     model.post("author", "lone")
     assert run_round_unless_it_lingers(worker, loop)
     assert cluster.backlog() == 0
@@ -174,10 +174,25 @@ def test_a_lone_post_on_a_fresh_shard_is_delivered_without_lingering(make_cluste
 
 def test_a_lone_post_after_a_quiet_spell_is_delivered_without_lingering(make_cluster, loop):
     cluster, model, _fans, worker = author_with_fans(make_cluster, loop, 20)
-    worker.last_found = 5  # the last busy round found several
+    worker.streaming = True  # the last busy round carried several
     assert not loop.run_until_complete(worker.run_round())  # then the outbox ran dry
     worker._empty_since -= 120  # ... two minutes ago
     model.post("author", "after the quiet")
     assert run_round_unless_it_lingers(worker, loop)
     assert cluster.backlog() == 0
-    assert worker.last_found == 1  # and the next lone one will not linger either
+    assert not worker.streaming  # one record: the next lone one will not linger either
+
+
+def test_the_next_page_of_a_big_fan_out_goes_without_lingering(make_cluster, loop):
+    cluster, model, fans, worker = author_with_fans(make_cluster, loop, 150)
+    worker.state.settings.fanout_batch_entries = 100  # a page of 100 followers per round
+    worker.streaming = True
+    model.post("author", "first")
+    model.post("author", "second")
+    worker.linger_s = 0.0
+    assert loop.run_until_complete(worker.run_round())  # 2 records found, the first cut short
+    assert not worker.streaming
+    while cluster.backlog():
+        assert run_round_unless_it_lingers(worker, loop)
+    for fan in fans:
+        model.check_home(fan)
