@@ -480,6 +480,8 @@ def _celebrity_and_fans(routers: TwoRouters) -> tuple[int, list[int], int]:
     for fan in fans:
         murmur.follow(fan, star)
     tweet = murmur.post_tweet(star, "from the star").tweet_id
+    # the star turns celebrity at its third follower; wait for the fourth too
+    eventually(lambda: _assert_equal(murmur.get_user(user_id=star).follower_count, len(fans)))
     eventually(lambda: _assert_equal(murmur.get_user(user_id=star).celebrity, True))
     return star, fans, tweet
 

@@ -75,6 +75,7 @@ def test_slow_disk_moves_fsyncs_to_a_thread_and_back():
                 await asyncio.sleep(0.001)
 
         ticking = asyncio.get_running_loop().create_task(ticker())
+        store.delay_s = 0.1
         await commits.durable()  # the loop keeps serving meanwhile
         ticks_during_slow_sync = ticks
         ticking.cancel()
