@@ -28,10 +28,6 @@ class FakeStore:
             raise self.error
 
 
-def run(coro):
-    return asyncio.run(coro)
-
-
 def test_concurrent_writes_share_one_fsync():
     async def scenario():
         store = FakeStore()
@@ -39,7 +35,7 @@ def test_concurrent_writes_share_one_fsync():
         await asyncio.gather(*(commits.durable() for _ in range(50)))
         return store, commits
 
-    store, commits = run(scenario())
+    store, commits = asyncio.run(scenario())
     assert commits.syncs == 1
     assert commits.synced_writes == 50
     assert len(store.threads) == 1
@@ -53,7 +49,7 @@ def test_fast_disk_syncs_on_the_event_loop():
             await commits.durable()
         return store, commits
 
-    store, commits = run(scenario())
+    store, commits = asyncio.run(scenario())
     assert store.threads == [threading.get_ident()] * 3
     assert commits.inline_syncs == 3
 
@@ -84,7 +80,7 @@ def test_slow_disk_moves_fsyncs_to_a_thread_and_back():
             await commits.durable()
         return store, commits, inline_while_slow, ticks_during_slow_sync
 
-    store, commits, inline_while_slow, ticks = run(scenario())
+    store, commits, inline_while_slow, ticks = asyncio.run(scenario())
     loop_thread = threading.get_ident()
     assert inline_while_slow == 1  # the first one, before any was timed
     assert store.threads[3] != loop_thread
@@ -106,7 +102,7 @@ def test_a_failed_fsync_fails_its_whole_group_and_the_next_one_succeeds(threshol
         await commits.durable()
         return results, commits
 
-    results, commits = run(scenario())
+    results, commits = asyncio.run(scenario())
     assert all(isinstance(result, OSError) for result in results)
     assert commits.syncs == 1
     assert commits.synced_writes == 1
