@@ -47,6 +47,9 @@ SWEEP_ROUNDS = 3  # interleaved rounds of the followee sweep
 WRITE_ALL = 10**12  # a threshold no account reaches: pure fan-out on write
 READ_ALL = 0  # every account a celebrity: pure fan-out on read
 P99_LIMIT_MS = 50.0
+# a side-by-side round: the same both ways, so each operation's two phases
+# centre on the same moment of the round
+ROUND_ORDER = ("ping", "home", "post", "post", "home", "ping")
 
 
 @dataclass
@@ -64,8 +67,8 @@ class Plan:
     sweep_tweets_per_author: int = 10
     sweep_readers_per_size: int = 2
     sweep_read_ops: int = 3000
-    paired_rounds: int = 5  # interleaved ping / home / post rounds for the ratios
-    paired_duration: float = 4.0
+    paired_rounds: int = 5  # side-by-side rounds for the ratios (ROUND_ORDER each)
+    paired_duration: float = 3.0
     join_query_repeats: int = 100  # in-process runs of the join per sweep reader
     history_followees: int = 1000  # the join alone against each followee's history
     history_depths: list[int] = field(default_factory=lambda: [10, 100])
@@ -96,7 +99,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=2,
             sweep_readers_per_size=1,
             sweep_read_ops=100,
-            paired_rounds=2,
+            paired_rounds=1,
             paired_duration=0.4,
             join_query_repeats=5,
             history_followees=20,
@@ -125,7 +128,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_tweets_per_author=5,
             sweep_readers_per_size=1,
             sweep_read_ops=1000,
-            paired_rounds=3,
+            paired_rounds=2,
             paired_duration=2.0,
             join_query_repeats=20,
             history_depths=[5, 50],
@@ -423,31 +426,43 @@ class Bench:
         rounds' ratios is reported. This box's slow spells last seconds (in
         one side-by-side run, the router's CPU per Ping was 522 µs in one
         round and 812 µs in another), so two long phases one after the other
-        measure the spell as much as the code. Each round starts the order
-        one place later (Ping, home, post; home, post, Ping; ...) so that no
-        operation always runs first, and the cluster is let go idle after
-        posts, whose fan-out would otherwise run into the next phase."""
-        c, rounds, order = self.plan.post_concurrency, [], ("ping", "home", "post")
+        measure the spell as much as the code. A round runs each operation
+        twice, in an order that reads the same both ways (``ROUND_ORDER``):
+        each operation's two phases then centre on the same moment, and a
+        slowdown that builds or fades steadily across the round weighs on
+        every operation alike instead of on whichever ran last. The cluster
+        is let go idle after posts, whose fan-out would otherwise run into
+        the next phase."""
+        c, rounds = self.plan.post_concurrency, []
         for r in range(self.plan.paired_rounds):
-            row = {}
-            for op in order[r % 3 :] + order[: r % 3]:
+            phases = []
+            for i, op in enumerate(ROUND_ORDER):
                 result = await self.closed(
                     system,
                     {op: 1.0},
                     c,
-                    f"side by side {op} c{c} (round {r + 1}/{self.plan.paired_rounds})",
+                    f"side by side {op} c{c} (round {r + 1}/{self.plan.paired_rounds}"
+                    f", phase {i + 1}/{len(ROUND_ORDER)})",
                     duration=self.plan.paired_duration,
-                    tag=f"{self.tag}-pair{r}-{op}",  # request ids stay within 64 characters
+                    tag=f"{self.tag}-pair{r}-{i}",  # request ids stay within 64 characters
                 )
-                row[op] = {
-                    "throughput": result["throughput"],
-                    "p99_ms": result["ops"][op]["p99_ms"],
-                    "ops_failed": result["ops_failed"],
-                }
+                phases.append(
+                    {
+                        "op": op,
+                        "throughput": result["throughput"],
+                        "p99_ms": result["ops"][op]["p99_ms"],
+                        "ops_failed": result["ops_failed"],
+                    }
+                )
                 if op == "post":
                     await self.quiet(system)
-            rounds.append(row)
-        return {"concurrency": c, "rounds": rounds, "ratios": paired_ratios(rounds)}
+            rounds.append(round_means(phases))
+        return {
+            "concurrency": c,
+            "order": list(ROUND_ORDER),
+            "rounds": rounds,
+            "ratios": paired_ratios(rounds),
+        }
 
     async def main_phases(self, system: System) -> dict:
         plan = self.plan
@@ -996,6 +1011,22 @@ class Bench:
         res["timings_s"]["total"] = round(time.monotonic() - self.started, 1)
         res["work_dir"] = str(self.work) if args.keep_work else None
         return res
+
+
+def round_means(phases: list[dict]) -> dict:
+    """One side-by-side round: each operation's mean throughput and mean p99
+    over its phases (its failed calls summed), with the phases themselves
+    kept under ``"phases"``."""
+    row: dict[str, Any] = {}
+    for op in dict.fromkeys(phase["op"] for phase in phases):
+        mine = [phase for phase in phases if phase["op"] == op]
+        row[op] = {
+            "throughput": statistics.fmean(phase["throughput"] for phase in mine),
+            "p99_ms": statistics.fmean(phase["p99_ms"] for phase in mine),
+            "ops_failed": sum(phase["ops_failed"] for phase in mine),
+        }
+    row["phases"] = phases
+    return row
 
 
 def paired_ratios(rounds: list[dict]) -> dict[str, dict]:

@@ -178,8 +178,8 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
     c = paired["concurrency"]
     lines = [
         "",
-        f"## Side by side: Ping, home and post at c{c} in interleaved rounds"
-        " (each round starts the order one place later)",
+        f"## Side by side: Ping, home and post at c{c} in interleaved rounds (each round"
+        f" runs {', '.join(paired['order'])}; its rates are each operation's mean)",
         "",
         "| round | Ping/s | home/s | post/s | home / Ping | home p99 / Ping p99 | post / Ping |",
         "|---|---|---|---|---|---|---|",

@@ -82,11 +82,13 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert mix["loadgen_cpu_s"] > 0
 
     paired = result["side_by_side"]
-    assert len(paired["rounds"]) == 2
-    for r in paired["rounds"]:
-        assert all(r[op]["throughput"] > 0 and r[op]["ops_failed"] == 0 for op in r)
+    assert len(paired["rounds"]) == 1
+    (only,) = paired["rounds"]
+    assert [phase["op"] for phase in only["phases"]] == paired["order"]
+    assert all(phase["throughput"] > 0 and phase["ops_failed"] == 0 for phase in only["phases"])
+    assert all(only[op]["throughput"] > 0 for op in ("ping", "home", "post"))
     for ratio in paired["ratios"].values():
-        assert len(ratio["per_round"]) == 2 and ratio["median"] > 0
+        assert len(ratio["per_round"]) == 1 and ratio["median"] > 0
     home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))
     assert home_target["measured"] == paired["ratios"]["home_throughput"]["median"]
 

@@ -3,7 +3,7 @@ median round's, with the long phases' ratio kept beside it."""
 
 from __future__ import annotations
 
-from bench.main import paired_ratios
+from bench.main import ROUND_ORDER, paired_ratios, round_means
 from bench.report import markdown, targets
 
 
@@ -24,6 +24,31 @@ def test_each_ratio_is_taken_within_its_round() -> None:
     assert ratios["home_throughput"] == {"per_round": [0.9, 0.9, 1.1], "median": 0.9}
     assert ratios["post_throughput"] == {"per_round": [0.8, 0.8, 0.7], "median": 0.8}
     assert ratios["home_p99"]["median"] == round(1000 / 900, 3)
+
+
+def test_the_round_order_reads_the_same_both_ways() -> None:
+    assert ROUND_ORDER == ROUND_ORDER[::-1]
+    for op in ("ping", "home", "post"):
+        places = [i for i, name in enumerate(ROUND_ORDER) if name == op]
+        assert sum(places) / len(places) == (len(ROUND_ORDER) - 1) / 2  # the same centre
+
+
+def test_a_steady_slowdown_across_a_round_cancels_out() -> None:
+    # the box loses 10% of its speed per phase; home is really 1.2x Ping and
+    # post 0.9x. Run in the order ping, home, post, the drift alone would put
+    # home/Ping at 1.08x and post/Ping at 0.72x.
+    truth = {"ping": 1000.0, "home": 1200.0, "post": 900.0}
+    speed = [1.0 - 0.1 * i for i in range(len(ROUND_ORDER))]
+    measured = [
+        {"op": op, "throughput": truth[op] * s, "p99_ms": 10.0 / s, "ops_failed": 1}
+        for op, s in zip(ROUND_ORDER, speed, strict=True)
+    ]
+    row = round_means(measured)
+    assert row["phases"] == measured
+    assert row["ping"]["ops_failed"] == 2
+    ratios = paired_ratios([row])
+    assert ratios["home_throughput"]["median"] == 1.2
+    assert ratios["post_throughput"]["median"] == 0.9
 
 
 def phases(ping: float, home: float, post: float) -> dict:
@@ -62,6 +87,7 @@ def test_a_round_without_ping_keeps_the_others_in_their_places() -> None:
     assert ratios["home_throughput"] == {"per_round": [0.9, None, 1.1], "median": 1.0}
     paired = {
         "concurrency": 16,
+        "order": list(ROUND_ORDER),
         "rounds": rounds((1000, 900, 800), (1, 450, 400), (1000, 1100, 700)),
         "ratios": ratios,
     }
