@@ -1,5 +1,7 @@
-"""The floor ratios: taken within each interleaved round, reported as the
-median round's, with the long phases' ratio kept beside it."""
+"""How the report reads a run's targets. The floor ratios: taken within
+each interleaved round, reported as the median round's, with the long
+phases' ratio kept beside it. The delivery target: named by the largest
+author its probes reached."""
 
 from __future__ import annotations
 
@@ -115,3 +117,13 @@ def test_rounds_without_any_ping_fall_back_to_the_phases_and_say_so() -> None:
     }
     home = next(t for t in targets(result) if t["target"].startswith("home-timeline throughput"))
     assert home["target"].endswith("(c16)") and home["measured"] == 1.1 and home["met"] is True
+
+
+def test_the_delivery_target_names_the_largest_author_its_probes_reached() -> None:
+    probes = [{"followers": 6}, {"followers": 9000}, {"followers": 120}]
+    result = {"fanout": {"delivery": {"all": {"p99_ms": 450.0}, "results": probes}}}
+    delivery = next(t for t in targets(result) if t["target"].startswith("delivery p99"))
+    assert delivery["target"] == "delivery p99, authors up to 9,000 followers, mix at half peak"
+    assert delivery["met"] is True
+    none = next(t for t in targets({}) if t["target"].startswith("delivery p99"))
+    assert "no delivery probes" in none["target"]
