@@ -1,6 +1,7 @@
 """Fan-out measurements made from the bench process: delivery probes (post,
 then poll a follower's home timeline until the tweet is there) and bursts
-timed with the shards' ``fanout tweet=<id> followers=<n> lag_ms=<ms>`` log lines."""
+timed with the shards' fan-out log lines (``fanout round delivered
+tweet=<id> followers=<n> lag_ms=<ms>; tweet=...``, one line per round)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from murmur.ids import millis_of_id
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import murmur_pb2_grpc as pb_grpc
 
-FANOUT_LINE = re.compile(r"fanout tweet=(\d+) followers=(\d+) lag_ms=(\d+)")
+FANOUT_LINE = re.compile(r"fanout round delivered (.*)")
+FANOUT_TWEET = re.compile(r"tweet=(\d+) followers=(\d+) lag_ms=(\d+)")
 POLL_INTERVAL_S = 0.005
 
 
@@ -108,8 +110,9 @@ def fanout_lines(offsets: dict[Path, int]) -> dict[int, tuple[int, int]]:
                 text = handle.read().decode(errors="replace")
         except OSError:
             continue
-        for match in FANOUT_LINE.finditer(text):
-            found[int(match.group(1))] = (int(match.group(2)), int(match.group(3)))
+        for line in FANOUT_LINE.finditer(text):
+            for match in FANOUT_TWEET.finditer(line.group(1)):
+                found[int(match.group(1))] = (int(match.group(2)), int(match.group(3)))
     return found
 
 
@@ -166,7 +169,7 @@ async def burst(
         if ends:
             span_s = max(0.001, (max(ends) - started_ms) / 1000)
             result.update(
-                method="shard log lines (fanout tweet=... lag_ms=...)",
+                method="shard log lines (fanout round delivered tweet=... lag_ms=...)",
                 delivered_tweets=len(done),
                 missing_tweets=len(expected) - len(done),
                 span_s=round(span_s, 3),

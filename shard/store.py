@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import plyvel
 
@@ -46,16 +46,21 @@ class HotValues:
     It also keeps listings: the ids under a prefix, for small scans that hot
     paths repeat (the celebrities a reader follows, which every home read
     needs: a LevelDB iterator costs ~6 µs even over an empty range, and
-    py-spy put that scan at ~8% of a shard serving batched home reads). A
+    py-spy put that scan at ~8% of a shard serving batched home reads; the
+    followers of an ordinary author, which every post's fan-out reads). A
     transaction that changes keys under a listed prefix says so
-    (``Txn.relist``) and its commit forgets the listing."""
+    (``Txn.relist``) and its commit forgets the listing. Listings are
+    bounded in number and in the ids they hold together, so a shard of
+    many mid-sized accounts keeps a few megabytes of them, not gigabytes."""
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 200_000, listed_ids: int = 2_000_000) -> None:
         self.capacity = capacity
+        self.max_listed_ids = listed_ids
         self._values: dict[bytes, bytes | None] = {}
         self.get = self._values.get  # ``lookup`` without a Python frame, for hot loops
-        self._listings: dict[bytes, tuple[int, ...]] = {}
+        self._listings: dict[bytes, Sequence[int]] = {}
         self.listing = self._listings.get
+        self.listed_ids = 0
 
     def lookup(self, key: bytes) -> bytes | None | object:
         return self._values.get(key, MISSING)
@@ -81,18 +86,37 @@ class HotValues:
             for old in list(itertools.islice(held, max(self.capacity // 8, incoming))):
                 del held[old]
 
-    def remember_listing(self, prefix: bytes, ids: tuple[int, ...]) -> None:
-        if prefix not in self._listings:
-            self._make_room(self._listings, 1)
-        self._listings[prefix] = ids
+    def remember_listing(self, prefix: bytes, ids: Sequence[int]) -> None:
+        """Keep ``ids`` as the listing of ``prefix``, forgetting the oldest
+        listings while the count or the ids held would go over their bounds
+        (a listing bigger than the whole id budget is not kept)."""
+        self.forget_listings([prefix])
+        if len(ids) > self.max_listed_ids:
+            return
+        held = self._listings
+        while held and not self._listing_fits(len(ids)):
+            # oldest first, taken in chunks: popping a dict's first key one
+            # lookup at a time rescans the deleted slots before it
+            for old in list(itertools.islice(held, max(1, self.capacity // 8))):
+                self.listed_ids -= len(held.pop(old))
+                if self._listing_fits(len(ids)):
+                    break
+        held[prefix] = ids
+        self.listed_ids += len(ids)
+
+    def _listing_fits(self, size: int) -> bool:
+        return len(self._listings) < self.capacity and self.listed_ids + size <= self.max_listed_ids
 
     def forget_listings(self, prefixes: list[bytes]) -> None:
         for prefix in prefixes:
-            self._listings.pop(prefix, None)
+            ids = self._listings.pop(prefix, None)
+            if ids is not None:
+                self.listed_ids -= len(ids)
 
     def clear(self) -> None:
         self._values.clear()
         self._listings.clear()
+        self.listed_ids = 0
 
 
 class Store:

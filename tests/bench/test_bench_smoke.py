@@ -118,6 +118,9 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert fanout["background_mix"]["offered_rate"] == pytest.approx(max(5.0, peak / 2), rel=0.05)
     assert fanout["burst_idle"]["inbox_entries"] > 0
     assert fanout["burst_idle"]["missing_tweets"] == 0
+    # timed from the shards' fan-out log lines, not the polling fallback
+    assert fanout["burst_idle"]["method"].startswith("shard log lines")
+    assert fanout["burst_idle"]["delivered_tweets"] > 0
     assert "entries_per_s" in fanout["burst_idle"]
     assert result["disk"]["bytes_per_inbox_entry"]
 

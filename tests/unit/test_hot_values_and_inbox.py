@@ -167,6 +167,68 @@ def test_listings_stay_bounded() -> None:
     assert hot.listing((0).to_bytes(4, "big")) is None
 
 
+def test_listings_stay_within_their_id_budget() -> None:
+    hot = HotValues(capacity=64, listed_ids=100)
+    for n in range(50):
+        hot.remember_listing(n.to_bytes(4, "big"), tuple(range(n, n + 30)))
+        assert hot.listed_ids == sum(len(ids) for ids in hot._listings.values()) <= 100
+    assert hot.listing((49).to_bytes(4, "big")) == tuple(range(49, 79))  # the newest stays
+    assert hot.listing((0).to_bytes(4, "big")) is None
+    hot.remember_listing(b"huge", tuple(range(101)))  # over the whole budget: not kept
+    assert hot.listing(b"huge") is None
+    hot.forget_listings([(49).to_bytes(4, "big")])
+    assert hot.listed_ids == sum(len(ids) for ids in hot._listings.values())
+    hot.clear()
+    assert hot.listed_ids == 0
+
+
+# listings: an ordinary author's followers, which every post's fan-out reads ---
+
+
+def add_follower(store: Store, followee: int, follower: int) -> None:
+    txn = store.txn()
+    FollowGraph(store).put_follower(txn, followee, follower)
+    txn.commit(sync=False)
+
+
+def test_followers_are_remembered_whole_and_forgotten_as_follows_commit(store: Store) -> None:
+    graph = FollowGraph(store)
+    for fan in (5, 3, 9):
+        add_follower(store, AUTHOR, fan)
+    assert graph.page_followers(AUTHOR, 0, 100) == ([3, 5, 9], False)
+    prefix = keys.followers_prefix(slot_for_user(AUTHOR), AUTHOR)
+    assert list(store.hot.listing(prefix)) == [3, 5, 9]  # the next post's fan-out scans nothing
+    assert graph.page_followers(AUTHOR, 0, 2) == ([3, 5], True)  # pages from the listing
+    assert graph.page_followers(AUTHOR, 5, 2) == ([9], False)
+    assert graph.page_followers(AUTHOR, 4, 1) == ([5], True)
+    dropped = store.txn()
+    graph.put_follower(dropped, AUTHOR, 7)  # never committed: the listing stays as on disk
+    assert graph.page_followers(AUTHOR, 0, 100) == ([3, 5, 9], False)
+    add_follower(store, AUTHOR, 7)
+    assert store.hot.listing(prefix) is None
+    assert graph.page_followers(AUTHOR, 0, 100) == ([3, 5, 7, 9], False)
+    txn = store.txn()
+    graph.delete_follower(txn, AUTHOR, 3)
+    txn.commit(sync=False)
+    assert graph.page_followers(AUTHOR, 0, 100) == ([5, 7, 9], False)
+
+
+def test_followers_read_in_part_or_over_the_limit_are_not_remembered(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shard.graph.FOLLOWER_LISTING_MAX", 3)
+    graph = FollowGraph(store)
+    prefix = keys.followers_prefix(slot_for_user(AUTHOR), AUTHOR)
+    for fan in range(1, 5):
+        add_follower(store, AUTHOR, fan)
+    assert graph.page_followers(AUTHOR, 0, 2) == ([1, 2], True)  # a first page only
+    assert store.hot.listing(prefix) is None
+    assert graph.page_followers(AUTHOR, 0, 10) == ([1, 2, 3, 4], False)  # whole, but 4 > 3
+    assert store.hot.listing(prefix) is None
+    assert graph.page_followers(AUTHOR, 2, 10) == ([3, 4], False)  # a later page
+    assert store.hot.listing(prefix) is None
+
+
 # the inbox tallies: newest id and size in memory ------------------------------
 
 
