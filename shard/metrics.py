@@ -103,6 +103,16 @@ class ShardCollector(Collector):
             "Fsyncs run on the event loop, the disk being fast enough (the rest use a thread)",
             self.commits.inline_syncs,
         )
+        yield counter(
+            "murmur_fsync_seconds",
+            "Wall time spent in group-commit fsyncs",
+            self.commits.sync_seconds,
+        )
+        yield counter(
+            "murmur_inline_fsync_seconds",
+            "Wall time of the fsyncs run on the event loop: the time it waited on the disk",
+            self.commits.inline_sync_seconds,
+        )
         yield gauge(
             "murmur_fsync_seconds_average",
             "Moving average of fsync wall time; it decides where fsyncs run",

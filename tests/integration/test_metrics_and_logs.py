@@ -92,6 +92,8 @@ def test_metrics_endpoints_expose_the_series(tmp_path):
             "murmur_leveldb_bytes",
             "murmur_fsyncs_total",
             "murmur_inline_fsyncs_total",
+            "murmur_fsync_seconds_total",
+            "murmur_inline_fsync_seconds_total",
             "murmur_fsync_seconds_average",
             'murmur_rpc_total{code="OK",method="ReadInbox",service="Shard"}',
         ):

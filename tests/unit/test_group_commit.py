@@ -106,3 +106,26 @@ def test_a_failed_fsync_fails_its_whole_group_and_the_next_one_succeeds(threshol
     assert all(isinstance(result, OSError) for result in results)
     assert commits.syncs == 1
     assert commits.synced_writes == 1
+
+
+def test_fsync_wall_time_is_counted_and_split_by_where_it_ran():
+    """``murmur_fsync_seconds`` / ``murmur_inline_fsync_seconds``: how long the
+    shard waited on its disk, and how much of that its event loop waited."""
+
+    async def scenario():
+        store = FakeStore()
+        store.delay_s = 0.02
+        commits = GroupCommit(store, inline_below_s=0.5)
+        for _ in range(2):
+            await commits.durable()  # on the loop
+        commits.inline_below_s = 0.0
+        await commits.durable()  # in a thread
+        store.error = OSError("disk gone")
+        with pytest.raises(OSError):
+            await commits.durable()  # failed, in a thread: the wait still counts
+        return commits
+
+    commits = asyncio.run(scenario())
+    assert commits.inline_sync_seconds >= 0.04
+    assert commits.sync_seconds >= commits.inline_sync_seconds + 0.04
+    assert commits.inline_syncs == 2
