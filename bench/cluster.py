@@ -2,8 +2,10 @@
 router, and the SQLite join server.
 
 Each process gets ``--port 0`` and is known by the banner it prints on stdout;
-its stderr (the log, including the shards' ``fanout tweet=...`` lines) goes to
-a file in the work folder. Children are stopped in ``finally`` blocks, by an
+its stderr (the log, including the shards' ``fanout round delivered ...``
+lines) goes to a file in the work folder. Shards also serve Prometheus
+metrics on a loopback port the bench picks, for the time their event loops
+wait on fsyncs. Children are stopped in ``finally`` blocks, by an
 ``atexit`` hook, and (on Linux) by the kernel if the bench itself dies.
 """
 
@@ -14,10 +16,12 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +34,21 @@ ROUTER_BANNER = re.compile(r"murmur-router serving on (\S+):(\d+)")
 JOIN_BANNER = re.compile(r"join-server serving on (\S+):(\d+)")
 
 _LIVE: set[ServerProcess] = set()
+LOOP_FSYNC_METRIC = "murmur_inline_fsync_seconds_total"
+
+
+def free_port() -> int:
+    """A loopback port nobody holds now (the shard binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def scrape_counter(port: int, name: str, timeout_s: float = 2.0) -> float:
+    """The sum of one metric's series on a server's Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=timeout_s) as reply:
+        text = reply.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -184,6 +203,7 @@ class MurmurCluster:
         self.router: ServerProcess | None = None
         self.fixed_ports: list[int] | None = None  # a restart keeps its ports
         self.router_port = 0
+        self.metrics_ports: list[int] = []  # one per shard, kept across restarts
 
     @property
     def target(self) -> str:
@@ -198,6 +218,8 @@ class MurmurCluster:
 
     def start(self) -> MurmurCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.metrics_ports:
+            self.metrics_ports = [free_port() for _ in range(self.shard_count)]
         try:
             for index, data_dir in enumerate(self.data_dirs()):
                 shard = ServerProcess(
@@ -217,6 +239,8 @@ class MurmurCluster:
                         str(self.celebrity_threshold),
                         "--inbox-cap",
                         str(self.inbox_cap),
+                        "--metrics-port",
+                        str(self.metrics_ports[index]),
                     ],
                     self.workdir / f"shard-{index}.log",
                     SHARD_BANNER,
@@ -249,6 +273,11 @@ class MurmurCluster:
 
     def cpu(self) -> dict[str, float]:
         return {name: proc.cpu() or 0.0 for name, proc in self.processes().items()}
+
+    def loop_fsync_s(self) -> float:
+        """Seconds the shards' event loops have waited on fsyncs, all shards
+        together (``murmur_inline_fsync_seconds_total``)."""
+        return sum(scrape_counter(port, LOOP_FSYNC_METRIC) for port in self.metrics_ports)
 
     def rss(self) -> dict[str, int]:
         return {name: rss_bytes(proc.pid) or 0 for name, proc in self.processes().items()}

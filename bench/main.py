@@ -432,11 +432,15 @@ class Bench:
         slowdown that builds or fades steadily across the round weighs on
         every operation alike instead of on whichever ran last. The cluster
         is let go idle after posts, whose fan-out would otherwise run into
-        the next phase."""
+        the next phase. Each phase also records the share of its time the
+        shards' event loops waited on fsyncs (on a cluster the bench
+        started): what posts pay that a Ping does not, beside their CPU."""
         c, rounds = self.plan.post_concurrency, []
+        cluster = system.cluster
         for r in range(self.plan.paired_rounds):
             phases = []
             for i, op in enumerate(ROUND_ORDER):
+                waited = cluster.loop_fsync_s() if cluster else None
                 result = await self.closed(
                     system,
                     {op: 1.0},
@@ -452,6 +456,7 @@ class Bench:
                         "throughput": result["throughput"],
                         "p99_ms": result["ops"][op]["p99_ms"],
                         "ops_failed": result["ops_failed"],
+                        "loop_fsync_share": loop_share(cluster, waited, result["duration_s"]),
                     }
                 )
                 if op == "post":
@@ -1013,17 +1018,29 @@ class Bench:
         return res
 
 
+def loop_share(cluster: MurmurCluster | None, before: float | None, seconds: float) -> float | None:
+    """The share of a phase the shards' event loops spent waiting on fsyncs,
+    averaged over the shards (None without a cluster of ours)."""
+    if cluster is None or before is None or seconds <= 0:
+        return None
+    waited = cluster.loop_fsync_s() - before
+    return round(waited / seconds / max(1, cluster.shard_count), 4)
+
+
 def round_means(phases: list[dict]) -> dict:
-    """One side-by-side round: each operation's mean throughput and mean p99
-    over its phases (its failed calls summed), with the phases themselves
-    kept under ``"phases"``."""
+    """One side-by-side round: each operation's mean throughput, p99 and
+    share of time the shards' loops waited on fsyncs over its phases (its
+    failed calls summed), with the phases themselves kept under
+    ``"phases"``."""
     row: dict[str, Any] = {}
     for op in dict.fromkeys(phase["op"] for phase in phases):
         mine = [phase for phase in phases if phase["op"] == op]
+        shares = [p["loop_fsync_share"] for p in mine if p.get("loop_fsync_share") is not None]
         row[op] = {
             "throughput": statistics.fmean(phase["throughput"] for phase in mine),
             "p99_ms": statistics.fmean(phase["p99_ms"] for phase in mine),
             "ops_failed": sum(phase["ops_failed"] for phase in mine),
+            "loop_fsync_share": round(statistics.fmean(shares), 4) if shares else None,
         }
     row["phases"] = phases
     return row

@@ -190,8 +190,9 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
         f"## Side by side: Ping, home and post at c{c} in interleaved rounds (each round"
         f" runs {', '.join(paired['order'])}; its rates are each operation's mean)",
         "",
-        "| round | Ping/s | home/s | post/s | home / Ping | home p99 / Ping p99 | post / Ping |",
-        "|---|---|---|---|---|---|---|",
+        "| round | Ping/s | home/s | post/s | home / Ping | home p99 / Ping p99 | post / Ping"
+        " | shards' loops waiting on fsync, posts |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ratios = list(paired["ratios"].values())  # home/Ping, home p99/Ping p99, post/Ping
     for i, r in enumerate(paired["rounds"]):
@@ -199,10 +200,21 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
             f"| {i + 1} | {_fmt(r['ping']['throughput'])} | {_fmt(r['home']['throughput'])} | "
             f"{_fmt(r['post']['throughput'])} | "
             + " | ".join(_fmt(ratio["per_round"][i], 3) for ratio in ratios)
-            + " |"
+            + f" | {_percent(r['post'].get('loop_fsync_share'))} |"
         )
-    lines.append("| median | | | | " + " | ".join(_fmt(r["median"], 3) for r in ratios) + " |")
+    lines.append("| median | | | | " + " | ".join(_fmt(r["median"], 3) for r in ratios) + " | |")
+    lines += [
+        "",
+        "The last column: the share of the post phases' time a shard's event loop"
+        " spent waiting on its fsync (`murmur_inline_fsync_seconds_total`, averaged"
+        " over the shards); Ping and home reads sync nothing. The processes waiting"
+        " on a shard wait with it, so this time is idle CPU the floor does not have.",
+    ]
     return lines
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{share * 100:.0f}%"
 
 
 def _query_alone_text(result: dict) -> str:

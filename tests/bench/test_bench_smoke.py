@@ -87,6 +87,8 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert [phase["op"] for phase in only["phases"]] == paired["order"]
     assert all(phase["throughput"] > 0 and phase["ops_failed"] == 0 for phase in only["phases"])
     assert all(only[op]["throughput"] > 0 for op in ("ping", "home", "post"))
+    # scraped from the shards' metrics (0 if a slow disk sends fsyncs to a thread)
+    assert all(0.0 <= phase["loop_fsync_share"] <= 1.0 for phase in only["phases"])
     for ratio in paired["ratios"].values():
         assert len(ratio["per_round"]) == 1 and ratio["median"] > 0
     home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))

@@ -53,6 +53,27 @@ def test_a_steady_slowdown_across_a_round_cancels_out() -> None:
     assert ratios["post_throughput"]["median"] == 0.9
 
 
+def test_a_round_averages_the_loops_fsync_wait_of_its_phases() -> None:
+    measured = [
+        {"op": op, "throughput": 1000.0, "p99_ms": 10.0, "ops_failed": 0, "loop_fsync_share": s}
+        for op, s in zip(ROUND_ORDER, (0.0, 0.0, 0.2, 0.3, 0.0, None), strict=True)
+    ]
+    row = round_means(measured)
+    assert row["post"]["loop_fsync_share"] == 0.25
+    assert row["ping"]["loop_fsync_share"] == 0.0  # a phase without a reading is left out
+    unread = round_means([{**measured[0], "loop_fsync_share": None}])
+    assert unread["ping"]["loop_fsync_share"] is None
+    paired = {
+        "concurrency": 16,
+        "order": list(ROUND_ORDER),
+        "rounds": [row],
+        "ratios": paired_ratios([row]),
+    }
+    report = markdown({"side_by_side": paired}).splitlines()
+    (line,) = [line for line in report if line[:4] == "| 1 "]
+    assert line.endswith("| 25% |")
+
+
 def phases(ping: float, home: float, post: float) -> dict:
     def phase(op: str, rate: float) -> dict:
         return {"throughput": rate, "ops": {op: {"p99_ms": 20.0}}}
