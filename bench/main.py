@@ -1020,7 +1020,8 @@ class Bench:
 
 def loop_share(cluster: MurmurCluster | None, before: float | None, seconds: float) -> float | None:
     """The share of a phase the shards' event loops spent waiting on fsyncs,
-    averaged over the shards (None without a cluster of ours)."""
+    averaged over the shards (None without a cluster of ours, whose reading
+    ``before`` is then None too)."""
     if cluster is None or before is None or seconds <= 0:
         return None
     waited = cluster.loop_fsync_s() - before
@@ -1035,7 +1036,8 @@ def round_means(phases: list[dict]) -> dict:
     row: dict[str, Any] = {}
     for op in dict.fromkeys(phase["op"] for phase in phases):
         mine = [phase for phase in phases if phase["op"] == op]
-        shares = [p["loop_fsync_share"] for p in mine if p.get("loop_fsync_share") is not None]
+        shares = [phase.get("loop_fsync_share") for phase in mine]
+        shares = [share for share in shares if share is not None]
         row[op] = {
             "throughput": statistics.fmean(phase["throughput"] for phase in mine),
             "p99_ms": statistics.fmean(phase["p99_ms"] for phase in mine),
