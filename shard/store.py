@@ -249,10 +249,6 @@ class Txn:
     def commit(self, sync: bool = True) -> None:
         if not self.writes:
             return
-        for capture in self.store.captures:
-            capture.changes.extend(
-                (key, value) for key, value in self.writes.items() if key[:2] in capture.prefixes
-            )
         writes = self.writes
         try:  # transaction=True: a batch that fails part-way writes nothing
             with self.store.db.write_batch(sync=sync, transaction=True) as batch:
@@ -266,6 +262,10 @@ class Txn:
             for hook in self.store.on_failed_commit:
                 hook()
             raise
+        for capture in self.store.captures:  # only what landed travels with a slot move
+            capture.changes.extend(
+                (key, value) for key, value in writes.items() if key[:2] in capture.prefixes
+            )
         self.hot.remember_all(self.hot_keys, writes)
         if self.relisted:
             self.hot.forget_listings(self.relisted)

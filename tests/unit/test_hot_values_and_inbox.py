@@ -23,7 +23,7 @@ from shard.inbox_tally import InboxTallies, Tally
 from shard.migration import _drop_slots, import_entries
 from shard.settings import ShardSettings
 from shard.state import ShardState
-from shard.store import MISSING, HotValues, Store
+from shard.store import MISSING, ChangeCapture, HotValues, Store
 
 OWNER = 1_234_567
 AUTHOR = 7_654_321
@@ -85,6 +85,25 @@ def test_a_failed_commit_leaves_memory_as_it_was(store: Store) -> None:
         txn.commit(sync=False)
     assert store.hot.lookup(b"k") is MISSING
     store.db = type(store.db)(store.path)  # reopen for the fixture's close
+
+
+def test_a_failed_commit_sends_nothing_with_a_slot_move(store: Store) -> None:
+    """A write whose commit failed was refused to its caller; if a slot
+    move still carried it, the new owner would hold what the old one never
+    did (a tweet without its fan-out record, say)."""
+    capture = ChangeCapture({5})
+    store.captures.append(capture)
+    txn = store.txn()
+    txn.put(keys.user(5, 42), b"record")
+    store.close()
+    with pytest.raises(RuntimeError):
+        txn.commit(sync=False)
+    store.db = type(store.db)(store.path)  # reopen for the fixture's close
+    assert capture.take() == []
+    txn = store.txn()
+    txn.put(keys.user(5, 43), b"landed")
+    txn.commit(sync=False)
+    assert capture.take() == [(keys.user(5, 43), b"landed")]
 
 
 def test_hot_values_stay_bounded_and_correct() -> None:
