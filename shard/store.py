@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import plyvel
 
 from shard.keys import prefix_end
+from shard.retired_logs import RetiredLogs
 
 
 class ChangeCapture:
@@ -160,6 +161,7 @@ class Store:
             bloom_filter_bits=10,
             compression="snappy" if compress_tables else None,
         )
+        self.retired_logs = RetiredLogs(path)
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
@@ -189,8 +191,11 @@ class Store:
         return it if limit is None else itertools.islice(it, limit)
 
     def sync(self) -> None:
-        """Make every earlier write durable against power loss (one fsync)."""
+        """Make every earlier write durable against power loss: one fsync
+        of LevelDB's log, and of any log it has retired unsynced since the
+        last one (``retired_logs``)."""
         self.db.write_batch(sync=True).write()
+        self.retired_logs.sync_new()
 
     def close(self) -> None:
         self.db.close()
