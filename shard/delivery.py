@@ -155,11 +155,19 @@ class DeliveryApplier:
             edge = self.state.graph.following_edge(txn, follower, sync.followee_id)
             if edge is None or sync.celebrity_version < edge.celebrity_version:
                 continue
+            flipped = sync.celebrity_version > edge.celebrity_version
             edge.celebrity = sync.celebrity
             edge.celebrity_version = sync.celebrity_version
             self.state.graph.put_following(txn, follower, sync.followee_id, edge)
-            if sync.celebrity:
+            if sync.celebrity or flipped:
+                # A promotion drops the copies. So does news that the author
+                # flipped since this edge last heard, even to ordinary: a
+                # promotion's sync planned after the demotion goes out as
+                # ordinary, and the copies it never removed may be of tweets
+                # deleted (or edited) meanwhile without fan-out, as
+                # celebrities' are. The backfill brings the live ones back.
                 self.state.inbox.remove_author(txn, follower, sync.followee_id)
+            if sync.celebrity:
                 continue
             new, size = self._backfill(txn, follower, sync)
             written += new

@@ -44,8 +44,9 @@ MAX_BACKOFF_S = 2.0
 RECORDS_PER_ROUND = 256
 MIN_PAGE = 100  # followers per round for one tweet, however small the budget left
 MIN_STATUS_PAGE = 10
-# A promotion makes each follower's shard scan that inbox (up to the cap) for
-# the new celebrity's copies: about as much work as this many inbox writes.
+# A change of status (promotion or demotion) makes each follower's shard scan
+# that inbox (up to the cap) for the author's copies: about as much work as
+# this many inbox writes.
 # Keeping rounds to the budget keeps any one Deliver short, so the shards'
 # loops never stall for seconds behind a big account's status change.
 PROMOTION_COST = 20
@@ -250,8 +251,9 @@ class FanoutWorker:
             if not sync.complete:
                 sync.exact_from = recent[limit].tweet_id + 1
         # what one follower costs the destination: a backfill writes every
-        # tweet; a promotion scans the follower's inbox for the author's copies
-        per_follower = len(sync.tweets) if not sync.celebrity else PROMOTION_COST
+        # tweet; a change of status (promotion or demotion, to every
+        # follower) scans the follower's inbox for the author's copies
+        per_follower = len(sync.tweets) + (0 if status.follower_id else PROMOTION_COST)
         if status.follower_id:
             followers, more = [status.follower_id], False
         else:
