@@ -52,22 +52,9 @@ def rpc(method: Handler) -> Handler:
         except asyncio.CancelledError:  # the caller went away, or its deadline passed
             code = _cancelled_code(context)
             raise
-        except (plyvel.Error, OSError) as exc:
-            log.error("%s: storage failure in %s: %s", component, method.__name__, exc)
-            code = (
-                grpc.StatusCode.RESOURCE_EXHAUSTED
-                if "space" in str(exc).lower()
-                else grpc.StatusCode.UNAVAILABLE
-            )
-            await _abort(context, code, f"{component} cannot write to its storage: {exc}")
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s: %s failed", component, method.__name__)
-            await _abort(
-                context,
-                code,
-                f"internal error in {component} while serving {method.__name__}; see its log",
-            )
+        except Exception as exc:
+            code, message = _unexpected(exc, component, method.__name__)
+            await _abort(context, code, message)
         finally:
             observe_call(
                 component,
@@ -80,6 +67,28 @@ def rpc(method: Handler) -> Handler:
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _unexpected(exc: Exception, component: str, method: str) -> tuple[grpc.StatusCode, str]:
+    """Status and message for a failure no handler reported itself, logged
+    here (with the stack when it is a bug) since the caller sees no stack.
+
+    Storage failures are UNAVAILABLE (RESOURCE_EXHAUSTED when the disk is
+    full) so that callers retry elsewhere or later; anything else is a bug,
+    INTERNAL, and the message sends the operator to the log."""
+    if isinstance(exc, plyvel.Error | OSError):
+        log.error("%s: storage failure in %s: %s", component, method, exc)
+        code = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if "space" in str(exc).lower()
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        return code, f"{component} cannot write to its storage: {exc}"
+    log.error("%s: %s failed", component, method, exc_info=exc)
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {component} while serving {method}; see its log",
+    )
 
 
 async def _abort(context: Any, code: grpc.StatusCode, message: str) -> None:
@@ -111,13 +120,29 @@ async def refuse_unparseable(request: Any, context: Any) -> None:
         await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
-async def streamed(context: Any, items: AsyncIterator) -> AsyncIterator:
+async def streamed(
+    context: Any, items: AsyncIterator, component: str = "server", method: str | None = None
+) -> AsyncIterator:
     """Relay a server stream, turning failures into a status as unary calls get
-    (the ``rpc`` wrapper covers unary handlers only)."""
+    (the ``rpc`` wrapper covers unary handlers only).
+
+    Anything unexpected must end as a status too: gRPC aio lets an exception
+    escape a stream handler to the event loop, and a BaseException (such as
+    SystemExit) ends the whole process. ``component`` and ``method`` name
+    the failure in the message and the log (``method`` defaults to the
+    generator's name)."""
+    name = method or getattr(items, "__name__", "a stream")
     try:
         async for item in items:
             yield item
     except ServiceError as exc:
         await _abort(context, exc.code, exc.message)
+    except InvalidInput as exc:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except grpc.aio.AioRpcError as exc:
         await _abort(context, exc.code(), exc.details() or exc.code().name)
+    except grpc.aio.AbortError:  # the handler already chose its status
+        raise
+    except Exception as exc:
+        code, message = _unexpected(exc, component, name)
+        await _abort(context, code, message)

@@ -37,6 +37,15 @@ def describe_ranges(slots: list[int]) -> str:
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(slots))
 
 
+def caller_bound(context: Any, limit_s: float, share: float = 1.0) -> float:
+    """How long to wait for a shard: ``limit_s``, or ``share`` of the
+    caller's remaining time if less, less a margin, so that a hung shard is
+    reported by name (with the other shards' answers) before the caller's own
+    deadline ends the call with nothing but DEADLINE_EXCEEDED."""
+    remaining = context.time_remaining()
+    return shard_timeout(limit_s if remaining is None else min(limit_s, remaining * share))
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     component = "router admin"
     service_name = "Admin"
@@ -49,8 +58,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     # status -------------------------------------------------------------------
     async def _shard_status(
-        self, shard_id: int
+        self, shard_id: int, timeout: float
     ) -> tuple[admin_pb2.ShardStatus, shard_pb2.LocalStats | None]:
+        """One shard's place in the map and its stats; a shard that does not
+        answer within ``timeout`` is reported in ``health``, naming it."""
         slots = [slot for slot, owner in enumerate(self.table.owners) if owner == shard_id]
         status = admin_pb2.ShardStatus(
             shard_id=shard_id,
@@ -60,7 +71,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         )
         try:
             stats = await self.pool.direct(
-                shard_id, "GetStats", shard_pb2.GetStatsRequest(), STATS_TIMEOUT_S
+                shard_id, "GetStats", shard_pb2.GetStatsRequest(), timeout
             )
         except ServiceError as exc:
             status.health = f"{exc.code.name}: {exc.message}"
@@ -78,8 +89,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @operator_only
     @rpc
     async def GetClusterStatus(self, request, context):
+        timeout = caller_bound(context, STATS_TIMEOUT_S)
         results = await asyncio.gather(
-            *(self._shard_status(shard_id) for shard_id in sorted(self.table.addresses))
+            *(self._shard_status(shard_id, timeout) for shard_id in sorted(self.table.addresses))
         )
         return admin_pb2.ClusterStatus(
             map_version=self.table.version, shards=[status for status, _ in results]
@@ -89,7 +101,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def GetShardStats(self, request, context):
         self._require_shard(request.shard_id)
-        status, stats = await self._shard_status(request.shard_id)
+        status, stats = await self._shard_status(
+            request.shard_id, caller_bound(context, STATS_TIMEOUT_S)
+        )
         response = admin_pb2.ShardStats(status=status)
         if stats is not None:
             response.leveldb_stats = stats.leveldb_stats
@@ -131,8 +145,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _adopt_newest_map(self) -> None:
         """Learn the newest map the shards hold and make every shard hold it
         (also when this router already has it: a refresh on a wrong-slot
-        answer may have installed it here before the other shards had it)."""
-        infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        answer may have installed it here before the other shards had it).
+
+        No shard answering is the operator's outage, not the router's: it is
+        reported as UNAVAILABLE and the router keeps serving."""
+        try:
+            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        except ServiceError as exc:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot learn the newest slot map from the shards: {exc.message}",
+            ) from None
         newest = newest_info(infos).slot_map
         behind = any(info.map_version < newest.version for info in infos.values())
         if newest.version > self.table.version or behind:
@@ -255,7 +278,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 ):
                     yield progress
 
-        async for item in streamed(context, run()):
+        async for item in streamed(context, run(), self.component, "MoveSlots"):
             yield item
 
     @operator_only
@@ -267,7 +290,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 async for progress in self._run_plan(plan, request.dry_run):
                     yield progress
 
-        async for item in streamed(context, run()):
+        async for item in streamed(context, run(), self.component, "Rebalance"):
             yield item
 
     @operator_only
@@ -285,7 +308,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 async for progress in self._run_plan(plan, False):
                     yield progress
 
-        async for item in streamed(context, run()):
+        async for item in streamed(context, run(), self.component, "DrainShard"):
             yield item
 
     @operator_only
@@ -329,12 +352,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         log.info("shard %d at %s joined (map version %d)", info.shard_id, address, new_map.version)
         return admin_pb2.AddShardResponse(shard_id=info.shard_id, map_version=new_map.version)
 
-    async def _require_empty_outbox(self, shard_id: int) -> None:
+    async def _require_empty_outbox(self, shard_id: int, timeout: float) -> None:
         """A drained shard may still hold fan-out for others: removing it then
         would strand those deliveries."""
         try:
             stats = await self.pool.direct(
-                shard_id, "GetStats", shard_pb2.GetStatsRequest(), STATS_TIMEOUT_S
+                shard_id, "GetStats", shard_pb2.GetStatsRequest(), timeout
             )
         except ServiceError as exc:
             log.warning("removing shard %d without checking its outbox: %s", shard_id, exc.message)
@@ -357,7 +380,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"shard {request.shard_id} still owns {len(held)} slots; drain it first",
                 )
-            await self._require_empty_outbox(request.shard_id)
+            # half the caller's time at most: the new map must still be published
+            await self._require_empty_outbox(
+                request.shard_id, caller_bound(context, STATS_TIMEOUT_S, share=0.5)
+            )
             new_map = self._next_map()
             del new_map.addresses[request.shard_id]
             await self._publish(new_map)
@@ -390,7 +416,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     path=status.path,
                 )
 
-        async for item in streamed(context, run()):
+        async for item in streamed(context, run(), self.component, "BackupShard"):
             yield item
 
     async def _on_every_shard(
@@ -399,8 +425,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         """``method`` on every shard at once, each given ``limit_s`` or the
         caller's time if less: each shard's answer, or its failure (named by
         the pool), by shard id."""
-        remaining = context.time_remaining()
-        timeout = shard_timeout(limit_s if remaining is None else min(limit_s, remaining))
+        timeout = caller_bound(context, limit_s)
         shard_ids = sorted(self.table.addresses)
         replies = await asyncio.gather(
             *(self.pool.direct(shard_id, method, request, timeout) for shard_id in shard_ids),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 
+import grpc
+
 from murmur import tls
+from murmur.errors import ServiceError
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
 from murmur.serving import ServingProcess, install_event_loop, setup_logging
@@ -16,6 +20,18 @@ from server.celebrity_cache import DEFAULT_TTL_S, CelebrityTimelines
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
 from server.slot_map import bootstrap
+
+log = logging.getLogger("murmur.router")
+SETTINGS_TIMEOUT_S = 60.0  # a new threshold re-evaluates every user on each shard
+
+
+def count(text: str) -> int:
+    """A whole number 0 or more: the shards keep these settings unsigned, so
+    a negative one must be a usage error here, not a traceback later."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; it must be 0 or more")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,12 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--celebrity-threshold",
-        type=int,
+        type=count,
         default=None,
-        help="if given, set on every shard at start (cluster-wide setting)",
+        help="if given, set on every shard at start (cluster-wide setting); a shard that "
+        "is down misses it with a warning naming it, and the router serves on; a value "
+        "the shards refuse stops the start",
     )
     parser.add_argument(
-        "--inbox-cap", type=int, default=None, help="if given, set on every shard at start"
+        "--inbox-cap",
+        type=count,
+        default=None,
+        help="if given, set on every shard at start, like --celebrity-threshold",
     )
     parser.add_argument(
         "--admin-token",
@@ -61,9 +82,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def push_settings(pool: ShardPool, update: shard_pb2.UpdateSettingsRequest) -> None:
-    """Cluster-wide settings live on the shards; a router flag sets them all."""
-    for shard_id in sorted(pool.table.addresses):
-        await pool.call(shard_id, "UpdateSettings", update, timeout=60)
+    """Cluster-wide settings live on the shards; a router flag sets them all.
+
+    The start serves without shards that are down (see --shard-wait), so a
+    shard that misses the update is only warned about, by name and reason;
+    it keeps its own settings until they are set again. A value a shard
+    refuses is the operator's mistake and ends the start with one line."""
+    shard_ids = sorted(pool.table.addresses)
+    results = await asyncio.gather(
+        *(pool.call(s, "UpdateSettings", update, SETTINGS_TIMEOUT_S) for s in shard_ids),
+        return_exceptions=True,
+    )
+    wanted = ", ".join(f"{field.name}={value}" for field, value in update.ListFields())
+    for shard_id, result in zip(shard_ids, results, strict=True):
+        if isinstance(result, ServiceError) and result.code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise SystemExit(f"shard {shard_id} refused the settings {wanted}: {result.message}")
+    for shard_id, result in zip(shard_ids, results, strict=True):
+        if isinstance(result, ServiceError):
+            log.warning(
+                "shard %d did not take the settings %s (%s: %s); it keeps its own until "
+                "they are set again (murmur-admin settings)",
+                shard_id,
+                wanted,
+                result.code.name,
+                result.message,
+            )
+        elif isinstance(result, BaseException):
+            raise result  # a bug, not a shard's answer: show its traceback
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ import time
 import grpc
 
 from murmur import tls
+from murmur.errors import ServiceError
 from murmur.ids import slot_of_tweet
 from murmur.slots import SLOT_COUNT, even_assignment, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
@@ -75,14 +76,20 @@ async def fetch_infos(
     """Ask every shard who it is, in parallel, waiting for ones still starting.
 
     Shards that stay silent are left out (their users get UNAVAILABLE until
-    they return), unless ``require_all`` or none answered at all.
+    they return), unless ``require_all`` or none answered at all: then a
+    ServiceError (UNAVAILABLE) names them. Not SystemExit: a router already
+    serving calls this too (admin moves), and gRPC lets BaseException out of
+    a handler, killing the process; only ``bootstrap`` turns it into an exit.
     """
     deadline = time.monotonic() + wait_s
     answers = await asyncio.gather(*(fetch_info(a, deadline) for a in addresses))
     infos = {a: info for a, info in zip(addresses, answers, strict=True) if info is not None}
     silent = [a for a in addresses if a not in infos]
     if silent and (require_all or not infos):
-        raise SystemExit(f"shards at {', '.join(silent)} did not answer within {wait_s:.0f}s")
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"shards at {', '.join(silent)} did not answer within {wait_s:.0f}s",
+        )
     if silent:
         log.log(
             silent_log_level,
@@ -139,8 +146,15 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
 
 
 async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
-    """Learn (or, for a new cluster, create) the slot map and make every shard hold it."""
-    infos = await fetch_infos(addresses, wait_s)
+    """Learn (or, for a new cluster, create) the slot map and make every shard hold it.
+
+    At start-up a router with no shard to learn the map from cannot serve, so
+    silence here ends the process with one clear line.
+    """
+    try:
+        infos = await fetch_infos(addresses, wait_s)
+    except ServiceError as exc:
+        raise SystemExit(exc.message) from None
     if len(infos) < len(addresses) and max(i.map_version for i in infos.values()) == 0:
         raise SystemExit("a new cluster needs every shard to answer before slots are assigned")
     slot_map, push = plan_map(infos)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from murmur import rpc_errors
+from murmur.errors import ServiceError
 
 
 class Context:
@@ -39,3 +40,50 @@ def test_a_cancelled_call_is_counted_with_how_it_ended(monkeypatch, remaining, c
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(Servicer().GetUser(object(), Context(remaining)))
     assert seen == [code]
+
+
+class Aborted(Exception):
+    """What a real context's ``abort`` does: end the handler."""
+
+
+class StreamContext(Context):
+    def __init__(self) -> None:
+        super().__init__(3.0)
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.aborted = (code, message)
+        raise Aborted
+
+
+async def relay(context: StreamContext, failure: BaseException) -> list[int]:
+    async def items():
+        yield 1
+        raise failure
+
+    got: list[int] = []
+    with pytest.raises(Aborted):
+        async for item in rpc_errors.streamed(context, items(), "router admin", "Rebalance"):
+            got.append(item)
+    return got
+
+
+def test_a_surprise_in_a_stream_is_internal_pointing_at_the_log(caplog) -> None:
+    """gRPC aio lets an exception escape a stream handler to the event loop;
+    a SystemExit there ended the router. The caller gets INTERNAL, the log
+    the stack."""
+    context = StreamContext()
+    assert asyncio.run(relay(context, RuntimeError("bug"))) == [1]
+    assert context.aborted == (
+        grpc.StatusCode.INTERNAL,
+        "internal error in router admin while serving Rebalance; see its log",
+    )
+    [record] = [r for r in caplog.records if r.name == "murmur.rpc"]
+    assert record.exc_info is not None and "RuntimeError: bug" in caplog.text
+
+
+def test_a_service_error_in_a_stream_keeps_its_code() -> None:
+    context = StreamContext()
+    failure = ServiceError(grpc.StatusCode.UNAVAILABLE, "shard 2 is down")
+    asyncio.run(relay(context, failure))
+    assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "shard 2 is down")
