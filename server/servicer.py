@@ -15,9 +15,10 @@ import grpc
 
 from murmur import page_tokens
 from murmur.errors import ServiceError, invalid, not_found
-from murmur.ids import MAX_ID
+from murmur.ids import MAX_ID, slot_of_tweet
 from murmur.page_tokens import BadPageToken, TokenKind
 from murmur.rpc_errors import rpc
+from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, murmur_pb2_grpc, shard_pb2
 from murmur.validation import (
     MAX_BIO,
@@ -55,6 +56,18 @@ def with_token(
     return page
 
 
+def still_moving(exc: WrongSlot, slot: int | None = None) -> ServiceError:
+    """A wrong-slot answer that outlived a map refresh and a retry: the slot
+    is between shards (mid-move, or the newest map has not reached every
+    shard yet). UNAVAILABLE, not the shard's FAILED_PRECONDITION, because it
+    passes by itself and clients retry UNAVAILABLE (the shard refused the
+    call, so a retry cannot apply a write twice)."""
+    what = "a slot" if slot is None else f"slot {slot}"
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, f"{what} is moving between shards ({exc.message}); retry"
+    )
+
+
 def check_tweet_id(tweet_id: int) -> int:
     if tweet_id <= 0 or tweet_id > MAX_ID:
         raise invalid(f"tweet_id {tweet_id} is not a valid tweet id (1..{MAX_ID})")
@@ -89,27 +102,33 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     def _timeout(context: grpc.aio.ServicerContext) -> float | None:
         return context.time_remaining()
 
-    async def _refresh(self) -> None:
-        """A shard said it no longer owns a slot: re-learn the map from the shards."""
-        await self.pool.refresh_map()
+    async def _refresh(self, context: Any) -> None:
+        """A shard said it no longer owns a slot: re-learn the map from the
+        shards, within the caller's time."""
+        await self.pool.refresh_map(self._timeout(context))
 
-    async def _routed(self, route: Any, method: str, request: Any, context: Any) -> Any:
-        """Call the owner of a key; on a stale map, refresh once and retry."""
+    async def _routed(self, slot: int, method: str, request: Any, context: Any) -> Any:
+        """Call the owner of ``slot``; on a stale map, refresh once and retry
+        (the owner is looked up again: the refresh may have moved it); a slot
+        still refused after that is mid-move, see ``still_moving``."""
         try:
-            return await self.pool.call(route(), method, request, self._timeout(context))
+            return await self._call_owner(slot, method, request, context)
         except WrongSlot:
-            await self._refresh()
-            return await self.pool.call(route(), method, request, self._timeout(context))
+            await self._refresh(context)
+        try:
+            return await self._call_owner(slot, method, request, context)
+        except WrongSlot as exc:
+            raise still_moving(exc, slot) from None
+
+    async def _call_owner(self, slot: int, method: str, request: Any, context: Any) -> Any:
+        shard_id = self.table.shard_for_slot(slot)
+        return await self.pool.call(shard_id, method, request, self._timeout(context))
 
     async def _user_call(self, user_id: int, method: str, request: Any, context: Any) -> Any:
-        return await self._routed(
-            lambda: self.table.shard_for_user(user_id), method, request, context
-        )
+        return await self._routed(slot_for_user(user_id), method, request, context)
 
     async def _tweet_call(self, tweet_id: int, method: str, request: Any, context: Any) -> Any:
-        return await self._routed(
-            lambda: self.table.shard_for_tweet(tweet_id), method, request, context
-        )
+        return await self._routed(slot_of_tweet(tweet_id), method, request, context)
 
     async def _user_records(
         self, user_ids: list[int], context: Any
@@ -119,8 +138,11 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         try:
             return await self._user_records_once(user_ids, context)
         except WrongSlot:
-            await self._refresh()
+            await self._refresh(context)
+        try:
             return await self._user_records_once(user_ids, context)
+        except WrongSlot as exc:
+            raise still_moving(exc) from None
 
     async def _user_records_once(
         self, user_ids: list[int], context: Any
@@ -159,9 +181,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             bio=check_short_text("bio", request.bio, MAX_BIO),
             request_id=check_request_id(request.request_id),
         )
-        return await self._routed(
-            lambda: self.table.shard_for_handle(handle), "CreateUser", forwarded, context
-        )
+        return await self._routed(slot_for_handle(handle), "CreateUser", forwarded, context)
 
     @rpc
     async def GetUser(self, request, context):
@@ -169,7 +189,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         if which == "handle":
             handle = check_handle(request.handle)
             return await self._routed(
-                lambda: self.table.shard_for_handle(handle),
+                slot_for_handle(handle),
                 "GetUserByHandle",
                 shard_pb2.GetUserByHandleRequest(handle=handle),
                 context,
@@ -310,8 +330,13 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         try:
             page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
         except WrongSlot:  # a pulled celebrity's slot moved: re-learn the map, once
-            await self._refresh()
-            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
+            await self._refresh(context)
+            try:
+                page = await merge_home(
+                    self.pool, inbox, before, limit, self._timeout(context), copies
+                )
+            except WrongSlot as exc:
+                raise still_moving(exc) from None
         return with_token(page, TokenKind.HOME_TIMELINE, limit)
 
     def _forget_copy(self, author: int) -> None:

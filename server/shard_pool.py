@@ -211,6 +211,10 @@ class ShardPool:
         self.suspect: set[int] = set()
         self._probes: dict[int, asyncio.Task] = {}
         self._refresh_lock = asyncio.Lock()
+        # refreshes begun, and the latest begun that finished: a caller may
+        # only rely on a refresh that began after it found the map stale
+        self._refreshes_begun = 0
+        self._refreshed_through = 0
 
     def describe(self, shard_id: int) -> str:
         return f"shard {shard_id} ({self.table.addresses.get(shard_id, 'no address')})"
@@ -313,31 +317,53 @@ class ShardPool:
         log.info("shard %d left the slot map; no longer probing it", shard_id)
         self.suspect.discard(shard_id)
 
-    async def refresh_map(self) -> None:
+    async def refresh_map(self, remaining: float | None = None) -> None:
         """Re-learn the slot map from the shards (the newest any of them
         holds): a shard said it no longer owns a slot, or one went silent.
 
         Shards failing their probe are not asked (each would cost the full
-        wait), and a caller that waited while another refresh installed a
-        newer map uses that one: refreshes never queue up behind each other."""
-        seen = self.table.version
-        async with self._refresh_lock:
-            if self.table.version != seen:
-                return
-            answering = [a for s, a in self.table.addresses.items() if s not in self.suspect]
-            try:
-                newest = await newest_map(
-                    answering or list(self.table.addresses.values()),
-                    wait_s=1.0,
-                    silent_log_level=logging.DEBUG,  # the probe already said which
-                )
-            except SystemExit as exc:
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc}"
-                ) from None
-            if newest.version > self.table.version:
-                self.table.install(newest)
-                log.info("slot map refreshed to version %d", self.table.version)
+        wait). A caller that waited while another refresh ran skips its own
+        only if that refresh began after this call: one begun earlier may
+        have read the maps before the slot move that misrouted this caller
+        finished, and installed a map as stale as before. So waiters share
+        at most one more refresh, never a queue of them.
+
+        ``remaining`` is the caller's time: the refresh (waiting included)
+        ends by then, reported as DEADLINE_EXCEEDED, so the caller learns
+        why rather than hitting its own deadline with no word."""
+        begun_before = self._refreshes_begun
+        try:
+            async with asyncio.timeout(None if remaining is None else shard_timeout(remaining)):
+                async with self._refresh_lock:
+                    if self._refreshed_through > begun_before:
+                        return
+                    self._refreshes_begun += 1
+                    ticket = self._refreshes_begun
+                    await self._install_newest_map()
+                    self._refreshed_through = ticket
+        except TimeoutError:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "a shard said the slot map is stale, and refreshing it from the shards "
+                "did not finish within the deadline",
+            ) from None
+
+    async def _install_newest_map(self) -> None:
+        """Fetch the newest map the answering shards hold; install it if newer."""
+        answering = [a for s, a in self.table.addresses.items() if s not in self.suspect]
+        try:
+            newest = await newest_map(
+                answering or list(self.table.addresses.values()),
+                wait_s=1.0,
+                silent_log_level=logging.DEBUG,  # the probe already said which
+            )
+        except ServiceError as exc:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot refresh the slot map: {exc.message}"
+            ) from None
+        if newest.version > self.table.version:
+            self.table.install(newest)
+            log.info("slot map refreshed to version %d", self.table.version)
 
     async def _refresh_quietly(self) -> None:
         try:

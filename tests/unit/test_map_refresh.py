@@ -1,41 +1,59 @@
-"""The router's slot-map refresh: silent shards are not asked, and callers
-that waited while another refresh installed a newer map do not refresh again."""
+"""The router's slot-map refresh: silent shards are not asked; callers that
+waited share a refresh only if it began after they found the map stale; a
+slot still refused after a refresh is reported as retryable; no shard
+answering is an error, not an exit."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import grpc
 import pytest
 
-from murmur.slots import even_assignment
-from murmur.v1 import shard_pb2
-from server import shard_pool
-from server.shard_pool import ShardPool
+from murmur.errors import ServiceError
+from murmur.slots import even_assignment, slot_for_user
+from murmur.v1 import murmur_pb2, shard_pb2
+from server import shard_pool, slot_map
+from server.servicer import MurmurServicer
+from server.shard_pool import ShardPool, WrongSlot
 from server.slot_map import RoutingTable
 
+USER = 12345
+SLOT = slot_for_user(USER)
 
-def test_concurrent_refreshes_share_one_and_skip_silent_shards(monkeypatch) -> None:
+
+def test_waiters_share_one_refresh_begun_after_them_and_skip_silent_shards(monkeypatch) -> None:
     addresses = {0: "s0", 1: "s1", 2: "s2"}
     owners = even_assignment([0, 1, 2])
     pool = ShardPool(RoutingTable(shard_pb2.SlotMap(version=3, addresses=addresses, owners=owners)))
     pool.suspect.add(2)
     asked: list[list[str]] = []
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def newest_map(known: list[str], wait_s: float, silent_log_level: int):
         asked.append(sorted(known))
-        await asyncio.sleep(0.01)
-        moved = shard_pb2.SlotMap(version=4, addresses={0: "s0", 1: "s1"})
+        started.set()
+        await release.wait()
+        moved = shard_pb2.SlotMap(version=3 + len(asked), addresses={0: "s0", 1: "s1"})
         moved.owners.extend(even_assignment([0, 1]))
         return moved
 
     monkeypatch.setattr(shard_pool, "newest_map", newest_map)
 
     async def scenario() -> None:
-        await asyncio.gather(pool.refresh_map(), pool.refresh_map(), pool.refresh_map())
+        in_flight = asyncio.create_task(pool.refresh_map())
+        await started.wait()
+        waiters = [asyncio.create_task(pool.refresh_map()) for _ in range(3)]
+        await asyncio.sleep(0)  # all three now wait for the lock
+        release.set()
+        await asyncio.gather(in_flight, *waiters)
 
     asyncio.run(scenario())
-    assert asked == [["s0", "s1"]]
-    assert pool.table.version == 4 and 2 not in pool.table.addresses
+    # the one in flight may have read the maps before their callers' moves
+    # finished: the three waiters need one more, and share it
+    assert asked == [["s0", "s1"], ["s0", "s1"]]
+    assert pool.table.version == 5 and 2 not in pool.table.addresses
 
 
 @pytest.mark.parametrize("suspect", [set(), {0, 1}])
@@ -53,3 +71,145 @@ def test_every_shard_is_asked_when_none_or_all_are_silent(monkeypatch, suspect) 
     monkeypatch.setattr(shard_pool, "newest_map", newest_map)
     asyncio.run(pool.refresh_map())
     assert asked == [["s0", "s1"]]
+
+
+def map_where_slot_is_on(version: int, owner: int) -> shard_pb2.SlotMap:
+    owners = even_assignment([0, 1])
+    owners[SLOT] = owner
+    return shard_pb2.SlotMap(version=version, addresses={0: "s0", 1: "s1"}, owners=owners)
+
+
+class MovingCluster(ShardPool):
+    """Shards that answer Ping only for slots they own in ``held`` (the map
+    the shards hold now), saying "wrong slot" otherwise."""
+
+    def __init__(self, table: RoutingTable, held: shard_pb2.SlotMap) -> None:
+        super().__init__(table)
+        self.held = held
+        self.wrong_slot_said = asyncio.Event()
+
+    async def call(self, shard_id: int, method: str, request: Any, timeout: float | None) -> Any:
+        if self.held.owners[SLOT] != shard_id:
+            self.wrong_slot_said.set()
+            raise WrongSlot(
+                grpc.StatusCode.FAILED_PRECONDITION, f"shard {shard_id} does not own slot {SLOT}"
+            )
+        return murmur_pb2.PingResponse(shard_id=shard_id)
+
+
+class Context:
+    def __init__(self, remaining: float | None = 5.0) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def test_a_refresh_begun_before_the_move_does_not_satisfy_a_later_wrong_slot(
+    monkeypatch,
+) -> None:
+    """The order of refresh_race.py: refresh A reads the shards' maps (v2),
+    then the move finishes (v3), then a request gets "wrong slot" and waits
+    for A. A installs v2, still stale: the request must fetch again."""
+    pool = MovingCluster(RoutingTable(map_where_slot_is_on(1, 0)), map_where_slot_is_on(2, 0))
+    servicer = MurmurServicer(pool.table, pool)
+    a_read_the_maps, a_may_finish = asyncio.Event(), asyncio.Event()
+
+    async def newest_map(known: list[str], wait_s: float, silent_log_level: int):
+        seen = pool.held  # what the shards hold when the refresh reads them
+        a_read_the_maps.set()
+        await a_may_finish.wait()
+        return seen
+
+    monkeypatch.setattr(shard_pool, "newest_map", newest_map)
+
+    async def scenario() -> murmur_pb2.PingResponse:
+        refresh_a = asyncio.create_task(pool.refresh_map())
+        await a_read_the_maps.wait()
+        pool.held = map_where_slot_is_on(3, 1)  # the slot's move completes
+        request = murmur_pb2.PingRequest(user_id=USER)
+        caller = asyncio.create_task(servicer._user_call(USER, "Ping", request, Context()))
+        await pool.wrong_slot_said.wait()  # the caller now waits for refresh A
+        a_may_finish.set()
+        await refresh_a
+        return await caller
+
+    assert asyncio.run(scenario()).shard_id == 1
+    assert pool.table.version == 3
+
+
+def test_a_slot_still_refused_after_a_refresh_is_unavailable_naming_it(monkeypatch) -> None:
+    """Mid-move the newest map may still send the slot to a shard that
+    refuses it: the caller gets UNAVAILABLE (which clients retry), not the
+    shard's FAILED_PRECONDITION."""
+    held = map_where_slot_is_on(1, 0)
+    pool = MovingCluster(RoutingTable(map_where_slot_is_on(1, 1)), held)
+
+    async def newest_map(known: list[str], wait_s: float, silent_log_level: int):
+        return map_where_slot_is_on(1, 1)  # the shards' maps are not updated yet
+
+    monkeypatch.setattr(shard_pool, "newest_map", newest_map)
+    servicer = MurmurServicer(pool.table, pool)
+    request = murmur_pb2.PingRequest(user_id=USER)
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(servicer._user_call(USER, "Ping", request, Context()))
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert f"slot {SLOT} is moving between shards" in info.value.message
+    assert "shard 1" in info.value.message and "retry" in info.value.message
+
+
+def test_a_refresh_ends_within_the_callers_time(monkeypatch) -> None:
+    """GetShardInfo's own 2 s timeout (and the 1 s wait) must not outlast a
+    caller with less time: the refresh ends first, saying why."""
+    table = RoutingTable(map_where_slot_is_on(1, 0))
+    pool = ShardPool(table)
+
+    async def newest_map(known: list[str], wait_s: float, silent_log_level: int):
+        await asyncio.sleep(30)  # a shard that hangs
+
+    monkeypatch.setattr(shard_pool, "newest_map", newest_map)
+
+    async def timed() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ServiceError) as info:
+            async with asyncio.timeout(2):
+                await pool.refresh_map(0.3)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "slot map" in info.value.message
+        return loop.time() - started
+
+    assert asyncio.run(timed()) < 1.0  # 0.27 s, with room for a busy machine
+
+
+def no_shard_answers(monkeypatch) -> None:
+    async def fetch_info(address: str, deadline: float) -> None:
+        return None
+
+    monkeypatch.setattr(slot_map, "fetch_info", fetch_info)
+
+
+def test_no_shard_answering_is_an_error_naming_them_not_an_exit(monkeypatch) -> None:
+    """A serving router asks too (admin moves): SystemExit from a handler
+    would end the whole process."""
+    no_shard_answers(monkeypatch)
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(slot_map.fetch_infos(["10.0.0.1:1", "10.0.0.2:2"], wait_s=5.0))
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message == "shards at 10.0.0.1:1, 10.0.0.2:2 did not answer within 5s"
+
+
+def test_no_shard_answering_at_start_is_a_one_line_exit(monkeypatch) -> None:
+    no_shard_answers(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        asyncio.run(slot_map.bootstrap(["10.0.0.1:1"], wait_s=2.0))
+    assert str(info.value) == "shards at 10.0.0.1:1 did not answer within 2s"
+
+
+def test_a_refresh_with_no_shard_answering_is_unavailable(monkeypatch) -> None:
+    no_shard_answers(monkeypatch)
+    pool = ShardPool(RoutingTable(map_where_slot_is_on(1, 0)))
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(pool.refresh_map())
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message.startswith("cannot refresh the slot map: shards at s0, s1")
