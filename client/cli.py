@@ -94,8 +94,15 @@ class Session:
 
     @property
     def client(self) -> MurmurClient:
+        """Opened on first use; an unreadable --tls-ca file is reported like
+        any other failure (``error: ...``, exit 1), naming the file."""
         if self._client is None:
-            self._client = MurmurClient(self.target, timeout=self.timeout, tls_ca=self.tls_ca)
+            try:
+                self._client = MurmurClient(self.target, timeout=self.timeout, tls_ca=self.tls_ca)
+            except OSError as exc:
+                raise LocalFailure(
+                    f"cannot read the --tls-ca file {self.tls_ca}: {exc.strerror or exc}"
+                ) from exc
         return self._client
 
     def close(self) -> None:
@@ -129,6 +136,16 @@ class RpcFailed(click.ClickException):
 
     def format_message(self) -> str:
         return f"{self.error.code.name}: {self.error.details}"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class LocalFailure(click.ClickException):
+    """A failure before any RPC (a file that cannot be read): ``error: message``
+    on stderr and exit 1, as RPC failures are reported."""
+
+    exit_code = 1
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", file=file, err=file is None)

@@ -308,6 +308,17 @@ def test_unreachable_target_is_unavailable() -> None:
     assert result.stderr.startswith("error: UNAVAILABLE: ")
 
 
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_an_unreadable_tls_ca_is_an_error_naming_the_file(tmp_path, kind: str) -> None:
+    """Not a traceback: ``error: ...`` naming the file, exit 1, like other failures."""
+    path = tmp_path / "absent.pem" if kind == "missing" else tmp_path
+    result = CliRunner().invoke(cli, ["--tls-ca", str(path), "ping"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"error: cannot read the --tls-ca file {path}: ")
+    assert result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "args",
     [
