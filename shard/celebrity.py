@@ -3,11 +3,18 @@
 A flip bumps the user's ``celebrity_version`` and queues a status sync to
 every follower in the same batch, so followers' shards switch between inbox
 copies and read-time pulls in order and never lose or double a tweet.
+
+A threshold change skips slots sealed for a move: their last changes have
+already been sent to the target, so a write there now would be deleted with
+the source's copy. Whoever owns such a slot when the move ends re-applies the
+threshold: the target for the slots a new map gives it (``adopt_map``), the
+source for slots a failed move gives back (``migration.release_slots``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from murmur.slots import SLOT_COUNT
 from murmur.v1 import shard_pb2
@@ -45,13 +52,23 @@ def recheck_celebrity(state: ShardState, txn: Txn, record: shard_pb2.UserRecord)
 
 
 def reevaluate_all(state: ShardState, batch: int = 500) -> int:
-    """Re-apply the threshold to every user this shard owns; returns the flips."""
+    """Re-apply the threshold to every user this shard owns; returns the flips.
+
+    Slots sealed for a move are skipped (see the module's docstring)."""
+    ownership = state.ownership
+    slots = (s for s in range(SLOT_COUNT) if ownership.owned[s] and s not in ownership.sealed)
+    return reevaluate_slots(state, slots, batch)
+
+
+def reevaluate_slots(state: ShardState, slots: Iterable[int], batch: int = 500) -> int:
+    """Re-apply the threshold to the users of ``slots``; returns the flips.
+
+    The caller makes sure these writes count: this shard owns the slots, or
+    is about to adopt a map that gives them to it, and none is sealed."""
     flips = 0
     txn = state.store.txn()
     pending = 0
-    for slot in range(SLOT_COUNT):
-        if not state.ownership.owned[slot]:
-            continue
+    for slot in slots:
         prefix = keys.slot_prefix(slot) + keys.USER
         for _key, raw in state.store.scan(prefix):
             record = shard_pb2.UserRecord.FromString(raw)
@@ -64,3 +81,23 @@ def reevaluate_all(state: ShardState, batch: int = 500) -> int:
                 txn, pending = state.store.txn(), 0
     txn.commit()
     return flips
+
+
+def adopt_map(state: ShardState, slot_map: shard_pb2.SlotMap) -> None:
+    """Adopt ``slot_map``, first re-applying the threshold to the users of the
+    slots it gives this shard: the source skipped them if they were sealed
+    when the threshold changed, and nothing else re-checks a user until its
+    follower count changes. Done before the map is stored (and in the same
+    turn of the event loop), so once the map is on disk so are the flips."""
+    ownership = state.ownership
+    takes = len(slot_map.owners) == SLOT_COUNT and (
+        not ownership.assigned or slot_map.version > ownership.slot_map.version
+    )
+    if takes:
+        gained = [
+            slot
+            for slot, owner in enumerate(slot_map.owners)
+            if owner == ownership.shard_id and not ownership.owned[slot]
+        ]
+        reevaluate_slots(state, gained)
+    ownership.adopt(slot_map)

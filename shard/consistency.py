@@ -5,12 +5,14 @@ have a side on each user's slot; this shard reports the sides it holds so the
 router can ask the other shard for the matching side (``CheckEdges``). A side
 that the outbox is still carrying is not an error, so edges are reported only
 when the outbox is empty, and stale outbox records are counted separately.
+Slots sealed for a move are skipped and named in a finding: a repair written
+there after the move's last capture would be deleted with the source's copy.
 """
 
 from __future__ import annotations
 
 from murmur.ids import now_ms
-from murmur.slots import SLOT_COUNT, slot_for_user
+from murmur.slots import SLOT_COUNT, slot_for_user, slot_ranges
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.outbox import add_follower_record, remove_follower_record
@@ -29,9 +31,12 @@ def check_slots(
 ) -> shard_pb2.CheckSlotsResponse:
     slots = list(request.slots) or [s for s in range(SLOT_COUNT) if state.ownership.owned[s]]
     response = shard_pb2.CheckSlotsResponse()
+    sealed = [s for s in slots if state.ownership.owned[s] and s in state.ownership.sealed]
+    if sealed:
+        response.findings.append(skipped_finding(sealed))
     txn = state.store.txn()
     for slot in slots:
-        if not state.ownership.owned[slot]:
+        if not state.ownership.owned[slot] or slot in state.ownership.sealed:
             continue
         for _key, raw in state.store.scan(keys.slot_prefix(slot) + keys.USER):
             record = shard_pb2.UserRecord.FromString(raw)
@@ -49,6 +54,16 @@ def check_slots(
         1 for _seq, record in state.outbox.peek(1_000_000) if record.created_ms < cutoff
     )
     return response
+
+
+def skipped_finding(slots: list[int]) -> str:
+    """Name the slots left unchecked, so an operator knows to check them
+    again (on their new owner) instead of taking silence for health."""
+    ranges = ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(slots))
+    return (
+        f"slots {ranges} skipped: they are being handed over to another shard; "
+        "check them again when the move is done"
+    )
 
 
 def _check_counters(state, record, response, repair: bool, txn) -> None:

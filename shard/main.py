@@ -17,7 +17,7 @@ from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.metrics import register as register_metrics
-from shard.migration import pending_handover, settle_at_start
+from shard.migration import seal_pending_handover, settle_at_start
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
@@ -104,8 +104,9 @@ async def serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     state = open_state(args, overrides)
+    handover = seal_pending_handover(state)
     if state.threshold_changed:
-        reevaluate_all(state)
+        reevaluate_all(state)  # skips the sealed slots
     applier = DeliveryApplier(state)
     process = ServingProcess(
         args.host,
@@ -121,9 +122,7 @@ async def serve(args: argparse.Namespace) -> None:
     register_metrics(state, worker, servicer.commits)
     serve_metrics(args.host, args.metrics_port)
     worker.start()
-    if pending_handover(state) is not None:
-        for slot in pending_handover(state).slots:
-            state.ownership.sealed.add(slot)
+    if handover is not None:
         settling = asyncio.get_running_loop().create_task(settle_at_start(state, peers))
         process.shutdown_hooks.append(lambda: _cancel(settling))
 

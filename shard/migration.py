@@ -6,7 +6,9 @@ to the target while still serving them, send the captured writes until few
 are left, then freeze the slots (callers get UNAVAILABLE and retry), wait
 until no outbox record still needs the slots' local data, send the last
 writes, and hand over: the target adopts the new map first, then the source.
-The source then deletes its copy. Routers learn the new owner from the
+The source then deletes its copy, and only then forgets the hand-over record,
+so a crash or a cancelled stream mid-deletion is finished at the next start
+(or by the next move). Routers learn the new owner from the
 source's "wrong slot" answer; other shards from the map the operator pushes.
 
 Target: stores entries for slots it does not own yet; an aborted move is
@@ -19,7 +21,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import grpc
 
@@ -27,6 +30,7 @@ from murmur.errors import ServiceError, invalid
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
+from shard.celebrity import reevaluate_slots
 from shard.peers import PeerShards
 from shard.state import ShardState
 from shard.store import ChangeCapture
@@ -34,6 +38,10 @@ from shard.store import ChangeCapture
 log = logging.getLogger("murmur.shard.migration")
 
 BATCH_KEYS = 2_000
+# Bytes of keys and values in one ImportEntries message: far under the 64 MiB
+# gRPC limit (murmur.serving), and one synced batch on the target stays short.
+BATCH_BYTES = 4 << 20
+ENTRY_OVERHEAD = 16  # protobuf tags and lengths of one entry, rounded up
 CATCH_UP_ROUNDS = 20
 FREEZE_WAIT_S = 10.0
 IMPORT_TIMEOUT_S = 60.0
@@ -51,6 +59,43 @@ def outbox_needs(record: shard_pb2.OutboxRecord, slots: set[int], slot_of) -> bo
     if kind == "status_sync":
         return slot_of(record.status_sync.followee_id) in slots
     return False
+
+
+Changes = list[tuple[bytes, bytes | None]]
+
+
+def bounded_batches(changes: Changes) -> list[Changes]:
+    """Split ``changes`` in order into messages of at most BATCH_KEYS entries
+    and BATCH_BYTES bytes: a heavy capture sent whole would exceed gRPC's
+    message limit and fail every retry of the move alike. The target applies
+    each message's entries in order in one batch, and the messages one after
+    another, so a later change to a key still wins.
+    An entry larger than BATCH_BYTES travels alone."""
+    batches: list[Changes] = []
+    current: Changes = []
+    size = 0
+    for key, value in changes:
+        entry = len(key) + (len(value) if value is not None else 0) + ENTRY_OVERHEAD
+        if current and (len(current) >= BATCH_KEYS or size + entry > BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append((key, value))
+        size += entry
+    if current:
+        batches.append(current)
+    return batches
+
+
+_BACKGROUND: set[asyncio.Task] = set()
+
+
+def _keep_running(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task:
+    """Run ``coroutine`` to the end even if the stream that started it is
+    cancelled (the loop holds only weak references to tasks)."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
 
 
 class SlotMigrator:
@@ -84,6 +129,7 @@ class SlotMigrator:
     async def migrate(
         self, request: shard_pb2.MigrateSlotsRequest
     ) -> AsyncIterator[shard_pb2.MigrateStatus]:
+        await finish_given_away(self.state)  # before a new record can replace its record
         slots = self._validate(request)
         target = request.target_shard
         self.target_address = request.new_map.addresses[target]
@@ -99,19 +145,20 @@ class SlotMigrator:
                     break
                 await self._send(slots, target, capture.take(), reset=False)
             yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="freezing")
-            await self._freeze_and_hand_over(slots, target, capture, request.new_map)
+            record = await self._freeze_and_hand_over(slots, target, capture, request.new_map)
         except BaseException:
             if pending_handover(self.state) is None:
-                for slot in slots:
-                    self.state.ownership.frozen.pop(slot, None)
-                    self.state.ownership.sealed.discard(slot)
+                release_slots(self.state, slots)
             else:  # interrupted mid-hand-over (e.g. the caller cancelled): settle it
-                asyncio.get_running_loop().create_task(settle_at_start(self.state, self.peers))
+                _keep_running(settle_at_start(self.state, self.peers))
             raise
         finally:
             self.state.store.captures.remove(capture)
+        # started before the next yield: a caller who stops reading here (Ctrl-C)
+        # must not leave the slots' keys behind
+        deletion = _keep_running(finish_handover(self.state, record))
         yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="deleting source copy")
-        await self._delete_local(slots)
+        await asyncio.shield(deletion)
         yield shard_pb2.MigrateStatus(keys_copied=self.copied, step=f"moved {described}", done=True)
 
     async def _copy_snapshot(self, slots: set[int], target: int) -> None:
@@ -132,9 +179,14 @@ class SlotMigrator:
         finally:
             snapshot.close()
 
-    async def _send(
-        self, slots: set[int], target: int, changes: list[tuple[bytes, bytes | None]], reset: bool
-    ) -> None:
+    async def _send(self, slots: set[int], target: int, changes: Changes, reset: bool) -> None:
+        """Send ``changes`` in order, in bounded messages; only the first may
+        ``reset`` (clear what an aborted move left on the target)."""
+        for batch in bounded_batches(changes) or [[]]:
+            await self._send_one(slots, target, batch, reset)
+            reset = False
+
+    async def _send_one(self, slots: set[int], target: int, changes: Changes, reset: bool) -> None:
         request = shard_pb2.ImportEntriesRequest(slots=sorted(slots), reset=reset)
         for key, value in changes:
             if value is None:
@@ -158,7 +210,9 @@ class SlotMigrator:
         target: int,
         capture: ChangeCapture,
         new_map: shard_pb2.SlotMap,
-    ) -> None:
+    ) -> shard_pb2.MigrateSlotsRequest:
+        """Freeze, send the last writes and hand over; returns the hand-over
+        record, which stays until the local copy is deleted."""
         ownership = self.state.ownership
         message = (
             f"slots are moving from shard {ownership.shard_id} to shard {target}; retry shortly"
@@ -169,12 +223,10 @@ class SlotMigrator:
         await self._wait_outbox_clear(slots)
         ownership.sealed.update(slots)
         await self._send(slots, target, capture.take(), reset=False)
-        record_handover(
-            self.state,
-            shard_pb2.MigrateSlotsRequest(
-                slots=sorted(slots), target_shard=target, new_map=new_map
-            ),
+        record = shard_pb2.MigrateSlotsRequest(
+            slots=sorted(slots), target_shard=target, new_map=new_map
         )
+        record_handover(self.state, record)
         try:
             await self.peers.stub(target, self.target_address).AssignSlots(
                 shard_pb2.AssignSlotsRequest(slot_map=new_map), timeout=IMPORT_TIMEOUT_S
@@ -189,13 +241,13 @@ class SlotMigrator:
                 ) from exc
         else:
             ownership.adopt(new_map)
-            clear_handover(self.state)
         log.info(
             "handed %d slots to shard %d (frozen %.0f ms)",
             len(slots),
             target,
             (time.monotonic() - started) * 1000,
         )
+        return record
 
     async def _wait_outbox_clear(self, slots: set[int]) -> None:
         deadline = time.monotonic() + FREEZE_WAIT_S
@@ -214,10 +266,6 @@ class SlotMigrator:
                 )
             self.state.outbox.wakeup.set()
             await asyncio.sleep(0.01)
-
-    async def _delete_local(self, slots: set[int]) -> None:
-        """Drop the source copy in small batches, letting requests run between."""
-        await _drop_slots(self.state, slots)
 
 
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:
@@ -255,7 +303,9 @@ def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -
 # record tells it at the next start to ask the target whether the hand-over
 # happened: if the target owns the slots, the source adopts the map and drops
 # its copy; if not, it keeps serving them. Until it knows, the slots stay
-# sealed, so two shards never both accept writes for one slot.
+# sealed, so two shards never both accept writes for one slot. The record is
+# cleared only once the copy is dropped, so a deletion that a crash or a
+# cancelled stream cut short is finished too.
 
 HANDOVER_KEY = keys.shard_meta("handover")
 SETTLE_ATTEMPTS = 20
@@ -274,16 +324,64 @@ def pending_handover(state: ShardState) -> shard_pb2.MigrateSlotsRequest | None:
     return shard_pb2.MigrateSlotsRequest.FromString(raw) if raw is not None else None
 
 
-async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
-    """Find out whether the recorded hand-over happened; True if it did.
-
-    Raises ServiceError if the target cannot be asked (the slots stay sealed).
-    """
+def seal_pending_handover(state: ShardState) -> shard_pb2.MigrateSlotsRequest | None:
+    """At start, before anything writes: seal the slots of a hand-over that
+    may have happened, until ``settle_at_start`` knows. A threshold given on
+    the command line re-evaluates celebrities next, and a flip written into
+    slots the target already took would be deleted with this copy; sealed,
+    they are skipped, and re-evaluated if settling gives them back."""
     request = pending_handover(state)
-    if request is None:
-        return False
-    slots = set(request.slots)
-    state.ownership.sealed.update(s for s in slots if state.ownership.owned[s])
+    if request is not None:
+        state.ownership.sealed.update(request.slots)
+    return request
+
+
+def given_away(state: ShardState, request: shard_pb2.MigrateSlotsRequest) -> bool:
+    """Has this shard adopted the recorded map (or a later one) without the
+    slots? It adopts it only once the target took them, so then the hand-over
+    happened and only the deletion may be unfinished: no need to ask."""
+    ownership = state.ownership
+    return ownership.slot_map.version >= request.new_map.version and not any(
+        ownership.owned[s] for s in request.slots
+    )
+
+
+async def finish_handover(state: ShardState, request: shard_pb2.MigrateSlotsRequest) -> None:
+    """Drop the local copy of a handed-over move's slots, then its record (if
+    no later move replaced it): the record is what finishes a cut-short drop."""
+    await _drop_slots(state, set(request.slots))
+    if pending_handover(state) == request:
+        clear_handover(state)
+
+
+async def finish_given_away(state: ShardState) -> None:
+    """Finish the deletion of a recorded move whose slots this shard already
+    gave away (a cancelled stream stopped it), before a new move records its
+    own hand-over over it."""
+    request = pending_handover(state)
+    if request is not None and given_away(state, request):
+        await finish_handover(state, request)
+
+
+def release_slots(state: ShardState, slots: set[int]) -> None:
+    """Serve slots again after a move that did not happen. A threshold
+    change skipped the sealed ones (its writes would have missed the move's
+    last capture), so their users are re-evaluated now."""
+    ownership = state.ownership
+    skipped = {s for s in slots if s in ownership.sealed and ownership.owned[s]}
+    for slot in slots:
+        ownership.frozen.pop(slot, None)
+        ownership.sealed.discard(slot)
+    try:
+        reevaluate_slots(state, skipped)
+    except Exception:  # a failing disk: report the move's own error, log this one
+        log.exception("re-evaluating celebrities of %d released slots failed", len(skipped))
+
+
+async def _target_took(
+    state: ShardState, peers: PeerShards, request: shard_pb2.MigrateSlotsRequest
+) -> bool:
+    """Ask the target whether it owns the recorded slots (retrying a while)."""
     address = request.new_map.addresses[request.target_shard]
     for attempt in range(SETTLE_ATTEMPTS):
         try:
@@ -297,10 +395,23 @@ async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
         raise ServiceError(
             grpc.StatusCode.UNAVAILABLE,
             f"cannot reach shard {request.target_shard} to settle the hand-over of "
-            f"{len(slots)} slots; they stay sealed",
+            f"{len(request.slots)} slots; they stay sealed",
         )
     owners = info.slot_map.owners
-    handed = bool(owners) and all(owners[s] == request.target_shard for s in slots)
+    return bool(owners) and all(owners[s] == request.target_shard for s in request.slots)
+
+
+async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
+    """Find out whether the recorded hand-over happened; True if it did.
+
+    Raises ServiceError if the target cannot be asked (the slots stay sealed).
+    """
+    request = pending_handover(state)
+    if request is None:
+        return False
+    slots = set(request.slots)
+    state.ownership.sealed.update(s for s in slots if state.ownership.owned[s])
+    handed = given_away(state, request) or await _target_took(state, peers, request)
     if handed:
         if request.new_map.version > state.ownership.slot_map.version:
             state.ownership.adopt(request.new_map)
@@ -308,14 +419,13 @@ async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
         log.info("hand-over of %d slots to shard %d completed", len(slots), request.target_shard)
     else:
         log.info("hand-over to shard %d did not happen; keeping the slots", request.target_shard)
-    for slot in slots:
-        state.ownership.sealed.discard(slot)
-        state.ownership.frozen.pop(slot, None)
+    release_slots(state, slots)
     clear_handover(state)
     return handed
 
 
 async def _drop_slots(state: ShardState, slots: set[int]) -> None:
+    """Drop a copy in small batches, letting requests run between."""
     db = state.store.db
     for slot in sorted(slots):
         while True:

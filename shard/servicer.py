@@ -18,7 +18,7 @@ from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.batch_execute import BatchStreams, run_calls
-from shard.celebrity import reevaluate_all
+from shard.celebrity import adopt_map, reevaluate_all
 from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
@@ -72,7 +72,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     @rpc
     async def AssignSlots(self, request, context):
-        self.state.ownership.adopt(request.slot_map)
+        adopt_map(self.state, request.slot_map)  # re-evaluates gained slots' celebrities
         return self.state.ownership.info()
 
     @rpc

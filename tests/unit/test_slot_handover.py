@@ -1,0 +1,455 @@
+"""A slot move between two shards in one process, on real LevelDB folders.
+
+The source is the ``Shard`` of ``test_shard_servicer`` (shard 0, slots
+0-2047); the target is a ``ShardServicer`` on its own folder (shard 1, slots
+2048-4095) that the source reaches through ``LocalPeers``, which calls the
+target's handlers in process. Hooks in ``LocalPeers`` let a
+test act at a chosen step of the move: while the snapshot is copied, or in
+the last phase, when the moving slots are sealed and their last changes have
+already been taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from murmur.errors import ServiceError
+from murmur.slots import SLOT_COUNT, slot_for_user
+from murmur.v1 import shard_pb2
+from shard import keys, migration
+from shard.celebrity import reevaluate_all
+from shard.consistency import check_slots
+from shard.delivery import DeliveryApplier
+from shard.migration import (
+    BATCH_BYTES,
+    BATCH_KEYS,
+    SlotMigrator,
+    pending_handover,
+    seal_pending_handover,
+    settle_at_start,
+)
+from shard.servicer import ShardServicer
+from shard.settings import ShardSettings
+from shard.state import ShardState
+from tests.unit.test_shard_servicer import HALF, Shard, handle_in
+
+ADDRESSES = {0: "127.0.0.1:1", 1: "127.0.0.1:2"}
+FIRST_MAP = shard_pb2.SlotMap(version=1, addresses=ADDRESSES, owners=HALF)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class Killed(Exception):
+    """Stands for kill -9: the process stops here and nothing after runs."""
+
+
+class LocalStub:
+    """The target's Shard service, called in process (the handlers' success
+    path needs no context)."""
+
+    def __init__(self, peers: LocalPeers) -> None:
+        self.peers = peers
+        self.servicer = peers.servicer
+
+    async def ImportEntries(self, request: Any, timeout: float) -> Any:  # noqa: N802
+        self.peers.imports.append(request)
+        if len(self.peers.imports) == 1 and self.peers.on_first_import:
+            await self.peers.on_first_import()
+        return await self.servicer.ImportEntries(request, None)
+
+    async def AssignSlots(self, request: Any, timeout: float) -> Any:  # noqa: N802
+        if self.peers.on_assign:
+            await self.peers.on_assign()
+        if self.peers.refuse_assign:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+            )
+        return await self.servicer.AssignSlots(request, None)
+
+    async def GetShardInfo(self, request: Any, timeout: float) -> Any:  # noqa: N802
+        return await self.servicer.GetShardInfo(request, None)
+
+
+class LocalPeers:
+    def __init__(self, target: ShardState) -> None:
+        self.target = target
+        self.servicer = ShardServicer(target, DeliveryApplier(target))
+        self.imports: list[shard_pb2.ImportEntriesRequest] = []
+        self.on_first_import: Hook | None = None  # runs while the snapshot is copied
+        self.on_assign: Hook | None = None  # runs while the moving slots are sealed
+        self.refuse_assign = False
+
+    def stub(self, shard_id: int, address: str | None = None) -> LocalStub:
+        return LocalStub(self)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Shard, ShardState, LocalPeers]]:
+    source = Shard(tmp_path / "source", ShardSettings(), owners=None)
+    source.state.ownership.adopt(FIRST_MAP)
+    target = ShardState.open(str(tmp_path / "target"), shard_id=1, settings=ShardSettings())
+    target.ownership.adopt(FIRST_MAP)
+    yield source, target, LocalPeers(target)
+    for shard in source.opened:
+        shard.close()
+    target.store.close()
+
+
+def users_in_source_slots(source: Shard, count: int, stem: str = "u") -> list[int]:
+    """Users on distinct slots of the source (ids minted by the source)."""
+    users: list[int] = []
+    taken: set[int] = set()
+    for n in range(count):
+        handle = handle_in(lambda s: s < SLOT_COUNT // 2 and s not in taken, f"{stem}{n}x")
+        users.append(source.create_user(handle))
+        taken.add(slot_for_user(users[-1]))
+    return users
+
+
+def move_request(slots: set[int], version: int = 2) -> shard_pb2.MigrateSlotsRequest:
+    owners = list(HALF)
+    for slot in slots:
+        owners[slot] = 1
+    new_map = shard_pb2.SlotMap(version=version, addresses=ADDRESSES, owners=owners)
+    return shard_pb2.MigrateSlotsRequest(slots=sorted(slots), target_shard=1, new_map=new_map)
+
+
+def slot_keys(state: ShardState, slots: set[int]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for slot in slots:
+        found.update(state.store.db.iterator(prefix=keys.slot_prefix(slot)))
+    return found
+
+
+def fill(state: ShardState, slot: int, count: int, tag: bytes = b"~") -> None:
+    """Bulk keys in ``slot`` so that dropping them takes several batches."""
+    txn = state.store.txn()
+    for n in range(count):
+        txn.put(keys.slot_prefix(slot) + tag + n.to_bytes(4, "big"), b"x" * 50)
+    txn.commit()
+
+
+async def run_move(
+    source: ShardState,
+    peers: LocalPeers,
+    request: shard_pb2.MigrateSlotsRequest,
+    stop_at: str | None = None,
+) -> list[str]:
+    """Drive a move; with ``stop_at``, stop reading at that step as an
+    operator's Ctrl-C does (the stream is closed there)."""
+    steps: list[str] = []
+    stream = SlotMigrator(source, peers).migrate(request)  # type: ignore[arg-type]
+    try:
+        async for status in stream:
+            steps.append(status.step)
+            if stop_at is not None and status.step == stop_at:
+                break
+    finally:
+        await stream.aclose()
+    return steps
+
+
+async def settled(state: ShardState, timeout_s: float = 5.0) -> None:
+    """Let background work of the move (the source's deletion) finish."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pending_handover(state) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the hand-over never settled"
+        await asyncio.sleep(0.01)
+
+
+# A: the source's copy is dropped even if the deletion is cut short ---------------
+
+
+def test_a_move_cancelled_while_deleting_still_drops_the_source_copy(pair) -> None:
+    source, target, peers = pair
+    users = users_in_source_slots(source, 3)
+    slots = {slot_for_user(u) for u in users}
+    fill(source.state, min(slots), 3 * BATCH_KEYS)
+    expected = slot_keys(source.state, slots)
+
+    async def scenario() -> None:
+        steps = await run_move(source.state, peers, move_request(slots), "deleting source copy")
+        assert steps[-1] == "deleting source copy"  # the operator pressed Ctrl-C here
+        await settled(source.state)
+
+    asyncio.run(scenario())
+    assert slot_keys(source.state, slots) == {}
+    assert pending_handover(source.state) is None
+    assert slot_keys(target, slots) == expected
+    assert not any(source.state.ownership.owned[s] for s in slots)
+
+
+def test_a_move_cancelled_in_the_middle_of_the_deletion_still_finishes_it(pair) -> None:
+    source, target, peers = pair
+    users = users_in_source_slots(source, 3)
+    slots = {slot_for_user(u) for u in users}
+    fill(source.state, min(slots), 3 * BATCH_KEYS)  # several batches, with pauses between
+
+    async def scenario() -> None:
+        deleting = asyncio.Event()
+
+        async def operator() -> None:
+            stream = SlotMigrator(source.state, peers).migrate(move_request(slots))  # type: ignore[arg-type]
+            async for status in stream:
+                if status.step == "deleting source copy":
+                    deleting.set()
+
+        move = asyncio.create_task(operator())
+        await deleting.wait()
+        move.cancel()  # the caller's deadline or Ctrl-C, while the first batches are deleted
+        with pytest.raises(asyncio.CancelledError):
+            await move
+        await settled(source.state)
+
+    asyncio.run(scenario())
+    assert slot_keys(source.state, slots) == {}
+    assert pending_handover(source.state) is None
+
+
+def test_a_kill_during_the_deletion_is_finished_at_the_next_start(
+    pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target, peers = pair
+    users = users_in_source_slots(source, 3)
+    slots = {slot_for_user(u) for u in users}
+    fill(source.state, min(slots), 3 * BATCH_KEYS)
+    real_drop = migration._drop_slots
+
+    async def dies_after_one_batch(state: ShardState, slots: set[int]) -> None:
+        db = state.store.db
+        with db.write_batch() as batch:
+            for key in list(db.iterator(prefix=keys.slot_prefix(min(slots)), include_value=False))[
+                :BATCH_KEYS
+            ]:
+                batch.delete(key)
+        raise Killed
+
+    monkeypatch.setattr(migration, "_drop_slots", dies_after_one_batch)
+    with pytest.raises(Killed):
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+    assert slot_keys(source.state, slots)  # the kill left keys of the moved slots behind
+    monkeypatch.setattr(migration, "_drop_slots", real_drop)
+
+    restarted = source.reopen()  # what shard/main.py does at start:
+    state = restarted.state
+    assert seal_pending_handover(state) is not None, "nothing would finish the deletion"
+    asyncio.run(settle_at_start(state, peers))  # type: ignore[arg-type]
+    assert slot_keys(state, slots) == {}
+    assert pending_handover(state) is None
+    assert not state.ownership.sealed
+    assert state.ownership.slot_map.version == 2
+
+
+def test_a_next_move_first_finishes_a_cut_short_deletion(pair) -> None:
+    source, target, peers = pair
+    users = users_in_source_slots(source, 2)
+    first, second = {slot_for_user(users[0])}, {slot_for_user(users[1])}
+
+    async def scenario() -> None:
+        await run_move(source.state, peers, move_request(first), "deleting source copy")
+        # no pause: the next move starts before the first one's deletion ran
+        await run_move(source.state, peers, move_request(second, version=3))
+        await settled(source.state)
+
+    asyncio.run(scenario())
+    assert slot_keys(source.state, first | second) == {}
+    assert pending_handover(source.state) is None
+
+
+# B: captured changes travel in bounded messages, in order -------------------------
+
+
+def test_a_large_capture_is_sent_in_bounded_messages_and_later_changes_win(pair) -> None:
+    source, target, peers = pair
+    users = users_in_source_slots(source, 2)
+    slots = {slot_for_user(u) for u in users}
+    slot = min(slots)
+    prefix = keys.slot_prefix(slot) + b"~"
+    rewritten, dropped = prefix + b"rewritten", prefix + b"dropped"
+
+    async def heavy_fan_out() -> None:
+        """Writes to the moving slots while their snapshot is being copied."""
+        store = source.state.store
+        txn = store.txn()
+        txn.put(rewritten, b"first")
+        txn.put(dropped, b"soon gone")
+        for n in range(BATCH_KEYS + BATCH_KEYS // 2):
+            txn.put(prefix + b"a" + n.to_bytes(4, "big"), b"v" * 100)
+        txn.commit()
+        txn = store.txn()
+        txn.delete(rewritten)
+        for n in range(6):  # 6 MiB in six entries: over BATCH_BYTES under any key count
+            txn.put(prefix + b"big" + bytes([n]), bytes([n]) * (1 << 20))
+        for n in range(BATCH_KEYS):
+            txn.put(prefix + b"b" + n.to_bytes(4, "big"), b"w" * 100)
+        txn.commit()
+        txn = store.txn()
+        txn.put(rewritten, b"last")
+        txn.delete(dropped)
+        txn.commit()
+
+    peers.on_first_import = heavy_fan_out
+    before_deletion: dict[bytes, bytes] = {}
+
+    async def remember() -> None:
+        before_deletion.update(slot_keys(source.state, slots))
+
+    peers.on_assign = remember
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    sizes = [(len(r.entries), r.ByteSize()) for r in peers.imports]
+    for count, size in sizes:
+        assert count <= BATCH_KEYS and size <= BATCH_BYTES + 1024, sizes
+    captured = [r for r in peers.imports if any(e.key.startswith(prefix) for e in r.entries)]
+    assert len(captured) >= 4, sizes  # 5,000 changes and 6 MiB: several messages
+    assert [r.reset for r in peers.imports] == [True] + [False] * (len(peers.imports) - 1)
+    landed = slot_keys(target, slots)
+    assert landed == before_deletion
+    assert landed[rewritten] == b"last" and dropped not in landed
+    assert landed[prefix + b"big" + bytes([5])] == bytes([5]) * (1 << 20)
+
+
+def test_batches_split_by_count_and_bytes_in_order() -> None:
+    small = [(b"k%05d" % n, b"v") for n in range(BATCH_KEYS * 2 + 1)]
+    assert [len(b) for b in migration.bounded_batches(small)] == [BATCH_KEYS, BATCH_KEYS, 1]
+    huge = BATCH_BYTES + 1
+    mixed = [(b"a", b"x" * huge), (b"b", None), (b"c", b"y" * (BATCH_BYTES // 2))] * 2
+    batches = migration.bounded_batches(mixed)
+    assert [kv for batch in batches for kv in batch] == mixed
+    assert [[k for k, _ in batch] for batch in batches] == [[b"a"], [b"b", b"c"]] * 2
+    assert migration.bounded_batches([]) == []
+
+
+# C: work on sealed slots is skipped, and done by whoever owns them afterwards -----
+
+
+def make_famous(state: ShardState, user_id: int, followers: int) -> None:
+    """Give ``user_id`` a follower count (as if followed) under the threshold."""
+    txn = state.store.txn()
+    record = shard_pb2.UserRecord.FromString(state.store.get(user_key(user_id)))
+    record.user.follower_count = followers
+    state.users.put(txn, record)
+    txn.commit()
+
+
+def user_key(user_id: int) -> bytes:
+    return keys.user(slot_for_user(user_id), user_id)
+
+
+def record_on(state: ShardState, user_id: int) -> shard_pb2.UserRecord:
+    return shard_pb2.UserRecord.FromString(state.store.get(user_key(user_id)))
+
+
+def status_syncs(state: ShardState) -> list[int]:
+    return [
+        record.status_sync.followee_id
+        for _seq, record in state.outbox.peek(10_000)
+        if record.WhichOneof("work") == "status_sync"
+    ]
+
+
+def lower_threshold_everywhere(source: Shard, peers: LocalPeers) -> Hook:
+    """What the router's UpdateSettings does: every shard takes the new
+    threshold (and re-evaluates its users)."""
+
+    async def update() -> None:
+        request = shard_pb2.UpdateSettingsRequest(celebrity_threshold=5)
+        for servicer in (source.servicer, peers.servicer):
+            await servicer.UpdateSettings(request, None)
+
+    return update
+
+
+def test_a_threshold_change_in_a_moves_last_phase_takes_effect_on_the_target(pair) -> None:
+    source, target, peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    make_famous(source.state, star, 50)
+    slots = {slot_for_user(star)}
+    peers.on_assign = lower_threshold_everywhere(source, peers)
+
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    moved = record_on(target, star)
+    assert moved.user.celebrity and moved.celebrity_version == 1
+    assert status_syncs(target) == [star]  # the target tells the star's followers
+    assert status_syncs(source.state) == []  # the source wrote nothing doomed to deletion
+    assert slot_keys(source.state, slots) == {}
+
+
+def test_a_threshold_change_skipped_for_a_move_that_fails_is_applied_by_the_source(pair) -> None:
+    source, target, peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    make_famous(source.state, star, 50)
+    slots = {slot_for_user(star)}
+    peers.on_assign = lower_threshold_everywhere(source, peers)
+    peers.refuse_assign = True
+
+    with pytest.raises(ServiceError, match="rolled back"):
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert source.state.ownership.owned[min(slots)] and not source.state.ownership.sealed
+    kept = record_on(source.state, star)
+    assert kept.user.celebrity and kept.celebrity_version == 1
+    assert status_syncs(source.state) == [star]
+
+
+def test_update_settings_skips_sealed_slots(pair) -> None:
+    source, _target, _peers = pair
+    star, free = users_in_source_slots(source, 2)
+    make_famous(source.state, star, 50)
+    make_famous(source.state, free, 50)
+    source.state.ownership.sealed.add(slot_for_user(star))
+    source.ok("UpdateSettings", shard_pb2.UpdateSettingsRequest(celebrity_threshold=5))
+    assert not record_on(source.state, star).user.celebrity
+    assert record_on(source.state, free).user.celebrity
+    assert status_syncs(source.state) == [free]
+
+
+def test_check_slots_reports_sealed_slots_as_skipped_without_repairing(pair) -> None:
+    source, _target, _peers = pair
+    sealed_user, open_user = users_in_source_slots(source, 2)
+    make_famous(source.state, sealed_user, 7)  # a wrong follower_count: no one follows
+    make_famous(source.state, open_user, 7)
+    sealed = slot_for_user(sealed_user)
+    source.state.ownership.sealed.add(sealed)
+
+    for slots in ([], [sealed, slot_for_user(open_user)]):  # every slot, or named ones
+        response = source.ok("CheckSlots", shard_pb2.CheckSlotsRequest(slots=slots, repair=True))
+        assert response.findings[0].startswith(f"slots {sealed} skipped")
+        assert all(str(sealed_user) not in finding for finding in response.findings)
+    assert record_on(source.state, sealed_user).user.follower_count == 7  # not repaired
+    assert record_on(source.state, open_user).user.follower_count == 0  # repaired
+
+    source.state.ownership.sealed.discard(sealed)
+    response = check_slots(source.state, shard_pb2.CheckSlotsRequest(slots=[sealed], repair=True))
+    assert response.repaired == 1 and not any("skipped" in f for f in response.findings)
+
+
+def test_a_threshold_given_at_start_skips_the_slots_of_an_unsettled_hand_over(pair) -> None:
+    """A restart with a new threshold while a hand-over is unsettled: the
+    flip of a user in the recorded slots waits for settling (the target may
+    own them), the others flip at once; settling that keeps the slots
+    re-evaluates them."""
+    source, _target, peers = pair
+    star, other = users_in_source_slots(source, 2)
+    make_famous(source.state, star, 50)
+    make_famous(source.state, other, 50)
+    migration.record_handover(source.state, move_request({slot_for_user(star)}))
+    peers.refuse_assign = True  # the target never took the slots: settling keeps them
+
+    state = source.reopen().state
+    seal_pending_handover(state)
+    state.settings.celebrity_threshold = 5  # as a --celebrity-threshold flag does
+    reevaluate_all(state)
+    assert not record_on(state, star).user.celebrity
+    assert record_on(state, other).user.celebrity
+
+    asyncio.run(settle_at_start(state, peers))  # type: ignore[arg-type]
+    assert record_on(state, star).user.celebrity
+    assert not state.ownership.sealed
