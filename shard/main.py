@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
 
 import plyvel
 
@@ -20,9 +21,11 @@ from shard.metrics import register as register_metrics
 from shard.migration import seal_pending_handover, settle_at_start
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
-from shard.settings import ShardSettings
+from shard.settings import ShardSettings, check_value
 from shard.state import ShardState
 from shard.store import DEFAULT_WRITE_BUFFER_MB
+
+MAX_SHARD_ID = (1 << 32) - 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,15 +33,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=50061, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--data-dir", required=True, help="folder of this shard's LevelDB")
-    parser.add_argument("--shard-id", type=int, default=0, help="fixed at first start")
+    parser.add_argument(
+        "--shard-id", type=shard_id, default=0, help="0 to 4294967295, fixed at first start"
+    )
     parser.add_argument(
         "--celebrity-threshold",
-        type=int,
+        type=setting("celebrity_threshold"),
         default=None,
         help="followers at which an account is pulled at read time (default 10000, "
-        "or the value stored by UpdateSettings)",
+        "or the value stored by UpdateSettings); stored like UpdateSettings",
     )
-    parser.add_argument("--inbox-cap", type=int, default=None, help="entries per home inbox (800)")
+    parser.add_argument(
+        "--inbox-cap",
+        type=setting("inbox_cap"),
+        default=None,
+        help="entries per home inbox (800; 1 to 100000); stored like UpdateSettings",
+    )
     parser.add_argument(
         "--compress-tables",
         action="store_true",
@@ -57,6 +67,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
+
+
+def setting(name: str) -> Callable[[str], int]:
+    """An argparse type for a runtime setting: a flag's value is stored as
+    UpdateSettings would store it, so it is held to the same limits (a bad
+    one would otherwise outlive the flag, or fail after the store opened)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        try:
+            check_value(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def shard_id(text: str) -> int:
+    """The id is written into the data folder at first start and travels as
+    a uint32: one that does not fit would be stored for good and then fail
+    every call that reports it."""
+    value = int(text)
+    if not 0 <= value <= MAX_SHARD_ID:
+        raise argparse.ArgumentTypeError(f"{value} is not a shard id (0 to {MAX_SHARD_ID})")
+    return value
 
 
 def write_buffer_mb(text: str) -> int:

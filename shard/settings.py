@@ -27,7 +27,7 @@ def demotion_line(threshold: int) -> int:
     """
     if threshold <= 0:
         return 0
-    return threshold - max(1, threshold // 10)
+    return max(1, threshold - max(1, threshold // 10))  # at 1, an account with none demotes
 
 
 def is_celebrity(currently: bool, followers: int, threshold: int) -> bool:
@@ -54,11 +54,22 @@ def apply_update(settings: ShardSettings, update: shard_pb2.UpdateSettingsReques
     return changed
 
 
+LIMITS = {
+    "celebrity_threshold": (0, NEVER),
+    "inbox_cap": (1, 100_000),  # 0 would trim every inbox away: fan-out on read by stealth
+    "backfill_limit": (0, 10_000),
+}
+"""The values each setting may take, from UpdateSettings or a start-up flag alike."""
+
+
+def check_value(name: str, value: int) -> None:
+    """Reject a value that would break the service, naming the setting."""
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise ValueError(f"{name} is {value}; it must be {low}-{high}")
+
+
 def check_update(update: shard_pb2.UpdateSettingsRequest) -> None:
-    """Reject settings that would break the service, naming the field."""
-    if update.HasField("inbox_cap") and not 1 <= update.inbox_cap <= 100_000:
-        raise ValueError(f"inbox_cap is {update.inbox_cap}; it must be 1-100000")
-    if update.HasField("backfill_limit") and not 0 <= update.backfill_limit <= 10_000:
-        raise ValueError(f"backfill_limit is {update.backfill_limit}; it must be 0-10000")
-    if update.HasField("celebrity_threshold") and update.celebrity_threshold > NEVER:
-        raise ValueError(f"celebrity_threshold is above the maximum {NEVER}")
+    for name in RUNTIME_FIELDS:
+        if update.HasField(name):
+            check_value(name, getattr(update, name))
