@@ -8,6 +8,8 @@ concurrent writes sharing the fsync: see ``group_commit``) before the reply.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import grpc
 
 from murmur import raw_tweets
@@ -17,13 +19,14 @@ from murmur.rpc_errors import refuse_unparseable, rpc, streamed
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
+from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
 from shard.celebrity import adopt_map, reevaluate_all
 from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
-from shard.maintenance import backup, compact, local_stats
+from shard.maintenance import compact, local_stats
 from shard.metrics import INBOX_SIZE
 from shard.migration import SlotMigrator, import_entries
 from shard.outbox import add_follower_record, remove_follower_record
@@ -383,15 +386,22 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     async def Backup(self, request, context):
         await refuse_unparseable(request, context)
-        async for status in streamed(context, backup(self.state, request.path)):
-            yield status
+        # closed here, not whenever it is collected: a cancelled backup
+        # removes its unfinished copy before the call ends
+        async with aclosing(backup(self.state, request.path)) as statuses:
+            async for status in streamed(
+                context, statuses, component=self.component, method="Backup"
+            ):
+                yield status
 
     async def MigrateSlots(self, request, context):
         await refuse_unparseable(request, context)
         if self.peers is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this shard cannot reach peers")
         migration = SlotMigrator(self.state, self.peers).migrate(request)
-        async for status in streamed(context, migration):
+        async for status in streamed(
+            context, migration, component=self.component, method="MigrateSlots"
+        ):
             yield status
 
     @rpc

@@ -30,7 +30,7 @@ from client.errors import (
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from shard import keys
-from shard.maintenance import BACKUP_BATCH
+from shard.backup import BACKUP_BATCH
 from tests.admin.launcher import Processes, Server, eventually
 
 pytestmark = pytest.mark.integration
