@@ -366,12 +366,18 @@ def lower_threshold_everywhere(source: Shard, peers: LocalPeers) -> Hook:
     return update
 
 
-def test_a_threshold_change_in_a_moves_last_phase_takes_effect_on_the_target(pair) -> None:
-    source, target, peers = pair
+def star_of_a_moving_slot(source: Shard, peers: LocalPeers) -> tuple[int, set[int]]:
+    """A user with 50 followers in a slot about to move, and a threshold of 5
+    set on both shards in the move's last phase: the user's flip is due."""
     (star,) = users_in_source_slots(source, 1)
     make_famous(source.state, star, 50)
-    slots = {slot_for_user(star)}
     peers.on_assign = lower_threshold_everywhere(source, peers)
+    return star, {slot_for_user(star)}
+
+
+def test_a_threshold_change_in_a_moves_last_phase_takes_effect_on_the_target(pair) -> None:
+    source, target, peers = pair
+    star, slots = star_of_a_moving_slot(source, peers)
 
     asyncio.run(run_move(source.state, peers, move_request(slots)))
 
@@ -383,11 +389,8 @@ def test_a_threshold_change_in_a_moves_last_phase_takes_effect_on_the_target(pai
 
 
 def test_a_threshold_change_skipped_for_a_move_that_fails_is_applied_by_the_source(pair) -> None:
-    source, target, peers = pair
-    (star,) = users_in_source_slots(source, 1)
-    make_famous(source.state, star, 50)
-    slots = {slot_for_user(star)}
-    peers.on_assign = lower_threshold_everywhere(source, peers)
+    source, _target, peers = pair
+    star, slots = star_of_a_moving_slot(source, peers)
     peers.refuse_assign = True
 
     with pytest.raises(ServiceError, match="rolled back"):
