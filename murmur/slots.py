@@ -51,3 +51,8 @@ def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((slot, slot))
     return runs
+
+
+def describe_slots(slots) -> str:
+    """Slots as an operator reads them in a message: "0-255,4000"."""
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(list(slots)))

@@ -19,7 +19,7 @@ import grpc
 from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
-from murmur.slots import SLOT_COUNT, slot_ranges
+from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
 from server.shard_pool import ShardPool, shard_timeout
@@ -31,10 +31,6 @@ MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
 PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
-
-
-def describe_ranges(slots: list[int]) -> str:
-    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(slots))
 
 
 def caller_bound(context: Any, limit_s: float, share: float = 1.0) -> float:
@@ -176,7 +172,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             yield admin_pb2.MoveProgress(
                 slots_done=done,
                 slots_total=total,
-                step=f"slots {describe_ranges(slots)} are already on shard {target}:"
+                step=f"slots {describe_slots(slots)} are already on shard {target}:"
                 " nothing to move",
                 map_version=self.table.version,
             )
@@ -226,7 +222,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 yield admin_pb2.MoveProgress(
                     slots_done=0,
                     slots_total=total,
-                    step=f"would move slots {describe_ranges(slots)} to shard {target}",
+                    step=f"would move slots {describe_slots(slots)} to shard {target}",
                     map_version=self.table.version,
                 )
             if not plan:

@@ -83,21 +83,29 @@ def reevaluate_slots(state: ShardState, slots: Iterable[int], batch: int = 500) 
     return flips
 
 
-def adopt_map(state: ShardState, slot_map: shard_pb2.SlotMap) -> None:
-    """Adopt ``slot_map``, first re-applying the threshold to the users of the
-    slots it gives this shard: the source skipped them if they were sealed
-    when the threshold changed, and nothing else re-checks a user until its
-    follower count changes. Done before the map is stored (and in the same
-    turn of the event loop), so once the map is on disk so are the flips."""
+def gained_slots(state: ShardState, slot_map: shard_pb2.SlotMap) -> list[int]:
+    """The slots ``slot_map`` would give this shard, if it would take it."""
     ownership = state.ownership
     takes = len(slot_map.owners) == SLOT_COUNT and (
         not ownership.assigned or slot_map.version > ownership.slot_map.version
     )
-    if takes:
-        gained = [
-            slot
-            for slot, owner in enumerate(slot_map.owners)
-            if owner == ownership.shard_id and not ownership.owned[slot]
-        ]
-        reevaluate_slots(state, gained)
-    ownership.adopt(slot_map)
+    if not takes:
+        return []
+    return [
+        slot
+        for slot, owner in enumerate(slot_map.owners)
+        if owner == ownership.shard_id and not ownership.owned[slot]
+    ]
+
+
+def adopt_map(state: ShardState, slot_map: shard_pb2.SlotMap, gained: list[int]) -> None:
+    """Adopt ``slot_map``, first re-applying the threshold to the users of the
+    slots it gives this shard (``gained``): the source skipped them if they
+    were sealed when the threshold changed, and nothing else re-checks a user
+    until its follower count changes. Done before the map is stored (and in
+    the same turn of the event loop), so once the map is on disk so are the
+    flips. It reads every user record of those slots (~1 µs each), while the
+    source holds them frozen: a move of many slots is best made in chunks,
+    as ``murmur-admin`` does."""
+    reevaluate_slots(state, gained)
+    state.ownership.adopt(slot_map)

@@ -12,7 +12,7 @@ there after the move's last capture would be deleted with the source's copy.
 from __future__ import annotations
 
 from murmur.ids import now_ms
-from murmur.slots import SLOT_COUNT, slot_for_user, slot_ranges
+from murmur.slots import SLOT_COUNT, describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.outbox import add_follower_record, remove_follower_record
@@ -59,7 +59,7 @@ def check_slots(
 def skipped_finding(slots: list[int]) -> str:
     """Name the slots left unchecked, so an operator knows to check them
     again (on their new owner) instead of taking silence for health."""
-    ranges = ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(slots))
+    ranges = describe_slots(slots)
     return (
         f"slots {ranges} skipped: they are being handed over to another shard; "
         "check them again when the move is done"

@@ -18,7 +18,7 @@ from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
 from shard.metrics import register as register_metrics
-from shard.migration import seal_pending_handover, settle_at_start
+from shard.migration import seal_pending_handover, settle_at_start, stop_background
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings, check_value
@@ -167,6 +167,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     async def close() -> None:
         await worker.stop()
+        await stop_background()
         await peers.close()
         try:
             state.inbox.store_tallies()

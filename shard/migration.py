@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from murmur.errors import ServiceError, invalid
-from murmur.slots import slot_for_user
+from murmur.slots import describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.celebrity import reevaluate_slots
@@ -130,6 +130,7 @@ class SlotMigrator:
         self, request: shard_pb2.MigrateSlotsRequest
     ) -> AsyncIterator[shard_pb2.MigrateStatus]:
         await finish_given_away(self.state)  # before a new record can replace its record
+        refuse_while_unsettled(self.state)
         slots = self._validate(request)
         target = request.target_shard
         self.target_address = request.new_map.addresses[target]
@@ -271,6 +272,7 @@ class SlotMigrator:
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:
     """Target side: store copied entries of slots this shard does not own yet."""
     slots = set(request.slots)
+    refuse_while_dropping(state, slots)
     for slot in slots:
         if state.ownership.owned[slot]:
             raise ServiceError(
@@ -334,6 +336,45 @@ def seal_pending_handover(state: ShardState) -> shard_pb2.MigrateSlotsRequest | 
     if request is not None:
         state.ownership.sealed.update(request.slots)
     return request
+
+
+def refuse_while_dropping(state: ShardState, slots: set[int]) -> None:
+    """Refuse to take back slots this shard handed over and is still dropping
+    its copy of (the record stays until the drop ends, maybe in a task that
+    outlived a cancelled move): the drop would delete what arrives."""
+    request = pending_handover(state)
+    clash = sorted(slots & set(request.slots)) if request is not None else []
+    if clash:
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"shard {state.shard_id} is still dropping its copy of slots "
+            f"{describe_slots(clash)} from their move to shard {request.target_shard}; "
+            "retry once that is done",
+        )
+
+
+def refuse_while_unsettled(state: ShardState) -> None:
+    """One hand-over record at a time: a second move's record would replace
+    an unsettled one, and the first move's slots, sealed until it settles,
+    would then never be settled (a restart would serve them unasked, though
+    the target may own them)."""
+    request = pending_handover(state)
+    if request is not None:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"shard {state.shard_id} has not settled the hand-over of slots "
+            f"{describe_slots(request.slots)} to shard {request.target_shard} (it retries "
+            "until that shard answers); move other slots once it has",
+        )
+
+
+async def stop_background() -> None:
+    """At shutdown: stop the drops that outlived their moves before the store
+    closes under them. Their records stay, and the next start finishes them."""
+    tasks = list(_BACKGROUND)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def given_away(state: ShardState, request: shard_pb2.MigrateSlotsRequest) -> bool:

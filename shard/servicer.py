@@ -21,14 +21,14 @@ from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
-from shard.celebrity import adopt_map, reevaluate_all
+from shard.celebrity import adopt_map, gained_slots, reevaluate_all
 from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
 from shard.maintenance import compact, local_stats
 from shard.metrics import INBOX_SIZE
-from shard.migration import SlotMigrator, import_entries
+from shard.migration import SlotMigrator, import_entries, refuse_while_dropping
 from shard.outbox import add_follower_record, remove_follower_record
 from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
@@ -75,7 +75,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     @rpc
     async def AssignSlots(self, request, context):
-        adopt_map(self.state, request.slot_map)  # re-evaluates gained slots' celebrities
+        gained = gained_slots(self.state, request.slot_map)
+        refuse_while_dropping(self.state, set(gained))
+        adopt_map(self.state, request.slot_map, gained)  # re-checks gained users' celebrity
         return self.state.ownership.info()
 
     @rpc

@@ -49,9 +49,22 @@ class Killed(Exception):
     """Stands for kill -9: the process stops here and nothing after runs."""
 
 
+class PeerContext:
+    """What a handler's refusal looks like to the calling shard: gRPC's
+    error, as its stub would raise it."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def set_trailing_metadata(self, trailing: tuple) -> None:
+        self.trailing = trailing
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
+
+
 class LocalStub:
-    """The target's Shard service, called in process (the handlers' success
-    path needs no context)."""
+    """The target's Shard service, called in process."""
 
     def __init__(self, peers: LocalPeers) -> None:
         self.peers = peers
@@ -61,7 +74,7 @@ class LocalStub:
         self.peers.imports.append(request)
         if len(self.peers.imports) == 1 and self.peers.on_first_import:
             await self.peers.on_first_import()
-        return await self.servicer.ImportEntries(request, None)
+        return await self.servicer.ImportEntries(request, PeerContext())
 
     async def AssignSlots(self, request: Any, timeout: float) -> Any:  # noqa: N802
         if self.peers.on_assign:
@@ -70,10 +83,10 @@ class LocalStub:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
             )
-        return await self.servicer.AssignSlots(request, None)
+        return await self.servicer.AssignSlots(request, PeerContext())
 
     async def GetShardInfo(self, request: Any, timeout: float) -> Any:  # noqa: N802
-        return await self.servicer.GetShardInfo(request, None)
+        return await self.servicer.GetShardInfo(request, PeerContext())
 
 
 class LocalPeers:
@@ -456,3 +469,96 @@ def test_a_threshold_given_at_start_skips_the_slots_of_an_unsettled_hand_over(pa
     asyncio.run(settle_at_start(state, peers))  # type: ignore[arg-type]
     assert record_on(state, star).user.celebrity
     assert not state.ownership.sealed
+
+
+# one hand-over at a time, and no slot taken back while its drop runs -------------
+
+
+def test_slots_being_dropped_are_not_taken_back_until_the_drop_ends(pair) -> None:
+    """A move cut short while the source drops its copy leaves the drop
+    running; moving the slots straight back would have it delete what the
+    move back imports. The source refuses them (UNAVAILABLE) until then."""
+    source, target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    fill(source.state, min(slots), 3 * BATCH_KEYS)
+    before = slot_keys(source.state, slots)
+    back = shard_pb2.MigrateSlotsRequest(
+        slots=sorted(slots),
+        target_shard=0,
+        new_map=shard_pb2.SlotMap(version=3, addresses=ADDRESSES, owners=HALF),
+    )
+
+    async def scenario() -> None:
+        await run_move(source.state, peers, move_request(slots), stop_at="deleting source copy")
+        assert pending_handover(source.state) is not None  # the drop still runs
+        with pytest.raises(ServiceError) as refused:
+            await run_move(target, LocalPeers(source.state), back)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert f"UNAVAILABLE: shard 0 is still dropping its copy of slots {min(slots)}" in (
+            refused.value.message
+        )
+        await settled(source.state)
+        await run_move(target, LocalPeers(source.state), back)
+
+    asyncio.run(scenario())
+    assert source.state.ownership.owned[min(slots)]
+    assert slot_keys(source.state, slots) == before
+
+
+def test_a_map_giving_back_slots_being_dropped_is_refused(pair) -> None:
+    source, _target, _peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slot = slot_for_user(user)
+    migration.record_handover(source.state, move_request({slot}))  # as a drop in progress
+    owners = list(HALF)
+    owners[SLOT_COUNT - 1] = 0  # gives shard 0 another slot, not the one being dropped
+    source.ok("AssignSlots", shard_pb2.AssignSlotsRequest(slot_map=map_with(owners, 3)))
+    owners = [1] * SLOT_COUNT
+    owners[slot] = 0  # ... and this one hands it the slot it is dropping
+    source.state.ownership.owned[slot] = 0  # the hand-over took it away
+    details = source.fails(
+        "AssignSlots",
+        shard_pb2.AssignSlotsRequest(slot_map=map_with(owners, 4)),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert f"still dropping its copy of slots {slot}" in details
+
+
+def map_with(owners: list[int], version: int) -> shard_pb2.SlotMap:
+    return shard_pb2.SlotMap(version=version, addresses=ADDRESSES, owners=owners)
+
+
+def test_a_second_move_waits_for_the_first_to_settle(pair) -> None:
+    """A move whose hand-over is unsettled (its target did not answer) keeps
+    its record until it settles; a second move must not write over it."""
+    source, _target, peers = pair
+    first, second = users_in_source_slots(source, 2)
+    unsettled = move_request({slot_for_user(first)})
+    migration.record_handover(source.state, unsettled)
+    source.state.ownership.sealed.add(slot_for_user(first))
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(run_move(source.state, peers, move_request({slot_for_user(second)})))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"has not settled the hand-over of slots {slot_for_user(first)}" in (
+        refused.value.message
+    )
+    assert pending_handover(source.state) == unsettled
+
+
+def test_shutdown_stops_a_running_drop_and_the_next_start_finishes_it(pair) -> None:
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    fill(source.state, min(slots), 3 * BATCH_KEYS)
+
+    async def scenario() -> None:
+        await run_move(source.state, peers, move_request(slots), stop_at="deleting source copy")
+        await migration.stop_background()  # what a stopping shard does before closing its store
+
+    asyncio.run(scenario())
+    assert pending_handover(source.state) is not None
+    state = source.reopen().state
+    seal_pending_handover(state)
+    asyncio.run(settle_at_start(state, peers))  # type: ignore[arg-type]
+    assert slot_keys(state, slots) == {} and pending_handover(state) is None
