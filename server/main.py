@@ -100,9 +100,13 @@ async def push_settings(pool: ShardPool, update: shard_pb2.UpdateSettingsRequest
     for shard_id, result in zip(shard_ids, results, strict=True):
         if isinstance(result, ServiceError):
             log.warning(
-                "shard %d did not take the settings %s (%s: %s); it keeps its own until "
-                "they are set again (murmur-admin settings)",
+                "shard %d %s the settings %s (%s: %s); check with murmur-admin settings",
                 shard_id,
+                # a shard stores them before re-checking every user: a
+                # timeout most likely came after they were taken
+                "may not have taken"
+                if result.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                else "did not take",
                 wanted,
                 result.code.name,
                 result.message,

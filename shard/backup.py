@@ -231,6 +231,22 @@ def _rename_noreplace(source: str, target: str) -> None:
     os.rename(source, target)
 
 
+def _sync_files(state: ShardState, path: str, partial: str) -> None:
+    """Fsync every file of the closed copy. The last chunk's synced write
+    covers LevelDB's current log only: a log it retired when a memtable
+    filled, and whose flush to a table the close cut short, would otherwise
+    be published unsynced (see ``shard/retired_logs.py``)."""
+    try:
+        for name in os.listdir(partial):
+            fd = os.open(os.path.join(partial, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise _target_failure(state, path, exc) from exc
+
+
 def _publish(state: ShardState, path: str, partial: str) -> None:
     """Give the finished, closed copy its name, durably: the rename is an
     entry in the parent folder, on disk only once that folder is synced."""
@@ -326,6 +342,7 @@ async def backup(state: ShardState, path: str) -> AsyncIterator[shard_pb2.Backup
                 yield shard_pb2.BackupStatus(keys_copied=copied, path=path)
                 await asyncio.sleep(0)
             copied += count
+        _sync_files(state, path, partial)
         _publish(state, path, partial)
     except BaseException:  # failed, cancelled or closed: leave nothing half-made
         _discard(state, partial)

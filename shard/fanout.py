@@ -251,9 +251,10 @@ class FanoutWorker:
             if not sync.complete:
                 sync.exact_from = recent[limit].tweet_id + 1
         # what one follower costs the destination: a backfill writes every
-        # tweet; a change of status (promotion or demotion, to every
-        # follower) scans the follower's inbox for the author's copies
-        per_follower = len(sync.tweets) + (0 if status.follower_id else PROMOTION_COST)
+        # tweet; news of a change of status (a promotion or a demotion, or a
+        # follow whose edge is older than the status) scans the follower's
+        # inbox for the author's copies
+        per_follower = len(sync.tweets) + PROMOTION_COST
         if status.follower_id:
             followers, more = [status.follower_id], False
         else:

@@ -31,6 +31,12 @@ may carry the same mtime as before it. While LevelDB is compacting, files
 come and go a few times a second, and each change has the next 20 ms of
 syncs list the folder."""
 
+COARSE_SLACK_NS = 2_000_000_000
+"""The slack when the folder's mtime has no fraction of a second: a
+filesystem that keeps whole seconds (ext4 with small inodes, ext3; FAT keeps
+two) may give a change a second later the same mtime. A folder whose mtime
+is ahead of the clock is listed at every sync until the clock passes it."""
+
 
 class RetiredLogs:
     def __init__(
@@ -61,7 +67,8 @@ class RetiredLogs:
         slack, than that listing's start (a later change would carry a
         later mtime)."""
         mtime_ns = os.stat(self.path).st_mtime_ns
-        if mtime_ns == self._mtime_ns and mtime_ns < self._listed_at_ns - self.slack_ns:
+        slack_ns = self.slack_ns if mtime_ns % 1_000_000_000 else COARSE_SLACK_NS
+        if mtime_ns == self._mtime_ns and mtime_ns < self._listed_at_ns - slack_ns:
             return False
         self._listed_at_ns = time.time_ns()
         self._mtime_ns = mtime_ns

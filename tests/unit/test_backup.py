@@ -425,3 +425,24 @@ def test_disk_bytes_skips_a_file_leveldb_deletes_while_it_counts(
     monkeypatch.undo()
     assert total in (30, 130)
     assert not (tmp_path / "000007.ldb").exists()
+
+
+def test_every_file_of_a_finished_copy_is_synced_before_it_is_named(
+    state: ShardState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LevelDB syncs its current log on a synced write, not a log it retired
+    when a memtable filled: the copy's files are each synced before the
+    rename, so a published backup holds what it copied after a power cut."""
+    path = tmp_path / "backup"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    asyncio.run(run_backup(state, path))
+    partial = str(path) + PARTIAL_SUFFIX
+    files = {os.path.join(partial, name) for name in os.listdir(path)}
+    assert files and files <= set(synced)

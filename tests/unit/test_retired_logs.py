@@ -7,6 +7,7 @@ log only. These tests check which files the store fsyncs."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,20 @@ def test_a_retired_log_deleted_before_its_fsync_is_skipped(tmp_path: Path) -> No
     finally:
         os.open = real_open
     assert synced == ["000007.log"]
+
+
+def test_a_folder_with_whole_second_mtimes_is_listed_for_two_seconds(tmp_path: Path) -> None:
+    """A filesystem keeping whole seconds gives a change within the same
+    second the mtime it had: the fine slack would trust it too early."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / "000003.log").write_bytes(b"x")
+    logs = RetiredLogs(str(folder), slack_ns=0)
+    synced = record_fsyncs(logs)
+    second = (time.time_ns() // 10**9) * 10**9
+    os.utime(folder, ns=(second, second))
+    logs.sync_new()
+    (folder / "000005.log").write_bytes(b"y")
+    os.utime(folder, ns=(second, second))  # the same whole second
+    assert logs.sync_new() == 1
+    assert synced == ["000003.log"]

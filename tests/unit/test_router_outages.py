@@ -186,3 +186,13 @@ def test_a_negative_setting_is_a_usage_error(flag: str, capsys) -> None:
         parse_args(["--shards", "127.0.0.1:9", flag, "-1"])
     assert info.value.code == 2
     assert f"{flag}: -1 is negative" in capsys.readouterr().err
+
+
+def test_start_up_settings_that_timed_out_may_have_been_taken(caplog) -> None:
+    """A shard stores new settings before re-checking every user against
+    them, so a timeout usually came after they were taken: say so."""
+    pool = SettingsPool(ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "shard 1 timed out"))
+    with caplog.at_level(logging.WARNING, logger="murmur.router"):
+        asyncio.run(push_settings(pool, shard_pb2.UpdateSettingsRequest(celebrity_threshold=9)))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("shard 1 may not have taken the settings celebrity_threshold=9")
