@@ -2,22 +2,33 @@
 
 from client.client import MurmurClient
 from client.errors import (
+    Aborted,
     AlreadyExists,
+    Cancelled,
+    ClientClosed,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
     MurmurError,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
+    Unknown,
     error_from_rpc,
 )
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
+    "Cancelled",
+    "ClientClosed",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
@@ -25,9 +36,12 @@ __all__ = [
     "MurmurClient",
     "MurmurError",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
     "error_from_rpc",
 ]

@@ -3,9 +3,12 @@
 Same conventions as ``murmur``: aligned tables for people, ``--json`` for
 scripts (one JSON document per run, protobuf's canonical JSON mapping with the
 .proto field names), ``error: CODE: details`` on stderr and exit 1 when an RPC
-fails, exit 2 for usage errors. Long operations (move-slots, rebalance, drain,
-backup) draw a progress bar on stderr when stderr is a terminal (``--progress``
-forces it, ``--no-progress`` hides it).
+fails (``error: message`` for a local failure, such as a backup stream that
+ended without reporting done), exit 2 for usage errors, including an argument
+that is not valid UTF-8 or a --tls-ca file that does not exist. Long
+operations (move-slots, rebalance, drain, backup) draw a progress bar on stderr
+when stderr is a terminal (the group options ``murmur-admin --progress ...``
+force it, ``--no-progress`` hides it).
 
 The operator token comes from ``--token`` or MURMUR_ADMIN_TOKEN and is only
 ever sent as ``authorization: Bearer ...`` metadata; it is never printed.
@@ -22,7 +25,18 @@ import click
 from tqdm import tqdm
 
 from client.admin_client import AdminClient
-from client.cli import MurmurGroup, emit_json, render_table, to_dict
+from client.cli import (
+    SECRET_TEXT,
+    TEXT,
+    TIMEOUT,
+    TLS_CA_PATH,
+    LocalFailure,
+    MurmurGroup,
+    emit_json,
+    render_table,
+    tls_ca_failure,
+    to_dict,
+)
 from client.client import DEFAULT_TARGET
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
@@ -136,12 +150,17 @@ class AdminSession:
 
     @property
     def client(self) -> AdminClient:
+        """Opened on first use; an unreadable --tls-ca file is ``error: ...``,
+        exit 1, naming the file, exactly as in ``murmur``."""
         if self._client is None:
             if not self._token:
                 raise click.UsageError("no operator token: pass --token or set MURMUR_ADMIN_TOKEN")
-            self._client = AdminClient(
-                self.target, self._token, timeout=self.timeout, tls_ca=self.tls_ca
-            )
+            try:
+                self._client = AdminClient(
+                    self.target, self._token, timeout=self.timeout, tls_ca=self.tls_ca
+                )
+            except OSError as exc:
+                raise tls_ca_failure(self.tls_ca, exc) from exc
         return self._client
 
     def close(self) -> None:
@@ -241,7 +260,16 @@ def follow_moves(
     return seen
 
 
+def _moved_nothing(last: apb.MoveProgress) -> bool:
+    """True when the router reports that every slot was already in place.
+    MoveProgress has no field for it; the router's last step says so."""
+    return last.step.endswith("nothing to move")
+
+
 def emit_moves(session: AdminSession, seen: list[apb.MoveProgress], dry_run: bool = False) -> None:
+    """Text: the last step and a "moved N of M" line, or each step of a plan,
+    or only the router's own line when nothing had to move (a "moved 4 of 4"
+    after it would claim work that was not done)."""
     if session.as_json:
         emit_json({"progress": [to_dict(p) for p in seen]})
         return
@@ -249,7 +277,7 @@ def emit_moves(session: AdminSession, seen: list[apb.MoveProgress], dry_run: boo
         click.echo("nothing to move")
         return
     last = seen[-1]
-    if dry_run or not last.slots_total:
+    if dry_run or not last.slots_total or _moved_nothing(last):
         for progress in seen:
             click.echo(progress.step)
         return
@@ -295,6 +323,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
     default=DEFAULT_TARGET,
     show_default=True,
     metavar="HOST:PORT",
+    type=TEXT,
     help="Router address.",
 )
 @click.option(
@@ -303,13 +332,14 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
     show_envvar=True,
     default=None,
     metavar="TOKEN",
+    type=SECRET_TEXT,
     help="Operator token (prefer the environment variable: command lines are visible "
     "to other users).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=TIMEOUT,
     default=30.0,
     show_default=True,
     metavar="S",
@@ -326,7 +356,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
     show_envvar=True,
     default=None,
     metavar="PEM",
-    type=click.Path(exists=True, dir_okay=False),
+    type=TLS_CA_PATH,
     help="Use TLS, trusting this CA certificate file.",
 )
 @click.pass_context
@@ -395,7 +425,7 @@ def shard_stats(session: AdminSession, shard_id: int, leveldb: bool) -> None:
 
 
 @cli.command("add-shard")
-@click.argument("address", metavar="HOST:PORT")
+@click.argument("address", metavar="HOST:PORT", type=TEXT)
 @pass_session
 def add_shard(session: AdminSession, address: str) -> None:
     """Join a running, empty murmur-shard to the cluster (it owns no slots yet)."""
@@ -470,7 +500,7 @@ def compact(session: AdminSession, shard_id: int) -> None:
 
 @cli.command()
 @click.argument("shard_id", metavar="ID", type=SHARD_ID)
-@click.argument("path")
+@click.argument("path", type=TEXT)
 @pass_session
 def backup(session: AdminSession, shard_id: int, path: str) -> None:
     """Snapshot shard ID into PATH: an absolute folder on the shard's host that
@@ -488,17 +518,19 @@ def backup(session: AdminSession, shard_id: int, path: str) -> None:
     finally:
         bar.close()
     last = seen[-1] if seen else apb.BackupProgress()
+    if not last.done:  # the stream closed with OK but never said done: not a backup
+        raise LocalFailure(
+            f"backup of shard {shard_id} ended without finishing "
+            f"({last.keys_copied} keys copied); do not rely on {path}"
+        )
     if session.as_json:
         emit_json(to_dict(last))
-    elif last.done:
-        click.echo(f"backed up shard {shard_id}: {last.keys_copied} keys in {last.path}")
     else:
-        click.echo(f"backup of shard {shard_id} ended without finishing", err=True)
-        sys.exit(1)
+        click.echo(f"backed up shard {shard_id}: {last.keys_copied} keys in {last.path}")
 
 
 @cli.command()
-@click.argument("assignments", metavar="[KEY=VALUE]...", nargs=-1)
+@click.argument("assignments", metavar="[KEY=VALUE]...", nargs=-1, type=TEXT)
 @pass_session
 def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
     """Show the cluster-wide settings, or change some on every shard.

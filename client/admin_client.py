@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client.client import DEFAULT_TARGET, RETRY_POLICY, ChannelClient, open_channel
+from client.client import (
+    DEFAULT_TARGET,
+    RETRY_POLICY,
+    ChannelClient,
+    check_timeout,
+    open_channel,
+)
 from client.errors import error_from_rpc
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import admin_pb2_grpc as apb_grpc
@@ -66,7 +72,9 @@ class AdminClient(ChannelClient):
     settings, adding and removing shards). ``long_timeout`` bounds the calls
     that scan or copy a shard's data: the streams, CompactShard,
     CheckConsistency, Repair and UpdateSettings (which re-evaluates every
-    user); ``None`` means no deadline. ``token`` may be ``None`` (no
+    user); ``None`` means no deadline. Either must otherwise be more than 0
+    and at most ``MAX_TIMEOUT_S`` seconds (ValueError), and after ``close()``
+    every call raises ``ClientClosed``. ``token`` may be ``None`` (no
     authorization metadata is sent, so the router answers UNAUTHENTICATED).
     ``tls_ca``: speak TLS, trusting this PEM CA file (a router started with
     ``--tls-*`` flags). Pass ``channel`` to reuse one; it is then not closed
@@ -85,8 +93,10 @@ class AdminClient(ChannelClient):
         tls_ca: str | None = None,
     ) -> None:
         self.target = target
-        self.timeout = timeout
-        self.long_timeout = long_timeout
+        self.timeout = check_timeout("timeout", timeout)
+        self.long_timeout = (
+            None if long_timeout is None else check_timeout("long_timeout", long_timeout)
+        )
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -101,6 +111,7 @@ class AdminClient(ChannelClient):
     # -- plumbing ----------------------------------------------------------
 
     def _call(self, rpc: Callable[..., _T], request: Any, long: bool = False) -> _T:
+        self._check_open()
         timeout = self.long_timeout if long else self.timeout
         try:
             return rpc(request, timeout=timeout, metadata=self._metadata)
@@ -113,6 +124,7 @@ class AdminClient(ChannelClient):
         The generator cancels the call when closed early (``break`` in a for
         loop, garbage collection, Ctrl-C), so the router stops its work.
         """
+        self._check_open()
         call = rpc(request, timeout=self.long_timeout, metadata=self._metadata)
         return _typed_stream(call)
 

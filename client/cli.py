@@ -4,26 +4,29 @@ People get aligned tables; scripts get ``--json`` (one JSON document per run,
 protobuf's canonical JSON mapping, so 64-bit ids are strings). Users can be
 named by handle or id: a value of only digits is an id, ``@123`` is the handle
 "123", and a leading ``@`` is always dropped from a handle. Any failed RPC
-prints ``error: CODE: details`` to stderr and exits 1; usage errors exit 2.
+prints ``error: CODE: details`` to stderr and exits 1, as does a local failure
+(``error: message``); usage errors exit 2, and so does an argument that is not
+valid UTF-8 (it could never be sent).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from client.client import DEFAULT_TARGET, MurmurClient
+from client.client import DEFAULT_TARGET, MAX_TIMEOUT_S, MurmurClient
 from client.errors import MurmurError
 from murmur import page_tokens
 from murmur.page_tokens import TokenKind
@@ -32,9 +35,88 @@ from murmur.v1 import murmur_pb2 as pb
 MAX_UINT64 = (1 << 64) - 1
 MAX_PAGE_SIZE = 200  # the server caps page_size here; asking for more is pointless
 _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and other digits
+_NEGATIVE = re.compile(r"-[0-9]+")
+_T = TypeVar("_T")
 
 
 # -- argument types ----------------------------------------------------------
+
+
+def _escaped(text: str) -> str:
+    """``text`` printable whatever it holds: an undecodable byte that Python
+    smuggled in as a lone surrogate (PEP 383) shows as ``\\xff``."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent, or None. Arguments and environment values
+    that are not valid UTF-8 reach Python as lone surrogates; protobuf and gRPC
+    would only fail on them deep inside a call, with a UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return f"is not valid UTF-8 ({what} at position {exc.start})"
+    return None
+
+
+class Utf8TextType(click.ParamType):
+    """Any text that can be sent: valid UTF-8, else a usage error (exit 2) that
+    names the argument. Every free-text argument and option of both CLIs uses
+    it, so a bad byte never reaches protobuf. ``secret`` values (the operator
+    token) are not echoed in the message."""
+
+    name = "text"
+
+    def __init__(self, secret: bool = False) -> None:
+        self.secret = secret
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        problem = utf8_problem(value)
+        if problem is not None and self.secret:
+            self.fail("the value is not valid UTF-8", param, ctx)
+        if problem is not None:
+            self.fail(f"'{_escaped(value)}' {problem}", param, ctx)
+        return value
+
+
+TEXT = Utf8TextType()
+SECRET_TEXT = Utf8TextType(secret=True)
+
+
+class TimeoutType(click.FloatRange):
+    """Seconds: more than 0 and at most MAX_TIMEOUT_S. FloatRange alone lets
+    NaN through (every comparison with it is false), and gRPC turns NaN, inf or
+    1e10 into a deadline that has already passed."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=MAX_TIMEOUT_S, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail("nan is not a number of seconds", param, ctx)
+        return seconds
+
+
+TIMEOUT = TimeoutType()
+# A missing file or a directory is a usage error (exit 2) in both CLIs; a file
+# that exists but cannot be read is reported when the client opens it (exit 1).
+TLS_CA_PATH = click.Path(exists=True, dir_okay=False, readable=False)
 
 
 @dataclass(frozen=True)
@@ -56,12 +138,16 @@ class UserRefType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, UserRef):
             return value
-        text = str(value)
+        text = TEXT.convert(str(value), param, ctx)
         if _DIGITS.fullmatch(text):
             user_id = int(text)
+            if user_id == 0:
+                self.fail("0 is not a user id (ids start at 1)", param, ctx)
             if user_id > MAX_UINT64:
                 self.fail(f"{text} is too large for a user id", param, ctx)
             return UserRef(user_id=user_id)
+        if _NEGATIVE.fullmatch(text):
+            self.fail(f"{text} is not a user id (ids are positive)", param, ctx)
         handle = _strip_at(text)
         if not handle:
             self.fail("a handle cannot be empty", param, ctx)
@@ -100,9 +186,7 @@ class Session:
             try:
                 self._client = MurmurClient(self.target, timeout=self.timeout, tls_ca=self.tls_ca)
             except OSError as exc:
-                raise LocalFailure(
-                    f"cannot read the --tls-ca file {self.tls_ca}: {exc.strerror or exc}"
-                ) from exc
+                raise tls_ca_failure(self.tls_ca, exc) from exc
         return self._client
 
     def close(self) -> None:
@@ -142,8 +226,9 @@ class RpcFailed(click.ClickException):
 
 
 class LocalFailure(click.ClickException):
-    """A failure before any RPC (a file that cannot be read): ``error: message``
-    on stderr and exit 1, as RPC failures are reported."""
+    """A failure with no gRPC status (a file that cannot be read, a stream that
+    ended before its last message): ``error: message`` on stderr and exit 1, as
+    RPC failures are reported."""
 
     exit_code = 1
 
@@ -151,14 +236,35 @@ class LocalFailure(click.ClickException):
         click.echo(f"error: {self.format_message()}", file=file, err=file is None)
 
 
+def tls_ca_failure(path: str | None, exc: OSError) -> LocalFailure:
+    """The error for a --tls-ca file that exists but cannot be read (both CLIs)."""
+    shown = click.format_filename(path or "")
+    return LocalFailure(f"cannot read the --tls-ca file {shown}: {exc.strerror or exc}")
+
+
+def unicode_failure(exc: UnicodeError) -> click.ClickException:
+    """Backstop for text that slipped past ``Utf8TextType``: a lone surrogate
+    can only come from the command line or the environment, so that is a usage
+    error (exit 2); any other UnicodeError is a local failure (exit 1)."""
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in exc.reason:
+        return click.UsageError(
+            "an argument or environment variable is not valid UTF-8 "
+            f"(at position {exc.start} of '{_escaped(exc.object)}')"
+        )
+    return LocalFailure(f"text could not be encoded or decoded: {exc.reason}")
+
+
 class MurmurGroup(click.Group):
-    """Root group: turns any ``MurmurError`` raised by a subcommand into ``RpcFailed``."""
+    """Root group of both CLIs: turns any ``MurmurError`` raised by a subcommand
+    into ``RpcFailed``, and a stray UnicodeError into a message, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MurmurError as exc:
             raise RpcFailed(exc) from exc
+        except UnicodeError as exc:
+            raise unicode_failure(exc) from exc
 
 
 pass_session = click.make_pass_decorator(Session)
@@ -252,11 +358,28 @@ def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
-def emit_users(session: Session, users: Sequence[pb.User]) -> None:
+def first(items: Iterator[_T], limit: int) -> tuple[list[_T], bool]:
+    """The first ``limit`` of ``items`` and whether there were more. The
+    caller lets the iterator run to ``limit + 1``: one extra item is the only
+    way to know, since a last page can still carry a next_page_token."""
+    taken = list(items)
+    return taken[:limit], len(taken) > limit
+
+
+def emit_users(session: Session, users: Sequence[pb.User], more: bool, what: str) -> None:
+    """A user listing. When --limit cut it short (``more``), JSON gets
+    ``"truncated": true`` (absent otherwise, like the timelines' ``"partial"``)
+    and people a note on stderr, so the table stays clean."""
     if session.as_json:
-        emit_json({"users": [to_dict(u) for u in users]})
-    else:
-        click.echo(users_table(users))
+        doc: dict[str, Any] = {"users": [to_dict(u) for u in users]}
+        if more:
+            doc["truncated"] = True
+        emit_json(doc)
+        return
+    click.echo(users_table(users))
+    if more:
+        note = f"more {what} exist; showing the first {len(users)} (raise --limit to see more)"
+        click.echo(f"note: {note}", err=True)
 
 
 def emit_user(session: Session, user: pb.User) -> None:
@@ -291,12 +414,13 @@ def emit_ok(session: Session, message: str) -> None:
     default=DEFAULT_TARGET,
     show_default=True,
     metavar="HOST:PORT",
+    type=TEXT,
     help="Router address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=TIMEOUT,
     default=10.0,
     show_default=True,
     metavar="S",
@@ -308,6 +432,7 @@ def emit_ok(session: Session, message: str) -> None:
     show_envvar=True,
     default=None,
     metavar="PEM",
+    type=TLS_CA_PATH,
     help="Use TLS, trusting this CA certificate file.",
 )
 @click.pass_context
@@ -324,9 +449,11 @@ def user() -> None:
 
 
 @user.command("create")
-@click.argument("handle")
-@click.option("--name", "display_name", default="", help="Display name (at most 50 characters).")
-@click.option("--bio", default="", help="Bio (at most 160 characters).")
+@click.argument("handle", type=TEXT)
+@click.option(
+    "--name", "display_name", type=TEXT, default="", help="Display name (at most 50 characters)."
+)
+@click.option("--bio", type=TEXT, default="", help="Bio (at most 160 characters).")
 @pass_session
 def user_create(session: Session, handle: str, display_name: str, bio: str) -> None:
     """Register HANDLE."""
@@ -375,31 +502,34 @@ def _limit_option(help_text: str) -> Any:
 
 @cli.command()
 @click.argument("who", metavar="USER", type=USER)
-@_limit_option("Show at most N users.")
+@_limit_option("Show at most N users (a note on stderr says if there are more).")
 @pass_session
 def followers(session: Session, who: UserRef, limit: int) -> None:
     """List USER's followers, in user-id order."""
     user_id = session.resolve(who)
-    page_size = min(limit, MAX_PAGE_SIZE)
-    emit_users(session, list(session.client.iter_followers(user_id, page_size, limit=limit)))
+    page_size = min(limit + 1, MAX_PAGE_SIZE)
+    users, more = first(session.client.iter_followers(user_id, page_size, limit=limit + 1), limit)
+    emit_users(session, users, more, what="followers")
 
 
 @cli.command()
 @click.argument("who", metavar="USER", type=USER)
-@_limit_option("Show at most N users.")
+@_limit_option("Show at most N users (a note on stderr says if there are more).")
 @pass_session
 def following(session: Session, who: UserRef, limit: int) -> None:
     """List the users USER follows, in user-id order."""
     user_id = session.resolve(who)
-    page_size = min(limit, MAX_PAGE_SIZE)
-    emit_users(session, list(session.client.iter_following(user_id, page_size, limit=limit)))
+    page_size = min(limit + 1, MAX_PAGE_SIZE)
+    users, more = first(session.client.iter_following(user_id, page_size, limit=limit + 1), limit)
+    emit_users(session, users, more, what="followed users")
 
 
 @cli.command()
 @click.argument("who", metavar="USER", type=USER)
-@click.argument("text")
+@click.argument("text", type=TEXT)
 @click.option(
     "--request-id",
+    type=TEXT,
     default="",
     metavar="R",
     help="Idempotency key: re-running with the same R does not post twice.",
@@ -427,7 +557,7 @@ def tweet_show(session: Session, tweet_id: int) -> None:
 @tweet.command("edit")
 @click.argument("who", metavar="USER", type=USER)
 @click.argument("tweet_id", metavar="ID", type=ID)
-@click.argument("text")
+@click.argument("text", type=TEXT)
 @pass_session
 def tweet_edit(session: Session, who: UserRef, tweet_id: int, text: str) -> None:
     """Replace the text of USER's tweet ID."""
@@ -454,20 +584,29 @@ def _before_option() -> Any:
     )
 
 
-def _emit_timeline(session: Session, tweets: list[pb.Tweet], missing: set[int]) -> None:
-    """Tweets plus, if any page was partial, which shards did not answer: on stderr
-    for people (the table stays clean), as extra keys in JSON."""
+def _emit_timeline(session: Session, tweets: list[pb.Tweet], missing: set[int], more: bool) -> None:
+    """Tweets plus, if any page was partial, which shards did not answer, and
+    whether --limit cut the list short (``more``): on stderr for people (the
+    table stays clean), as extra keys in JSON (present only when true)."""
     if session.as_json:
         doc: dict[str, Any] = {"tweets": [to_dict(t) for t in tweets]}
         if missing:
             doc["partial"] = True
             doc["unavailable_shards"] = sorted(missing)
+        if more:
+            doc["truncated"] = True
         emit_json(doc)
         return
     click.echo(tweets_table(tweets))
     if missing:
         shards = ", ".join(str(s) for s in sorted(missing))
         click.echo(f"warning: partial timeline: shards {shards} did not answer", err=True)
+    if more:
+        click.echo(
+            f"note: more tweets exist; showing the newest {len(tweets)} "
+            f"(--before {tweets[-1].tweet_id} shows the next ones)",
+            err=True,
+        )
 
 
 def _timeline(session: Session, who: UserRef, limit: int, before: int | None, home: bool) -> None:
@@ -480,21 +619,20 @@ def _timeline(session: Session, who: UserRef, limit: int, before: int | None, ho
         missing.update(page.unavailable_shards)
 
     iterate = session.client.iter_home_timeline if home else session.client.iter_user_timeline
-    tweets = list(
-        iterate(
-            user_id,
-            page_size=min(limit, MAX_PAGE_SIZE),
-            limit=limit,
-            page_token=token,
-            on_partial=note_partial,
-        )
+    tweets = iterate(
+        user_id,
+        page_size=min(limit + 1, MAX_PAGE_SIZE),
+        limit=limit + 1,
+        page_token=token,
+        on_partial=note_partial,
     )
-    _emit_timeline(session, tweets, missing)
+    shown, more = first(tweets, limit)
+    _emit_timeline(session, shown, missing, more)
 
 
 @cli.command()
 @click.argument("who", metavar="USER", type=USER)
-@_limit_option("Show at most N tweets.")
+@_limit_option("Show at most N tweets (a note on stderr says if there are more).")
 @_before_option()
 @pass_session
 def timeline(session: Session, who: UserRef, limit: int, before: int | None) -> None:
@@ -504,7 +642,7 @@ def timeline(session: Session, who: UserRef, limit: int, before: int | None) -> 
 
 @cli.command()
 @click.argument("who", metavar="USER", type=USER)
-@_limit_option("Show at most N tweets.")
+@_limit_option("Show at most N tweets (a note on stderr says if there are more).")
 @_before_option()
 @pass_session
 def home(session: Session, who: UserRef, limit: int, before: int | None) -> None:

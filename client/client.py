@@ -30,6 +30,7 @@ are listed:
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -37,20 +38,26 @@ from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 
-from client.errors import Internal, error_from_rpc
+from client.errors import ClientClosed, Internal, error_from_rpc
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import murmur_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_TARGET",
     "IDEMPOTENT_METHODS",
+    "MAX_TIMEOUT_S",
     "SERVICE_NAME",
     "MurmurClient",
     "channel_options",
+    "check_timeout",
     "service_config",
 ]
 
 DEFAULT_TARGET = "localhost:50051"
+# Longest deadline accepted (about 11.6 days). gRPC turns a deadline into a
+# 64-bit nanosecond clock value; one past that (1e10 s, inf) overflows and every
+# call then fails at once with DEADLINE_EXCEEDED, so refuse it up front instead.
+MAX_TIMEOUT_S = 1e6
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Murmur"].full_name  # "murmur.v1.Murmur"
 
 IDEMPOTENT_METHODS: tuple[str, ...] = (
@@ -101,6 +108,25 @@ def channel_options(retries: bool = True) -> list[tuple[str, Any]]:
     return [("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
 
 
+def check_timeout(name: str, value: float) -> float:
+    """``value`` if it is a usable deadline in seconds, else ValueError naming ``name``.
+
+    Checked when a client is built, because a bad deadline (NaN, inf, 1e10 or
+    <= 0) is not reported by gRPC as such: every call just fails at once with
+    DEADLINE_EXCEEDED, which looks like a slow server.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TIMEOUT_S
+    ):
+        raise ValueError(
+            f"{name} must be a number of seconds > 0 and <= {MAX_TIMEOUT_S:g}, not {value!r}"
+        )
+    return value
+
+
 def open_channel(target: str, options: list[tuple[str, Any]], tls_ca: str | None) -> grpc.Channel:
     """Plain, or TLS trusting the PEM CA file ``tls_ca`` (the router's port
     asks no client certificate)."""
@@ -115,13 +141,23 @@ class ChannelClient:
     """Closing, and ``with`` support, for clients over one gRPC channel;
     subclasses set ``_channel`` and ``_owns_channel``."""
 
+    target: str
     _channel: grpc.Channel
     _owns_channel: bool
+    _closed: bool = False
 
     def close(self) -> None:
-        """Close the channel if this client created it."""
+        """Close the channel if this client created it; either way, later calls
+        on this client raise ``ClientClosed``."""
+        self._closed = True
         if self._owns_channel:
             self._channel.close()
+
+    def _check_open(self) -> None:
+        """Raise ``ClientClosed`` (a ``MurmurError``) rather than let gRPC raise
+        a bare ValueError that ``except MurmurError`` would miss."""
+        if self._closed:
+            raise ClientClosed(f"the client for {self.target} is closed")
 
     def __enter__(self) -> Self:
         return self
@@ -138,10 +174,13 @@ class ChannelClient:
 class MurmurClient(ChannelClient):
     """One connection to a Murmur router. Thread-safe, like the gRPC channel under it.
 
-    ``timeout`` is the deadline in seconds for each call (retries included).
-    Pass ``channel`` to reuse an existing channel; the client then does not
-    close it, and ``retries`` has no effect (use ``channel_options()`` when
-    building that channel).
+    ``timeout`` is the deadline in seconds for each call (retries included):
+    more than 0 and at most ``MAX_TIMEOUT_S``, else ValueError (there is no
+    "no deadline" setting: a call that never gives up hides a dead router).
+    After ``close()`` every call raises ``ClientClosed``. Pass ``channel`` to
+    reuse an existing channel; the client then does not close it, and
+    ``retries`` has no effect (use ``channel_options()`` when building that
+    channel).
     """
 
     def __init__(
@@ -154,7 +193,7 @@ class MurmurClient(ChannelClient):
         tls_ca: str | None = None,
     ) -> None:
         self.target = target
-        self.timeout = timeout
+        self.timeout = check_timeout("timeout", timeout)
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, channel_options(retries), tls_ca)
         self._stub = pb_grpc.MurmurStub(self._channel)
@@ -164,6 +203,7 @@ class MurmurClient(ChannelClient):
 
     def _call(self, rpc: Callable[..., _T], request: Any) -> _T:
         """Invoke one unary RPC with the default deadline and typed errors."""
+        self._check_open()
         try:
             return rpc(request, timeout=self.timeout)
         except grpc.RpcError as exc:

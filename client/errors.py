@@ -4,9 +4,11 @@ Callers should be able to write ``except NotFound:`` instead of inspecting
 ``grpc.RpcError.code()`` everywhere, so every client call turns a
 ``grpc.RpcError`` into one of these. The mapping is a plain table from status
 code to class, in the style of python-etcd3's ``client.py``: adding a code is
-one line, and a code not in the table still becomes a ``MurmurError`` carrying
-the original code, so nothing is lost and ``except MurmurError`` catches every
-RPC failure.
+one line. Every failure status gRPC defines is in the table; anything else
+(``OK`` from a broken interceptor, a code a future gRPC adds) still becomes a
+``MurmurError`` carrying the original code, so nothing is lost and ``except
+MurmurError`` catches every RPC failure, including a call on a closed client
+(``ClientClosed``).
 """
 
 from __future__ import annotations
@@ -14,17 +16,24 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
+    "Cancelled",
+    "ClientClosed",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "MurmurError",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
     "error_from_rpc",
     "exception_class_for",
 ]
@@ -116,6 +125,63 @@ class Internal(MurmurError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Cancelled(MurmurError):
+    """The call was cancelled before it finished, on this side: the client was
+    closed (or a stream abandoned) while the call was in flight. Whether the
+    server did the work is unknown, as after DEADLINE_EXCEEDED."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class ClientClosed(Cancelled):
+    """A call on a client after its ``close()`` (or after its ``with`` block).
+
+    gRPC itself raises a bare ``ValueError`` here; this keeps ``except
+    MurmurError`` (and ``except Cancelled``) catching every way a call can fail.
+    Nothing was sent.
+    """
+
+    def __init__(
+        self, details: str = "the client is closed", code: grpc.StatusCode | None = None
+    ) -> None:
+        super().__init__(details, code)
+
+
+class Unknown(MurmurError):
+    """A server handler raised an exception it did not turn into a status
+    (gRPC reports those as UNKNOWN), or a failure with no status attached."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class Unimplemented(MurmurError):
+    """The server does not serve this RPC: the target is not a router (a shard
+    serves no ``Admin`` calls), or it runs an older Murmur."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Aborted(MurmurError):
+    """The operation was aborted by a conflict. Murmur's servers do not send it
+    today; a proxy between client and router, or a newer server, might."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(MurmurError):
+    """A value past the end of a valid range. Murmur's servers report bad
+    values as INVALID_ARGUMENT, so this comes only from a proxy or a newer server."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class DataLoss(MurmurError):
+    """Unrecoverable data loss or corruption. Murmur's servers do not send it
+    today; treat it as serious and check the shards (``murmur-admin check``)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 _EXCEPTIONS_BY_CODE: dict[grpc.StatusCode, type[MurmurError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -127,6 +193,12 @@ _EXCEPTIONS_BY_CODE: dict[grpc.StatusCode, type[MurmurError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNKNOWN: Unknown,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

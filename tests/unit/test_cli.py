@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +153,47 @@ def test_empty_list_prints_only_a_header(fake: FakeMurmur, seed: MurmurClient) -
     assert run_json(fake, "followers", "loner") == {"users": []}
 
 
+def _star_with_fans(seed: MurmurClient, count: int) -> None:
+    """``count`` fans follow "star"; "fan0" also follows the other fans, so
+    both star's followers and fan0's followees number ``count``."""
+    star = seed.create_user("star")
+    fans = [seed.create_user(f"fan{i}") for i in range(count)]
+    for f in fans:
+        seed.follow(f.user_id, star.user_id)
+        if f is not fans[0]:
+            seed.follow(fans[0].user_id, f.user_id)
+
+
+@pytest.mark.parametrize("command", ["followers", "following"])
+def test_a_list_cut_short_by_the_limit_says_so(
+    fake: FakeMurmur, seed: MurmurClient, command: str
+) -> None:
+    """The default --limit 20 used to stop silently; now stderr and JSON say more exist."""
+    _star_with_fans(seed, 25)
+    who = "star" if command == "followers" else "fan0"
+    result = run(fake, command, who)
+    assert len(table(result)) == 1 + 20
+    what = "followers" if command == "followers" else "followed users"
+    assert result.stderr == (
+        f"note: more {what} exist; showing the first 20 (raise --limit to see more)\n"
+    )
+    doc = run_json(fake, command, who)
+    assert len(doc["users"]) == 20
+    assert doc["truncated"] is True
+
+
+@pytest.mark.parametrize("command", ["followers", "following"])
+def test_a_complete_list_has_no_note(fake: FakeMurmur, seed: MurmurClient, command: str) -> None:
+    _star_with_fans(seed, 20)  # exactly the default limit
+    who = "star" if command == "followers" else "fan0"
+    result = run(fake, command, who)
+    assert len(table(result)) == 1 + 20
+    assert result.stderr == ""
+    doc = run_json(fake, command, who)
+    assert len(doc["users"]) == 20
+    assert "truncated" not in doc
+
+
 # -- tweets ------------------------------------------------------------------------
 
 
@@ -210,6 +253,23 @@ def test_timeline_limit_and_pages(fake: FakeMurmur, seed: MurmurClient) -> None:
     assert rows[0] == TWEET_HEADER
     assert [int(r[0]) for r in rows[1:]] == ids[::-1][:6]
     assert fake.calls["GetUserTimeline"] == 2
+
+
+@pytest.mark.parametrize("command", ["timeline", "home"])
+def test_a_timeline_cut_short_by_the_limit_says_so(
+    fake: FakeMurmur, seed: MurmurClient, command: str
+) -> None:
+    _, ids = _posts(seed, "alice", 5)
+    newest = ids[::-1]
+    result = run(fake, command, "alice", "--limit", "3")
+    assert [int(r[0]) for r in table(result)[1:]] == newest[:3]
+    assert result.stderr == (
+        "note: more tweets exist; showing the newest 3 "
+        f"(--before {newest[2]} shows the next ones)\n"
+    )
+    assert run_json(fake, command, "alice", "--limit", "3")["truncated"] is True
+    assert run(fake, command, "alice", "--limit", "5").stderr == ""
+    assert "truncated" not in run_json(fake, command, "alice", "--limit", "5")
 
 
 def test_timeline_before_builds_a_user_timeline_token(
@@ -309,14 +369,95 @@ def test_unreachable_target_is_unavailable() -> None:
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
-def test_an_unreadable_tls_ca_is_an_error_naming_the_file(tmp_path, kind: str) -> None:
-    """Not a traceback: ``error: ...`` naming the file, exit 1, like other failures."""
+def test_a_tls_ca_that_is_not_a_file_is_a_usage_error(tmp_path: Path, kind: str) -> None:
+    """As in murmur-admin: checked before connecting, exit 2, naming the option."""
     path = tmp_path / "absent.pem" if kind == "missing" else tmp_path
     result = CliRunner().invoke(cli, ["--tls-ca", str(path), "ping"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--tls-ca'" in result.stderr
+    assert str(path) in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_an_unreadable_tls_ca_is_an_error_naming_the_file() -> None:
+    """A file that exists but cannot be read (even as root): ``error: ...``, exit 1."""
+    result = CliRunner().invoke(cli, ["--tls-ca", "/proc/self/mem", "ping"])
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
-    assert result.stderr.startswith(f"error: cannot read the --tls-ca file {path}: ")
+    assert result.stderr.startswith("error: cannot read the --tls-ca file /proc/self/mem: ")
     assert result.stderr.count("\n") == 1
+
+
+# Undecodable bytes on a POSIX command line reach Python as lone surrogates (PEP 383).
+BAD = "al\udcffice"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["user", "show", BAD], "'HANDLE|ID'"),
+        (["user", "create", BAD], "'HANDLE'"),
+        (["user", "create", "alice", "--name", BAD], "'--name'"),
+        (["user", "create", "alice", "--bio", BAD], "'--bio'"),
+        (["follow", "alice", BAD], "'WHOM'"),
+        (["post", "alice", BAD], "'TEXT'"),
+        (["post", "alice", "hi", "--request-id", BAD], "'--request-id'"),
+        (["tweet", "edit", "alice", "5000", BAD], "'TEXT'"),
+        (["timeline", BAD], "'USER'"),
+        (["--target", BAD, "ping"], "'--target'"),
+    ],
+)
+def test_text_that_is_not_utf8_is_a_usage_error(
+    fake: FakeMurmur, args: list[str], named: str
+) -> None:
+    """Exit 2 naming the argument and showing the bad byte, not a UnicodeEncodeError."""
+    result = run(fake, *args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Invalid value for {named}" in result.stderr
+    assert "'al\\xffice' is not valid UTF-8 (byte 0xff at position 2)" in result.stderr
+    assert sum(fake.calls.values()) == 0
+
+
+def test_a_target_from_the_environment_that_is_not_utf8_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["ping"], env={"MURMUR_TARGET": "h\udcff:1"})
+    assert result.exit_code == 2, result.output
+    assert "'--target' (env var: 'MURMUR_TARGET')" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (
+            UnicodeEncodeError("utf-8", "h\udcff", 1, 2, "surrogates not allowed"),
+            2,
+            "Error: an argument or environment variable is not valid UTF-8 "
+            "(at position 1 of 'h\\xff')",
+        ),
+        (
+            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+            1,
+            "error: text could not be encoded or decoded: invalid start byte",
+        ),
+    ],
+)
+def test_a_stray_unicode_error_is_a_message_not_a_traceback(
+    fake: FakeMurmur,
+    monkeypatch: pytest.MonkeyPatch,
+    error: UnicodeError,
+    code: int,
+    message: str,
+) -> None:
+    """The group's backstop, for text that did not pass through a checked parameter."""
+
+    def broken_ping(self: MurmurClient, user_id: int = 0) -> Any:
+        raise error
+
+    monkeypatch.setattr(MurmurClient, "ping", broken_ping)
+    result = run(fake, "ping")
+    assert result.exit_code == code
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.strip().endswith(message)
 
 
 @pytest.mark.parametrize(
@@ -329,6 +470,15 @@ def test_an_unreadable_tls_ca_is_an_error_naming_the_file(tmp_path, kind: str) -
         ["home", "alice", "--before", "x"],
         ["follow", "alice"],
         ["user", "show", str(1 << 64)],
+        ["user", "show", "0"],
+        ["user", "show", "000"],
+        ["user", "show", "--", "-5"],
+        ["follow", "0", "alice"],
+        ["unfollow", "alice", "0"],
+        ["--timeout", "inf", "ping"],
+        ["--timeout", "nan", "ping"],
+        ["--timeout", "1e10", "ping"],
+        ["--timeout", "0", "ping"],
         ["nope"],
     ],
 )

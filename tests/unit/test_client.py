@@ -23,7 +23,14 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from client import errors
-from client.client import IDEMPOTENT_METHODS, SERVICE_NAME, MurmurClient, channel_options
+from client.admin_client import AdminClient
+from client.client import (
+    IDEMPOTENT_METHODS,
+    MAX_TIMEOUT_S,
+    SERVICE_NAME,
+    MurmurClient,
+    channel_options,
+)
 from client.errors import MurmurError, error_from_rpc
 from murmur import page_tokens
 from murmur.page_tokens import BadPageToken, TokenKind
@@ -582,6 +589,12 @@ MAPPED = [
     (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ResourceExhausted),
     (grpc.StatusCode.INTERNAL, errors.Internal),
+    (grpc.StatusCode.CANCELLED, errors.Cancelled),
+    (grpc.StatusCode.UNKNOWN, errors.Unknown),
+    (grpc.StatusCode.UNIMPLEMENTED, errors.Unimplemented),
+    (grpc.StatusCode.ABORTED, errors.Aborted),
+    (grpc.StatusCode.OUT_OF_RANGE, errors.OutOfRange),
+    (grpc.StatusCode.DATA_LOSS, errors.DataLoss),
 ]
 
 
@@ -601,15 +614,28 @@ def test_status_codes_map_to_typed_errors(
     assert isinstance(err.__cause__, grpc.RpcError)
 
 
-def test_unmapped_code_is_a_plain_murmur_error(
-    strict_client: MurmurClient, fake: FakeMurmur
-) -> None:
-    fake.forced = (grpc.StatusCode.UNIMPLEMENTED, "not here")
-    with pytest.raises(MurmurError) as info:
-        strict_client.get_tweet(1)
-    assert type(info.value) is MurmurError
-    assert info.value.code is grpc.StatusCode.UNIMPLEMENTED
-    assert info.value.details == "not here"
+def test_every_failure_code_has_its_own_class() -> None:
+    """No failure status falls through to a bare MurmurError any more."""
+    failures = [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK]
+    assert {c for c, _ in MAPPED} == set(failures)
+    classes = [errors.exception_class_for(c) for c in failures]
+    assert MurmurError not in classes
+    assert len(set(classes)) == len(failures)
+    assert all(cls.__doc__ and cls.__name__ in errors.__all__ for cls in classes)
+
+
+def test_unmapped_code_is_a_plain_murmur_error() -> None:
+    class OkError(grpc.RpcError):  # a broken interceptor could raise this
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.OK
+
+        def details(self) -> str:
+            return "odd"
+
+    err = error_from_rpc(OkError())
+    assert type(err) is MurmurError
+    assert err.code is grpc.StatusCode.OK
+    assert err.details == "odd"
 
 
 def test_client_deadline_is_deadline_exceeded(fake: FakeMurmur) -> None:
@@ -629,7 +655,7 @@ def test_error_from_rpc_without_a_call() -> None:
             return "no call attached"
 
     err = error_from_rpc(Bare())
-    assert type(err) is MurmurError
+    assert type(err) is errors.Unknown
     assert err.code is grpc.StatusCode.UNKNOWN
     assert err.details == "no call attached"
 
@@ -723,8 +749,58 @@ def test_retries_off_means_one_attempt(strict_client: MurmurClient, fake: FakeMu
 def test_context_manager_closes_its_own_channel(fake: FakeMurmur) -> None:
     with MurmurClient(fake.target) as c:
         c.ping()
-    with pytest.raises(ValueError):  # grpc refuses calls on a closed channel
+    # a MurmurError (so `except MurmurError` sees it), not grpc's bare ValueError
+    with pytest.raises(errors.ClientClosed, match=f"client for {fake.target} is closed") as info:
         c.ping()
+    assert isinstance(info.value, errors.Cancelled)
+    assert info.value.code is grpc.StatusCode.CANCELLED
+    with pytest.raises(errors.ClientClosed):
+        list(c.iter_followers(1))
+    assert fake.calls["Ping"] == 1
+
+
+def test_a_closed_client_over_a_given_channel_refuses_calls(fake: FakeMurmur) -> None:
+    channel = grpc.insecure_channel(fake.target)
+    try:
+        c = MurmurClient(channel=channel)
+        c.close()
+        with pytest.raises(errors.ClientClosed):
+            c.ping()
+        assert MurmurClient(channel=channel).ping().shard_id == 3  # the channel stays open
+    finally:
+        channel.close()
+
+
+def test_a_closed_admin_client_raises_client_closed() -> None:
+    admin = AdminClient("127.0.0.1:1", "token")
+    admin.close()
+    with pytest.raises(errors.ClientClosed):
+        admin.get_cluster_status()
+    with pytest.raises(errors.ClientClosed):
+        admin.rebalance()
+
+
+# -- timeouts --------------------------------------------------------------------
+
+BAD_TIMEOUTS = [float("inf"), float("-inf"), float("nan"), 1e10, 0, -1.0, True, "10"]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_an_unusable_timeout_is_refused_up_front(timeout: Any) -> None:
+    """Not a client whose every call fails at once with DEADLINE_EXCEEDED."""
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        MurmurClient("127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ValueError, match="^timeout must"):
+        AdminClient("127.0.0.1:1", "t", timeout=timeout)
+    with pytest.raises(ValueError, match="^long_timeout must"):
+        AdminClient("127.0.0.1:1", "t", long_timeout=timeout)
+
+
+def test_the_largest_timeout_still_works(fake: FakeMurmur) -> None:
+    with MurmurClient(fake.target, timeout=MAX_TIMEOUT_S) as c:
+        assert c.ping().shard_id == 3
+    with AdminClient("127.0.0.1:1", "t", timeout=MAX_TIMEOUT_S, long_timeout=None) as admin:
+        assert admin.long_timeout is None  # None: no deadline for the long calls
 
 
 def test_a_given_channel_is_left_open(fake: FakeMurmur) -> None:

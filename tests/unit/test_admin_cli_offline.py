@@ -1,0 +1,200 @@
+"""``murmur-admin`` through click's CliRunner against an in-process fake Admin
+service: the exit codes and messages that need no real cluster (that side is
+tests/admin/test_admin_cli.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from click.testing import CliRunner, Result
+
+from client.admin_cli import cli
+from murmur.v1 import admin_pb2 as apb
+from murmur.v1 import admin_pb2_grpc as apb_grpc
+
+TOKEN = "test-token"
+
+
+class FakeAdmin(apb_grpc.AdminServicer):
+    """The few Admin RPCs these tests drive; streams send what a test sets."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.moves: list[apb.MoveProgress] = []
+        self.backups: list[apb.BackupProgress] = []
+        self.target = ""
+
+    def GetClusterStatus(self, request: Any, context: Any) -> apb.ClusterStatus:
+        self.calls["GetClusterStatus"] += 1
+        return apb.ClusterStatus(map_version=3)
+
+    def AddShard(self, request: apb.AddShardRequest, context: Any) -> apb.AddShardResponse:
+        self.calls["AddShard"] += 1
+        return apb.AddShardResponse(shard_id=2, map_version=4)
+
+    def MoveSlots(self, request: apb.MoveSlotsRequest, context: Any) -> Iterator[Any]:
+        self.calls["MoveSlots"] += 1
+        yield from self.moves
+
+    def BackupShard(self, request: apb.BackupShardRequest, context: Any) -> Iterator[Any]:
+        self.calls["BackupShard"] += 1
+        yield from self.backups
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAdmin]:
+    servicer = FakeAdmin()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    apb_grpc.add_AdminServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    servicer.target = f"127.0.0.1:{port}"
+    try:
+        yield servicer
+    finally:
+        server.stop(None)
+
+
+def run(fake: FakeAdmin, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--target", fake.target, "--token", TOKEN, *args], env=env)
+
+
+def test_the_fake_answers(fake: FakeAdmin) -> None:
+    result = run(fake, "status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("map version 3; 0 shards")
+
+
+# -- moves --------------------------------------------------------------------------
+
+
+def test_moving_slots_already_in_place_prints_one_truthful_line(fake: FakeAdmin) -> None:
+    """The router's only message says nothing moved; no "moved 4 of 4 slots" after it."""
+    step = "slots 0-3 are already on shard 0: nothing to move"
+    fake.moves = [apb.MoveProgress(slots_done=4, slots_total=4, step=step, map_version=9)]
+    result = run(fake, "move-slots", "0-3", "--to", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{step}\n"
+
+
+def test_a_real_move_still_reports_the_count(fake: FakeAdmin) -> None:
+    fake.moves = [
+        apb.MoveProgress(slots_done=0, slots_total=4, step="shard 1 -> shard 0: copying"),
+        apb.MoveProgress(
+            slots_done=4, slots_total=4, step="slots 0-3 now on shard 0", map_version=9
+        ),
+    ]
+    result = run(fake, "move-slots", "0-3", "--to", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "slots 0-3 now on shard 0\nmoved 4 of 4 slots; map version 9\n"
+
+
+# -- backup -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_backup_stream_without_done_is_an_error(fake: FakeAdmin, as_json: bool) -> None:
+    """Text and --json alike: ``error: ...`` on stderr, exit 1, nothing on stdout."""
+    fake.backups = [apb.BackupProgress(keys_copied=10, keys_total=50)]
+    json_flag = ["--json"] if as_json else []
+    result = run(fake, *json_flag, "backup", "0", "/backups/b0")
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: backup of shard 0 ended without finishing (10 keys copied); "
+        "do not rely on /backups/b0\n"
+    )
+
+
+def test_an_empty_backup_stream_is_an_error(fake: FakeAdmin) -> None:
+    result = run(fake, "--json", "backup", "0", "/backups/b0")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: backup of shard 0 ended without finishing (0 keys")
+
+
+def test_a_finished_backup(fake: FakeAdmin) -> None:
+    fake.backups = [
+        apb.BackupProgress(keys_copied=10, keys_total=50),
+        apb.BackupProgress(keys_copied=50, keys_total=50, done=True, path="/backups/b0"),
+    ]
+    assert run(fake, "backup", "0", "/backups/b0").stdout == (
+        "backed up shard 0: 50 keys in /backups/b0\n"
+    )
+    doc = json.loads(run(fake, "--json", "backup", "0", "/backups/b0").stdout)
+    assert doc["done"] is True and doc["keys_copied"] == "50"
+
+
+# -- usage errors and local failures -----------------------------------------------
+
+BAD = "h\udcff:1"  # an undecodable byte, as Python hands it over from argv (PEP 383)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["add-shard", BAD], "'HOST:PORT'"),
+        (["backup", "0", "/b/" + BAD], "'PATH'"),
+        (["settings", "inbox_cap=" + BAD], "'[KEY=VALUE]...'"),
+        (["--target", BAD, "status"], "'--target'"),
+    ],
+)
+def test_text_that_is_not_utf8_is_a_usage_error(
+    fake: FakeAdmin, args: list[str], named: str
+) -> None:
+    result = run(fake, *args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # no UnicodeEncodeError traceback
+    assert f"Invalid value for {named}" in result.stderr
+    assert "is not valid UTF-8 (byte 0xff at position" in result.stderr
+    assert sum(fake.calls.values()) == 0
+
+
+def test_a_token_that_is_not_utf8_is_a_usage_error_that_does_not_echo_it(
+    fake: FakeAdmin,
+) -> None:
+    token = "secret\udcffvalue"
+    result = CliRunner().invoke(
+        cli, ["--target", fake.target, "status"], env={"MURMUR_ADMIN_TOKEN": token}
+    )
+    assert result.exit_code == 2, result.output
+    assert "'--token' (env var: 'MURMUR_ADMIN_TOKEN'): the value is not valid UTF-8" in (
+        result.stderr
+    )
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", "1e10", "0", "-1"])
+def test_an_unusable_timeout_is_a_usage_error(fake: FakeAdmin, timeout: str) -> None:
+    """inf, nan or 1e10 used to be accepted and make every call DEADLINE_EXCEEDED."""
+    result = run(fake, "--timeout", timeout, "status")
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--timeout'" in result.stderr
+    assert fake.calls["GetClusterStatus"] == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_an_unreadable_tls_ca_is_an_error_naming_the_file(fake: FakeAdmin) -> None:
+    """Exists but cannot be read (even as root): ``error: ...``, exit 1, as in ``murmur``."""
+    result = run(fake, "--tls-ca", "/proc/self/mem", "status")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: cannot read the --tls-ca file /proc/self/mem: ")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_tls_ca_that_is_not_a_file_is_a_usage_error(
+    fake: FakeAdmin, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "absent.pem" if kind == "missing" else tmp_path
+    result = run(fake, "--tls-ca", str(path), "status")
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--tls-ca'" in result.stderr
