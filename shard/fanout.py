@@ -52,11 +52,18 @@ MIN_STATUS_PAGE = 10
 PROMOTION_COST = 20
 
 
+class Misrouted(ConnectionError):
+    """A round's ops no longer fit the slot map (a destination, or this
+    shard, no longer serves some of their users): plan the round again."""
+
+
 @dataclass
 class RoundPlan:
     """Operations per destination shard, in outbox order."""
 
     ops: dict[int, list[shard_pb2.DeliveryOp]] = field(default_factory=lambda: defaultdict(list))
+    # destinations that have applied their ops: a retried round skips them
+    delivered_to: set[int] = field(default_factory=set)
     done: list[int] = field(default_factory=list)
     progress: dict[int, shard_pb2.OutboxRecord] = field(default_factory=dict)
     delivered_tweets: list[tuple[int, int, int]] = field(default_factory=list)
@@ -95,6 +102,8 @@ class FanoutWorker:
         self.stats = FanoutStats()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        # a round that failed at some destinations, retried as it was planned
+        self._unfinished: RoundPlan | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fanout")
@@ -125,24 +134,45 @@ class FanoutWorker:
                     pass
 
     async def run_round(self) -> bool:
-        """Deliver one round; False when the outbox was empty."""
+        """Deliver one round; False when the outbox was empty.
+
+        A round that failed at some destinations is retried as planned, at
+        those destinations only. Planned again, it could end earlier (its
+        budget follows follower counts, which change): a destination that
+        already applied a tweet's put and then its delete would get the put
+        again without the delete, showing a deleted tweet until the later
+        round reaches it. A round is planned afresh only when a destination
+        says the map moved (or the local share failed: its slots may have
+        moved), and after a restart."""
         if not self.state.ownership.assigned:
             return False
+        plan = self._unfinished or await self._next_plan()
+        if plan is None:
+            return False
+        self._unfinished = plan
+        try:
+            await self._deliver(plan)
+        except Misrouted:
+            self._unfinished = None
+            raise
+        self._unfinished = None
+        self.state.outbox.finish(plan.done, plan.progress)
+        self._record_lags(plan)
+        self.stats.rounds += 1
+        return True
+
+    async def _next_plan(self) -> RoundPlan | None:
         records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
         if not records:
             self._empty_since = self._empty_since or time.monotonic()
-            return False
+            return None
         if self._should_linger(len(records)):
             await asyncio.sleep(self.linger_s)
             records = list(self.state.outbox.peek(RECORDS_PER_ROUND))
         plan = self._plan(records)
         # several small records, all delivered: posts are streaming in
         self.streaming = len(records) > 1 and len(plan.done) == len(records)
-        await self._deliver(plan)
-        self.state.outbox.finish(plan.done, plan.progress)
-        self._record_lags(plan)
-        self.stats.rounds += 1
-        return True
+        return plan
 
     def _should_linger(self, found: int) -> bool:
         """Wait for more records only while small posts stream in: not for a
@@ -276,12 +306,13 @@ class FanoutWorker:
         """Start the calls to the other shards, then apply the local share
         while they work, so the sender and its destinations use their cores at
         the same time instead of taking turns."""
-        local = plan.ops.get(self.state.shard_id)
+        me = self.state.shard_id
+        local = plan.ops.get(me) if me not in plan.delivered_to else None
         sends: list[tuple[int, asyncio.Future]] = []
         failure: BaseException | None = None
         try:
             for shard_id, ops in plan.ops.items():
-                if shard_id != self.state.shard_id:
+                if shard_id != me and shard_id not in plan.delivered_to:
                     sends.append((shard_id, self._start_send(shard_id, ops)))
             if sends and local:
                 # the sends' tasks queue their batches, then each stream's
@@ -290,15 +321,21 @@ class FanoutWorker:
                 await asyncio.sleep(0)
             if local:
                 self.stats.inbox_entries += self.applier.apply(local, local=True)
+            plan.delivered_to.add(me)
         except Exception as exc:  # still wait for the sends begun: none is left behind
-            failure = exc
+            failure = Misrouted(f"applying this shard's share failed: {exc}")
+            failure.__cause__ = exc
         results = await asyncio.gather(
             *(self._finish_send(shard_id, sending) for shard_id, sending in sends),
             return_exceptions=True,
         )
+        for (shard_id, _sending), result in zip(sends, results, strict=True):
+            if not isinstance(result, BaseException):
+                plan.delivered_to.add(shard_id)
         errors = [r for r in results if isinstance(r, BaseException)]
+        misrouted = [e for e in errors if isinstance(e, Misrouted)]
         if failure is not None or errors:
-            raise failure or errors[0]
+            raise failure or (misrouted or errors)[0]
 
     def _start_send(self, shard_id: int, ops: list[shard_pb2.DeliveryOp]) -> asyncio.Future:
         """One Deliver, as a batch on the destination's ExecuteStream."""
@@ -313,9 +350,10 @@ class FanoutWorker:
         except grpc.aio.AioRpcError as exc:
             raise self._failed(shard_id, exc.code(), exc.details()) from exc
         if result.code != 0:
+            code = STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
             if result.wrong_slot:
                 await self._learn_map_from(shard_id)
-            code = STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
+                raise Misrouted(str(self._failed(shard_id, code, result.message)))
             raise self._failed(shard_id, code, result.message)
         response = shard_pb2.DeliverResponse.FromString(result.response)
         self.stats.inbox_entries += response.inbox_entries_written

@@ -9,6 +9,7 @@ removed only after every destination has applied them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 
 from murmur.ids import now_ms
@@ -19,6 +20,7 @@ from shard.store import Store, Txn
 # Every this many reads, one starts from the front of the range instead of
 # the floor: a safety net should a record ever commit below the floor.
 FULL_SCAN_EVERY = 256
+COUNT_BACKLOG_UP_TO = 10_000
 
 
 class Outbox:
@@ -61,7 +63,17 @@ class Outbox:
             yield keys.last_u64(key), shard_pb2.OutboxRecord.FromString(raw)
 
     def backlog(self) -> int:
-        return sum(1 for _ in self.store.scan(keys.outbox_prefix(), include_value=False))
+        """Records still queued, for the metrics scrape (a thread that holds
+        the GIL while it counts): counted from the floor, not over the
+        delivered records' tombstones before it, and only up to
+        COUNT_BACKLOG_UP_TO; past that (a destination down for long), the
+        span of sequence numbers still open, which counts any commit that
+        failed after taking a number too."""
+        queued = self.store.scan(
+            keys.outbox_prefix(), start=keys.outbox(self.floor), include_value=False
+        )
+        counted = sum(1 for _ in itertools.islice(queued, COUNT_BACKLOG_UP_TO))
+        return counted if counted < COUNT_BACKLOG_UP_TO else self.next_seq - self.floor
 
     def finish(self, done: list[int], progress: dict[int, shard_pb2.OutboxRecord]) -> None:
         """Remove delivered records and save resume points, in one batch.
