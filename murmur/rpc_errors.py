@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import time
@@ -69,6 +70,27 @@ def rpc(method: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+# a disk that is full, or a quota or file-size limit reached: room must be
+# made, so callers hear RESOURCE_EXHAUSTED rather than a transient failure
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+STORAGE_FULL_WORDS = ("no space", "quota", "file too large")
+
+
+def storage_reason(exc: BaseException) -> str:
+    """A storage error as text: plyvel's carry LevelDB's message as bytes."""
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether a storage error says there is no room (LevelDB reports only
+    its message, so that is read too)."""
+    if getattr(exc, "errno", None) in STORAGE_FULL_ERRNOS:
+        return True
+    reason = storage_reason(exc).lower()
+    return any(word in reason for word in STORAGE_FULL_WORDS)
+
+
 def _unexpected(exc: Exception, component: str, method: str) -> tuple[grpc.StatusCode, str]:
     """Status and message for a failure no handler reported itself, logged
     here (with the stack when it is a bug) since the caller sees no stack.
@@ -77,13 +99,11 @@ def _unexpected(exc: Exception, component: str, method: str) -> tuple[grpc.Statu
     full) so that callers retry elsewhere or later; anything else is a bug,
     INTERNAL, and the message sends the operator to the log."""
     if isinstance(exc, plyvel.Error | OSError):
-        log.error("%s: storage failure in %s: %s", component, method, exc)
-        code = (
-            grpc.StatusCode.RESOURCE_EXHAUSTED
-            if "space" in str(exc).lower()
-            else grpc.StatusCode.UNAVAILABLE
-        )
-        return code, f"{component} cannot write to its storage: {exc}"
+        reason = storage_reason(exc)
+        log.error("%s: storage failure in %s: %s", component, method, reason)
+        full = storage_full(exc)
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
+        return code, f"{component} cannot write to its storage: {reason}"
     log.error("%s: %s failed", component, method, exc_info=exc)
     return (
         grpc.StatusCode.INTERNAL,

@@ -24,6 +24,7 @@ import grpc
 import plyvel
 
 from murmur.errors import ServiceError
+from murmur.rpc_errors import storage_full, storage_reason
 from murmur.v1 import shard_pb2
 from shard.state import ShardState
 
@@ -70,21 +71,14 @@ def check_backup_path(state: ShardState, path: str) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
-    """plyvel's errors are bytes from LevelDB: say them as text."""
-    reason = exc.args[0] if exc.args else exc
-    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
-
-
 def _target_failure(state: ShardState, path: str, exc: BaseException) -> ServiceError:
     """A full or failing backup disk is for the operator to fix there: the
     generic storage message would read as the shard's own store failing."""
-    reason = _reason(exc)
-    no_space = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
-        word in reason.lower() for word in ("no space", "quota")
-    )
+    reason = storage_reason(exc)
     return ServiceError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED if no_space else grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+        if storage_full(exc)
+        else grpc.StatusCode.FAILED_PRECONDITION,
         f"shard {state.shard_id} could not write the backup at {path}: {reason}; "
         f"no backup was made at {path}, and the shard's own data is unaffected",
     )
@@ -272,7 +266,7 @@ def _publish(state: ShardState, path: str, partial: str) -> None:
         raise ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"the backup at {path} is complete but shard {state.shard_id} could not sync its "
-            f"parent folder ({_reason(exc)}): after a power loss it may be missing",
+            f"parent folder ({storage_reason(exc)}): after a power loss it may be missing",
         ) from exc
 
 

@@ -4,9 +4,11 @@ the call log and metrics must say how it ended, not OK."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Any
 
 import grpc
+import plyvel
 import pytest
 
 from murmur import rpc_errors
@@ -87,3 +89,37 @@ def test_a_service_error_in_a_stream_keeps_its_code() -> None:
     failure = ServiceError(grpc.StatusCode.UNAVAILABLE, "shard 2 is down")
     asyncio.run(relay(context, failure))
     assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "shard 2 is down")
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "reason"),
+    [
+        (
+            plyvel.IOError(b"IO error: /d/000003.log: File too large"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "IO error: /d/000003.log: File too large",
+        ),
+        (
+            plyvel.IOError(b"IO error: /d/000003.log: No space left on device"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "IO error: /d/000003.log: No space left on device",
+        ),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        (
+            plyvel.IOError(b"IO error: /d/000003.log: Input/output error"),
+            grpc.StatusCode.UNAVAILABLE,
+            "IO error: /d/000003.log: Input/output error",
+        ),
+    ],
+)
+def test_a_storage_failure_says_whether_room_must_be_made(failure, code, reason) -> None:
+    """A full disk, a quota or a file-size limit: RESOURCE_EXHAUSTED (room
+    must be made); another disk error: UNAVAILABLE. LevelDB's message is
+    shown as text, not as Python bytes."""
+    context = StreamContext()
+    asyncio.run(relay(context, failure))
+    assert context.aborted is not None
+    got_code, message = context.aborted
+    assert got_code == code
+    assert message.startswith("router admin cannot write to its storage: ")
+    assert reason in message and "b'" not in message
