@@ -28,23 +28,24 @@ def seed_graph(client: MurmurClient, oracle: JoinOracle, edges: int = 400) -> li
 
 @pytest.fixture
 def loaded(tmp_path):
-    """A 3-shard cluster with a slice of the real graph, and its oracle."""
-    cluster = LocalCluster(
-        tmp_path, shards=3, celebrity_threshold=25, router_args=["--admin-token", TOKEN]
-    ).start()
-    client = MurmurClient(cluster.target, timeout=10)
-    oracle = JoinOracle()
-    users = seed_graph(client, oracle)
-    for tweet in client.iter_user_timeline(users[0], limit=1):
-        del tweet
-    # the seed posts went through the client, not the oracle: record them
-    for user in users:
-        for tweet in client.iter_user_timeline(user):
-            oracle.post(tweet.tweet_id, tweet.user_id, tweet.text)
-    texts = [t for t in load_texts(2000) if len(t) <= 280]
-    yield cluster, client, oracle, users, texts, random.Random(7)
-    client.close()
-    cluster.stop()
+    """A 3-shard cluster with a slice of the real graph, and its oracle.
+
+    Everything after the processes start, seeding included, runs inside the
+    cluster's context manager: a failure anywhere still stops all four."""
+    with (
+        LocalCluster(
+            tmp_path, shards=3, celebrity_threshold=25, router_args=["--admin-token", TOKEN]
+        ) as cluster,
+        MurmurClient(cluster.target, timeout=10) as client,
+    ):
+        oracle = JoinOracle()
+        users = seed_graph(client, oracle)
+        # the seed posts went through the client, not the oracle: record them
+        for user in users:
+            for tweet in client.iter_user_timeline(user):
+                oracle.post(tweet.tweet_id, tweet.user_id, tweet.text)
+        texts = [t for t in load_texts(2000) if len(t) <= 280]
+        yield cluster, client, oracle, users, texts, random.Random(7)
 
 
 def settled(client: MurmurClient, oracle: JoinOracle, users: list[int]) -> None:

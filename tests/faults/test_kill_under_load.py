@@ -5,13 +5,17 @@ counters are exact, and home timelines equal the join."""
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
 import grpc
 import pytest
 
+from murmur.slots import SLOT_COUNT
 from murmur.v1 import admin_pb2, admin_pb2_grpc
+from server.slot_moves import CHUNK
 from tests.faults.conftest import TOKEN, settled
 from tests.faults.workload import Workload, verify
+from tests.integration.cluster import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,25 +78,61 @@ def test_kill9_a_shard_mid_fanout(loaded):
     run_with_chaos(loaded, chaos)
 
 
+def slot_holders(cluster, shards: int = 3) -> dict[int, list[int]]:
+    """Slot -> the shards whose own stored map says they own it."""
+    holders: dict[int, list[int]] = defaultdict(list)
+    for index in range(shards):
+        info = cluster.shard_info(index)
+        for run in info.owned:
+            for slot in range(run.start, run.end + 1):
+                holders[slot].append(info.shard_id)
+    return holders
+
+
 def test_kill9_a_shard_mid_slot_move(loaded):
     metadata = (("authorization", f"Bearer {TOKEN}"),)
+    cluster = loaded[0]
+    moving = [s for s in range(SLOT_COUNT) if cluster.shard_for_slot(s) == 0][: 4 * CHUNK]
+    killed_after: list[int] = []  # slots_done when shard 0 was killed
 
     def chaos(cluster, rng):
         with grpc.insecure_channel(cluster.target) as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
-            slots = [s for s in range(4096) if cluster.shard_for_slot(s) == 0][:256]
             moves = admin.MoveSlots(
-                admin_pb2.MoveSlotsRequest(slots=slots, target_shard=1), metadata=metadata
+                admin_pb2.MoveSlotsRequest(slots=moving, target_shard=1), metadata=metadata
             )
-            try:
-                for progress in moves:
-                    if progress.slots_done >= 64:  # some chunks handed over, more to come
-                        cluster.kill_shard(0)
-                        break
-            except grpc.RpcError:
-                pass
+            # an error before the kill (a refused move, say) fails the test
+            for progress in moves:
+                if progress.slots_done >= CHUNK:  # one chunk handed over, more to come
+                    cluster.kill_shard(0)
+                    killed_after.append(progress.slots_done)
+                    break
+            else:
+                pytest.fail("the move ended before the first chunk was handed over")
             moves.cancel()
             time.sleep(0.3)
             cluster.restart_shard(0)
 
     run_with_chaos(loaded, chaos)
+    assert killed_after and killed_after[0] < len(moving), killed_after
+
+    # every slot has exactly one owner, once the interrupted hand-over settles
+    def one_owner_each() -> dict[int, int]:
+        holders = slot_holders(cluster)
+        wrong = {s: holders.get(s, []) for s in range(SLOT_COUNT) if len(holders.get(s, [])) != 1}
+        assert not wrong, (
+            f"{len(wrong)} slots without exactly one owner: {dict(list(wrong.items())[:5])}"
+        )
+        return {slot: owners[0] for slot, owners in holders.items()}
+
+    owner = eventually(one_owner_each, timeout=30, interval=0.2)
+    # only the moving slots may have changed hands...
+    assert all(owner[s] == cluster.shard_for_slot(s) for s in set(range(SLOT_COUNT)) - set(moving))
+    # ...each chunk wholly (the move completed it or rolled it back), and the
+    # chunks reported done before the kill stayed done
+    for start in range(0, len(moving), CHUNK):
+        chunk = moving[start : start + CHUNK]
+        got = {owner[s] for s in chunk}
+        assert len(got) == 1 and got <= {0, 1}, (start, got)
+        if start + CHUNK <= killed_after[0]:
+            assert got == {1}, f"chunk at {start} was reported handed over, yet is on shard 0"

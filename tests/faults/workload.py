@@ -23,7 +23,8 @@ GIVE_UP_S = 90.0
 
 
 class LostOutcome(AssertionError):
-    """A write could not be acknowledged within GIVE_UP_S: the test fails."""
+    """A write could not be acknowledged within ``give_up_s`` (GIVE_UP_S unless
+    the test says otherwise): the test fails."""
 
 
 class Workload:
@@ -34,8 +35,10 @@ class Workload:
         oracle: JoinOracle,
         texts: list[str],
         seed: int = 1,
+        give_up_s: float = GIVE_UP_S,
     ) -> None:
         self.target = target
+        self.give_up_s = give_up_s
         self.users = users
         self.oracle = oracle
         self.texts = texts
@@ -60,7 +63,7 @@ class Workload:
         return self._client
 
     def until_acknowledged(self, name: str, call: Callable[[MurmurClient], object]) -> object:
-        deadline = time.monotonic() + GIVE_UP_S
+        deadline = time.monotonic() + self.give_up_s
         attempt = 0
         while True:
             try:
@@ -162,7 +165,7 @@ class Workload:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=GIVE_UP_S + 30)
+            self._thread.join(timeout=self.give_up_s + 30)
         if self._client is not None:
             self._client.close()
         if self.failure is not None:

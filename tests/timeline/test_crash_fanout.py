@@ -10,8 +10,8 @@ import time
 import pytest
 
 from client import MurmurClient
-from client.errors import MurmurError
 from tests.datasets import load_edges, load_texts
+from tests.faults.workload import Workload
 from tests.integration.cluster import LocalCluster, eventually
 from tests.timeline.oracle import JoinOracle
 
@@ -92,23 +92,56 @@ def test_kill9_shard_mid_fanout_then_timelines_equal_the_join(tmp_path, victim):
         client.close()
 
 
+class PostsOnly(Workload):
+    """The faults workload reduced to posts, one after another from a
+    background thread: each carries its own request_id and is repeated,
+    through whatever router ``cluster.target`` names, until acknowledged, and
+    only then enters the oracle."""
+
+    def step(self) -> None:
+        self.post()
+
+
 def test_kill9_router_mid_workload_then_timelines_equal_the_join(tmp_path):
     with LocalCluster(tmp_path, shards=3, celebrity_threshold=20) as cluster:
         client = MurmurClient(cluster.target, timeout=10)
         model = LiveModel(client)
         author, fans = load_graph(model, cluster, author_shard=2)
         rng = random.Random(4)
-        authors = list(model.users)
-        for i in range(150):
-            if i == 75:
-                cluster.kill_router()
-                cluster.restart_router()
-                client.close()
-                client = model.client = MurmurClient(cluster.target, timeout=10)
-            try:
-                model.post(rng.choice(authors), f"workload {i}", request_id=f"w{i}")
-            except MurmurError:
-                continue  # not acknowledged: the oracle does not count it
-        readers = rng.sample(fans, 30) + rng.sample(list(model.users.values()), 30)
+        authors = list(model.users.values())
+        texts = [f"workload {i}" for i in range(50)]
+        workload = PostsOnly(
+            lambda: cluster.target, authors, model.oracle, texts, seed=4, give_up_s=20
+        )
+
+        def posted(at_least: int) -> None:
+            if workload.failure is not None:  # a post never acknowledged: stop waiting
+                pytest.fail(f"the workload failed: {workload.failure!r}")
+            assert workload.ops["post"] >= at_least, workload.ops
+
+        workload.start()
+        try:
+            eventually(lambda: posted(40), timeout=60, interval=0.05)
+            # the workload never pauses between posts: the kill lands on one in flight
+            cluster.kill_router()
+            cluster.restart_router()  # on a new port: the workload follows ``target``
+            restarted_at = workload.ops["post"]
+            eventually(lambda: posted(restarted_at + 40), timeout=30, interval=0.05)
+        finally:
+            workload.stop()  # raises what the thread raised: a post never acknowledged
+        client.close()
+        client = model.client = MurmurClient(cluster.target, timeout=10)
+        # the workload saw the dead router, retried, and was answered by the new one
+        assert workload.errors, "no post failed: the kill never met the workload"
+        assert set(workload.errors) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}, (
+            workload.errors
+        )
+        # the oracle holds exactly the acknowledged posts, once each, and so does the
+        # cluster: a post repeated after the kill did not land twice, none was lost
+        assert len(model.oracle.tweets) == workload.ops["post"], workload.ops
+        for user in authors:
+            mine = sum(1 for a, _ in model.oracle.tweets.values() if a == user)
+            assert client.get_user(user_id=user).tweet_count == mine, f"tweet_count of {user}"
+        readers = rng.sample(fans, 30) + rng.sample(authors, 30)
         eventually(lambda: model.matches(readers), timeout=60, interval=0.5)
         client.close()
