@@ -4,7 +4,8 @@ Every unary RPC of our services is counted by method and status code, timed
 into a histogram, and each call that failed (a server-side code) or was slow
 gets one structured log line naming the RPC, the user id in the request, the
 component and the duration. prometheus-client serves the
-metrics over HTTP (``--metrics-port``), the format every scraper speaks.
+metrics over HTTP (``--metrics-port``), the format every scraper speaks;
+``--metrics-port 0`` takes any free port and logs which.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import start_http_server
@@ -19,6 +21,7 @@ from prometheus_client import start_http_server
 from murmur.loop_metrics import LoopCounter, LoopHistogram
 
 log = logging.getLogger("murmur.calls")
+metrics_log = logging.getLogger("murmur.metrics")
 
 RPC_TOTAL = LoopCounter(
     "murmur_rpc_total", "RPCs served, by method and status code", ["service", "method", "code"]
@@ -45,9 +48,28 @@ USER_FIELDS = ("user_id", "follower_id", "followee_id", "tweet_id")
 _SERIES: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
 
 
-def serve_metrics(host: str, port: int | None) -> None:
-    if port is not None:
-        start_http_server(port, addr=host)
+def serve_metrics(host: str, port: int | None, component: str) -> WSGIServer | None:
+    """Serve the metrics on ``host:port`` (not at all if ``port`` is None).
+
+    Port 0 takes any free port, which tests and several processes on one
+    host need, and the log line naming the port bound is then the only way
+    to learn it; it names ``component`` because the processes of
+    murmur-cluster share one stderr. A port already taken ends the start in
+    one line rather than a traceback."""
+    if port is None:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+    bound = server.server_port
+    metrics_log.info(
+        "serving metrics on http://%s:%d/metrics",
+        host,
+        bound,
+        extra={"fields": {"component": component, "metrics_port": bound}},
+    )
+    return server
 
 
 def request_subject(request: Any) -> dict[str, int]:

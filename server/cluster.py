@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metrics-port",
         type=int,
         default=None,
-        help="Prometheus port of the router; shard i uses this + 1 + i (off if not given)",
+        help="Prometheus port of the router; shard i uses this + 1 + i; 0 gives every "
+        "process a free port, which each logs (off if not given)",
     )
     parser.add_argument(
         "--admin-token",
@@ -86,8 +87,13 @@ def tls_flags(args: argparse.Namespace) -> list[str]:
 
 
 def metrics_flags(args: argparse.Namespace, offset: int) -> list[str]:
+    """Port P gives the router P and shard i P+1+i. Port 0 is passed on as
+    0 (each process takes a free port and logs it): 0+1+i would name fixed
+    low ports, bound to fail."""
     if args.metrics_port is None:
         return []
+    if args.metrics_port == 0:
+        return ["--metrics-port", "0"]
     return ["--metrics-port", str(args.metrics_port + offset)]
 
 

@@ -75,7 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(a new celebrity tweet may take this long to show; 0 turns the copies off)",
     )
     tls.add_flags(parser)
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
@@ -134,7 +139,7 @@ async def serve(args: argparse.Namespace) -> None:
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     ]
     process = ServingProcess(args.host, args.port, services, tls_files=tls_files)
-    serve_metrics(args.host, args.metrics_port)
+    serve_metrics(args.host, args.metrics_port, "router")
     murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     if args.celebrity_cache_ms < 0:

@@ -63,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"({DEFAULT_WRITE_BUFFER_MB})",
     )
     tls.add_flags(parser)
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser.parse_args(argv)
@@ -159,7 +164,7 @@ async def serve(args: argparse.Namespace) -> None:
     servicer = ShardServicer(state, applier, worker, peers)
     add_service(process.server, servicer, shard_pb2.DESCRIPTOR.services_by_name["Shard"])
     register_metrics(state, worker, servicer.commits)
-    serve_metrics(args.host, args.metrics_port)
+    serve_metrics(args.host, args.metrics_port, f"shard {state.shard_id}")
     worker.start()
     if handover is not None:
         settling = asyncio.get_running_loop().create_task(settle_at_start(state, peers))

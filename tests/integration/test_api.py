@@ -395,6 +395,27 @@ def test_not_found_messages_name_what_is_missing(client: MurmurClient) -> None:
 # -- follows -----------------------------------------------------------------------------
 
 
+def fanout_barrier(client: MurmurClient, cluster: LocalCluster, source: int, dest: int) -> None:
+    """Return once every fan-out record queued so far from shard ``source``
+    to shard ``dest`` has been applied and its round has ended.
+
+    The outbox delivers records in order and removes them only once applied:
+    when a follow queued after them shows on ``dest``, they were applied.
+    A second follow, queued after the first showed, goes in a later round
+    (rounds run one at a time; slots do not move here), so when it shows
+    the round that carried them is over and no retry can deliver them
+    again."""
+    for _ in range(2):
+        probe = new_user(client, cluster, source, "fb")
+        target = new_user(client, cluster, dest, "fb")
+        client.follow(probe.user_id, target.user_id)
+        eventually(lambda t=target.user_id, p=probe.user_id: _assert_followers(client, t, [p]))
+
+
+def _assert_followers(client: MurmurClient, user_id: int, want: list[int]) -> None:
+    assert all_followers(client, user_id) == want
+
+
 def test_follow_is_idempotent(client: MurmurClient, cluster: LocalCluster) -> None:
     follower = new_user(client, cluster, 0, "fi")
     followee = new_user(client, cluster, 2, "fi")
@@ -408,7 +429,7 @@ def test_follow_is_idempotent(client: MurmurClient, cluster: LocalCluster) -> No
         assert client.get_user(user_id=followee.user_id).follower_count == 1
 
     eventually(settled)
-    time.sleep(0.5)  # a late duplicate delivery would show up now
+    fanout_barrier(client, cluster, source=0, dest=2)  # a late duplicate has landed by now
     settled()
     assert client.get_user(user_id=follower.user_id).following_count == 1
 
@@ -688,62 +709,109 @@ def test_paging_while_new_tweets_arrive_never_repeats_nor_skips(
 # -- home timeline -------------------------------------------------------------------------------
 
 
+class WriteRecord:
+    """What the test itself wrote: follows, and each live tweet's author and
+    latest text. The expected timelines come from here, not from the
+    system, so a write it lost cannot show the same on both sides.
+
+    Writes to one follow edge, or to one tweet, are serialized by a lock of
+    their own, so the order they took effect is the order recorded; writes
+    to different edges and tweets (also of the same user) still race."""
+
+    def __init__(self, users: list[int]) -> None:
+        self.lock = threading.Lock()
+        self.follows: dict[int, set[int]] = {u: set() for u in users}
+        self.authored: dict[int, list[int]] = {u: [] for u in users}
+        self.texts: dict[int, str] = {}  # live tweets only
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def key_lock(self, *key: object) -> threading.Lock:
+        with self.lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def pick_live(self, author: int, r: float) -> int | None:
+        with self.lock:
+            live = self.authored[author]
+            return live[int(r * len(live))] if live else None
+
+    def timeline(self, author: int) -> list[tuple[int, str]]:
+        with self.lock:
+            return sorted(((t, self.texts[t]) for t in self.authored[author]), reverse=True)
+
+    def home(self, reader: int) -> list[tuple[int, str]]:
+        authors = [reader, *self.follows[reader]]
+        return sorted((entry for a in authors for entry in self.timeline(a)), reverse=True)
+
+
+def apply_step(client: MurmurClient, record: WriteRecord, step: tuple) -> None:
+    """One write of the plan, and its record once acknowledged."""
+    index, op, a, b, r = step
+    if op == "follow":
+        with record.key_lock("edge", a, b):
+            client.follow(a, b)
+            with record.lock:
+                record.follows[a].add(b)
+    elif op == "unfollow":
+        with record.key_lock("edge", a, b):
+            client.unfollow(a, b)
+            with record.lock:
+                record.follows[a].discard(b)
+    elif op == "post":
+        text = f"post {index}"
+        tweet = client.post_tweet(a, text)
+        with record.lock:
+            record.authored[a].append(tweet.tweet_id)
+            record.texts[tweet.tweet_id] = text
+    else:
+        apply_tweet_change(client, record, index, op, a, r)
+
+
+def apply_tweet_change(
+    client: MurmurClient, record: WriteRecord, index: int, op: str, author: int, r: float
+) -> None:
+    """Edit or delete one of ``author``'s live tweets; a tweet deleted by
+    another thread meanwhile is skipped (the record says so under its lock)."""
+    tweet_id = record.pick_live(author, r)
+    if tweet_id is None:
+        return
+    with record.key_lock("tweet", tweet_id):
+        with record.lock:
+            if tweet_id not in record.texts:
+                return
+        if op == "edit":
+            client.edit_tweet(tweet_id, author, f"edit {index}")
+            with record.lock:
+                record.texts[tweet_id] = f"edit {index}"
+        else:
+            client.delete_tweet(tweet_id, author)
+            with record.lock:
+                del record.texts[tweet_id]
+                record.authored[author].remove(tweet_id)
+
+
 def test_home_timelines_converge_under_concurrent_writes(
     client: MurmurClient, cluster: LocalCluster
 ) -> None:
     """Follows, unfollows, posts, edits and deletes racing on 8 threads: once
     fan-out settles, every home timeline is exactly the reader's own tweets and
-    their followees' tweets, with current texts."""
+    their followees' tweets, with the texts the test last wrote."""
     users = [new_user(client, cluster, i % 3, "cv").user_id for i in range(9)]
     rng = random.Random(7)
-    lock = threading.Lock()
-    alive: dict[int, list[int]] = {u: [] for u in users}
     ops = ["follow", "follow", "unfollow", "post", "post", "edit", "delete"]
-    plan = [(rng.choice(ops), *rng.sample(users, 2), rng.random()) for _ in range(600)]
-
-    def run(step: tuple[str, int, int, float]) -> None:
-        op, a, b, r = step
-        if op == "follow":
-            client.follow(a, b)
-        elif op == "unfollow":
-            client.unfollow(a, b)
-        elif op == "post":
-            tweet = client.post_tweet(a, f"post {r:.6f}")
-            with lock:
-                alive[a].append(tweet.tweet_id)
-        else:
-            with lock:
-                if not alive[a]:
-                    return
-                tweet_id = alive[a][int(r * len(alive[a]))]
-            try:
-                if op == "edit":
-                    client.edit_tweet(tweet_id, a, f"edit {r:.6f}")
-                else:
-                    client.delete_tweet(tweet_id, a)
-                    with lock:
-                        alive[a].remove(tweet_id)
-            except (errors.NotFound, ValueError):
-                pass  # another thread deleted it first
-
+    plan = [(i, rng.choice(ops), *rng.sample(users, 2), rng.random()) for i in range(600)]
+    record = WriteRecord(users)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(run, plan))
+        list(pool.map(lambda step: apply_step(client, record, step), plan))
 
-    own = {
-        u: [(t.tweet_id, t.text) for t in client.iter_user_timeline(u, page_size=200)]
-        for u in users
-    }
     for u in users:
-        assert sorted(t for t, _ in own[u]) == sorted(alive[u])
+        own = [(t.tweet_id, t.text) for t in client.iter_user_timeline(u, page_size=200)]
+        assert own == record.timeline(u), u
+        assert sorted(all_following(client, u)) == sorted(record.follows[u]), u
 
     def converged() -> None:
         for u in users:
-            want = sorted(
-                [entry for a in [u, *all_following(client, u)] for entry in own[a]],
-                reverse=True,
-            )
             got = [(t.tweet_id, t.text) for t in client.iter_home_timeline(u, page_size=200)]
-            assert got == want, u
+            assert got == record.home(u), u
 
     eventually(converged, timeout=10)
 

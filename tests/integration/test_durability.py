@@ -473,31 +473,49 @@ def cluster_commands(tmp_path: Path) -> Iterator[list[ClusterCommand]]:
         command.cleanup()
 
 
+def start_cluster_command(
+    tmp_path: Path, data_dir: Path, started: list[ClusterCommand], port: int | None = None
+) -> ClusterCommand:
+    """murmur-cluster serving on ``port`` (or on a run found free).
+
+    It takes fixed ports (router P, shard i P+1+i), so a run found free can
+    be taken before it binds: a start that fails with "cannot listen" is
+    tried again on a new run, and the race costs a retry, not the test."""
+    for attempt in range(5):
+        command = ClusterCommand(
+            tmp_path, port if port and not attempt else free_port_run(3), data_dir
+        )
+        started.append(command)
+        try:
+            command.wait_for("serving on")
+            return command
+        except AssertionError:
+            if command.proc.poll() is None or "cannot listen" not in command.err.read_text():
+                raise
+    raise AssertionError(f"murmur-cluster found no free ports in 5 tries; logs in {tmp_path}")
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    assert [pid for pid in pids if running(pid)] == [], "processes left running"
+
+
 def test_murmur_cluster_command_starts_serves_stops_and_restarts(
     tmp_path: Path, cluster_commands: list[ClusterCommand]
 ) -> None:
-    port = free_port_run(3)
     data_dir = tmp_path / "data"
-    target = f"127.0.0.1:{port}"
-
-    first = ClusterCommand(tmp_path, port, data_dir)
-    cluster_commands.append(first)
-    first.wait_for("serving on")
+    first = start_cluster_command(tmp_path, data_dir, cluster_commands)
     children = children_of(first.proc.pid)
     assert len(children) == 3, children  # two shards and a router
-    with MurmurClient(target) as client:
+    with MurmurClient(f"127.0.0.1:{first.port}") as client:
         created = client.create_user("clusterfan", display_name="Started by murmur-cluster")
         tweet = client.post_tweet(created.user_id, "hello from murmur-cluster")
     assert first.terminate() == 0, log_tail(first.err)
     assert "stopping" in first.output()
-    time.sleep(0.2)
-    assert [pid for pid in children if running(pid)] == []
+    eventually(lambda: assert_all_gone(children))
     assert sorted(p.name for p in data_dir.iterdir()) == ["shard-0", "shard-1"]
 
-    second = ClusterCommand(tmp_path, port, data_dir)
-    cluster_commands.append(second)
-    second.wait_for("serving on")
-    with MurmurClient(target) as client:
+    second = start_cluster_command(tmp_path, data_dir, cluster_commands, port=first.port)
+    with MurmurClient(f"127.0.0.1:{second.port}") as client:
         found = client.get_user(handle="ClusterFan")
         assert (found.user_id, found.handle, found.display_name, found.created_at) == (
             created.user_id,
@@ -509,24 +527,41 @@ def test_murmur_cluster_command_starts_serves_stops_and_restarts(
         assert client.get_tweet(tweet.tweet_id) == tweet
     children = children_of(second.proc.pid)
     assert second.terminate() == 0, log_tail(second.err)
-    time.sleep(0.2)
-    assert [pid for pid in children if running(pid)] == []
+    eventually(lambda: assert_all_gone(children))
+
+
+def squat_a_router_port() -> socket.socket:
+    """A listening socket on a port P whose shard ports (P+1, P+2) were
+    free: murmur-cluster on P starts its shards, then fails on the router.
+    (Were a shard port taken meanwhile, it would fail on that shard
+    instead; the cleanup checked is the same.)"""
+    for _ in range(20):
+        squatter = socket.socket()
+        try:
+            squatter.bind(("127.0.0.1", free_port_run(3)))
+        except OSError:  # taken since it was found free
+            squatter.close()
+            continue
+        squatter.listen()
+        return squatter
+    raise RuntimeError("no free run of ports to squat")
 
 
 def test_murmur_cluster_cleans_up_when_start_up_fails(
     tmp_path: Path, cluster_commands: list[ClusterCommand]
 ) -> None:
-    port = free_port_run(3)
     data_dir = tmp_path / "data"
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))  # the router's port is taken
-        squatter.listen()
-        command = ClusterCommand(tmp_path, port, data_dir)
+    with squat_a_router_port() as squatter:
+        command = ClusterCommand(tmp_path, squatter.getsockname()[1], data_dir)
         cluster_commands.append(command)
         code = command.proc.wait(timeout=60)
     assert code != 0
-    time.sleep(0.5)
-    assert processes_mentioning(str(data_dir)) == [], "shard processes left running"
+    # murmur-cluster has exited: a shard still running now was left behind
+    eventually(lambda: _assert_none_mention(str(data_dir)))
+
+
+def _assert_none_mention(text: str) -> None:
+    assert processes_mentioning(text) == [], f"processes left running: {text}"
 
 
 def test_a_busy_port_is_reported_clearly(tmp_path: Path) -> None:

@@ -1,36 +1,66 @@
 """GroupCommit: concurrent writes share an fsync, failures reach every
-waiter, and the fsync runs on the loop only while the disk is fast."""
+waiter, and the fsync runs on the loop only while the disk is fast.
+
+How long an fsync "took" is injected: GroupCommit reads a fake clock that
+the fake store moves forward by its ``delay_s``, so where each fsync runs
+follows from the delays given, not from the speed of the machine."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
+from shard import group_commit
 from shard.group_commit import GroupCommit
+
+GATE_TIMEOUT_S = 10.0  # only ends a deadlock should the gated fsync block the loop
+
+
+class FakeClock:
+    """Stands in for the ``time`` module in shard.group_commit."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(group_commit, "time", fake)
+    return fake
 
 
 class FakeStore:
-    """Records which thread each sync ran on; can be slowed down or broken."""
+    """Records which thread each sync ran on; its syncs "take" ``delay_s``
+    on the fake clock. It can fail, or hold a sync until ``gate`` opens."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.delay_s = 0.0
         self.error: Exception | None = None
         self.threads: list[int] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.gate_opened: list[bool] = []
 
     def sync(self) -> None:
         self.threads.append(threading.get_ident())
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate_opened.append(self.gate.wait(GATE_TIMEOUT_S))
+        self.clock.now += self.delay_s
         if self.error is not None:
             raise self.error
 
 
-def test_concurrent_writes_share_one_fsync():
+def test_concurrent_writes_share_one_fsync(clock):
     async def scenario():
-        store = FakeStore()
+        store = FakeStore(clock)
         commits = GroupCommit(store)
         await asyncio.gather(*(commits.durable() for _ in range(50)))
         return store, commits
@@ -41,9 +71,9 @@ def test_concurrent_writes_share_one_fsync():
     assert len(store.threads) == 1
 
 
-def test_fast_disk_syncs_on_the_event_loop():
+def test_fast_disk_syncs_on_the_event_loop(clock):
     async def scenario():
-        store = FakeStore()
+        store = FakeStore(clock)
         commits = GroupCommit(store, inline_below_s=0.5)
         for _ in range(3):
             await commits.durable()
@@ -54,45 +84,48 @@ def test_fast_disk_syncs_on_the_event_loop():
     assert commits.inline_syncs == 3
 
 
-def test_slow_disk_moves_fsyncs_to_a_thread_and_back():
+async def served_while_syncing(store: FakeStore, commits: GroupCommit) -> None:
+    """One durable() whose fsync holds until the event loop opens its gate:
+    the loop can only do that if the fsync is not running on it (an inline
+    one would wait out GATE_TIMEOUT_S and record the gate as not opened)."""
+    gate = store.gate = threading.Event()
+    store.entered.clear()
+    pending = asyncio.ensure_future(commits.durable())
+    while not store.entered.is_set():
+        await asyncio.sleep(0.001)
+    gate.set()
+    await pending
+    store.gate = None
+
+
+def test_slow_disk_moves_fsyncs_to_a_thread_and_back(clock):
     async def scenario():
-        store = FakeStore()
+        store = FakeStore(clock)
         commits = GroupCommit(store, inline_below_s=0.005)
         store.delay_s = 0.03
         for _ in range(3):
             await commits.durable()
         inline_while_slow = commits.inline_syncs
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        ticking = asyncio.get_running_loop().create_task(ticker())
         store.delay_s = 0.1
-        await commits.durable()  # the loop keeps serving meanwhile
-        ticks_during_slow_sync = ticks
-        ticking.cancel()
+        await served_while_syncing(store, commits)  # the loop keeps serving meanwhile
         store.delay_s = 0.0
         for _ in range(30):
             await commits.durable()
-        return store, commits, inline_while_slow, ticks_during_slow_sync
+        return store, commits, inline_while_slow
 
-    store, commits, inline_while_slow, ticks = asyncio.run(scenario())
+    store, commits, inline_while_slow = asyncio.run(scenario())
     loop_thread = threading.get_ident()
     assert inline_while_slow == 1  # the first one, before any was timed
-    assert store.threads[3] != loop_thread
-    assert ticks >= 5
+    assert loop_thread not in store.threads[1:4]  # slow on average: in a thread
+    assert store.gate_opened == [True]
     assert store.threads[-1] == loop_thread  # fast again: back on the loop
     assert commits.sync_s < 0.005
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.0])  # on the loop; in a thread
-def test_a_failed_fsync_fails_its_whole_group_and_the_next_one_succeeds(threshold):
+def test_a_failed_fsync_fails_its_whole_group_and_the_next_one_succeeds(clock, threshold):
     async def scenario():
-        store = FakeStore()
+        store = FakeStore(clock)
         commits = GroupCommit(store, inline_below_s=threshold)
         store.error = OSError("disk full")
         results = await asyncio.gather(
@@ -108,12 +141,12 @@ def test_a_failed_fsync_fails_its_whole_group_and_the_next_one_succeeds(threshol
     assert commits.synced_writes == 1
 
 
-def test_fsync_wall_time_is_counted_and_split_by_where_it_ran():
+def test_fsync_wall_time_is_counted_and_split_by_where_it_ran(clock):
     """``murmur_fsync_seconds`` / ``murmur_inline_fsync_seconds``: how long the
     shard waited on its disk, and how much of that its event loop waited."""
 
     async def scenario():
-        store = FakeStore()
+        store = FakeStore(clock)
         store.delay_s = 0.02
         commits = GroupCommit(store, inline_below_s=0.5)
         for _ in range(2):
@@ -126,6 +159,6 @@ def test_fsync_wall_time_is_counted_and_split_by_where_it_ran():
         return commits
 
     commits = asyncio.run(scenario())
-    assert commits.inline_sync_seconds >= 0.04
-    assert commits.sync_seconds >= commits.inline_sync_seconds + 0.04
+    assert commits.inline_sync_seconds == pytest.approx(0.04)
+    assert commits.sync_seconds == pytest.approx(0.08)
     assert commits.inline_syncs == 2
