@@ -62,11 +62,16 @@ class RoundPlan:
     """Operations per destination shard, in outbox order."""
 
     ops: dict[int, list[shard_pb2.DeliveryOp]] = field(default_factory=lambda: defaultdict(list))
-    # destinations that have applied their ops: a retried round skips them
-    delivered_to: set[int] = field(default_factory=set)
+    # how many of each destination's ops it has applied: a retried round
+    # sends each only the rest, in order
+    applied: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     done: list[int] = field(default_factory=list)
     progress: dict[int, shard_pb2.OutboxRecord] = field(default_factory=dict)
     delivered_tweets: list[tuple[int, int, int]] = field(default_factory=list)
+    budget: int = 0  # inbox entries the round may still plan
+
+    def unsent(self, shard_id: int) -> list[shard_pb2.DeliveryOp]:
+        return self.ops[shard_id][self.applied[shard_id] :]
 
 
 class FanoutStats:
@@ -136,17 +141,24 @@ class FanoutWorker:
     async def run_round(self) -> bool:
         """Deliver one round; False when the outbox was empty.
 
-        A round that failed at some destinations is retried as planned, at
-        those destinations only. Planned again, it could end earlier (its
-        budget follows follower counts, which change): a destination that
-        already applied a tweet's put and then its delete would get the put
+        A round that failed at some destinations is kept: each retry sends
+        every destination only the ops it has not applied, after extending
+        the round with records queued since (within its budget), so healthy
+        destinations keep receiving fan-out while one is down, as far as one
+        round reaches. Planned again instead, the round could end earlier
+        (its budget follows follower counts, which change): a destination
+        that had applied a tweet's put and then its delete would get the put
         again without the delete, showing a deleted tweet until the later
-        round reaches it. A round is planned afresh only when a destination
+        round reached it. A round is planned afresh only when a destination
         says the map moved (or the local share failed: its slots may have
         moved), and after a restart."""
         if not self.state.ownership.assigned:
             return False
-        plan = self._unfinished or await self._next_plan()
+        if self._unfinished is not None:
+            plan = self._unfinished
+            self._extend(plan)
+        else:
+            plan = await self._next_plan()
         if plan is None:
             return False
         self._unfinished = plan
@@ -174,6 +186,18 @@ class FanoutWorker:
         self.streaming = len(records) > 1 and len(plan.done) == len(records)
         return plan
 
+    def _extend(self, plan: RoundPlan) -> None:
+        """Add the records queued after ``plan``'s own, while its budget
+        lasts (a plan cut short by its budget, or holding a big fan-out's
+        next page, takes none)."""
+        if plan.progress or plan.budget <= 0 or len(plan.done) >= RECORDS_PER_ROUND:
+            return
+        last = plan.done[-1] if plan.done else 0
+        records = [
+            (seq, record) for seq, record in self.state.outbox.peek(RECORDS_PER_ROUND) if seq > last
+        ]
+        self._plan_into(plan, records[: RECORDS_PER_ROUND - len(plan.done)])
+
     def _should_linger(self, found: int) -> bool:
         """Wait for more records only while small posts stream in: not for a
         lone post after a quiet spell, and not while a big fan-out fills
@@ -185,8 +209,14 @@ class FanoutWorker:
 
     # planning -------------------------------------------------------------
     def _plan(self, records: list[tuple[int, shard_pb2.OutboxRecord]]) -> RoundPlan:
-        plan = RoundPlan()
-        budget = self.state.settings.fanout_batch_entries
+        plan = RoundPlan(budget=self.state.settings.fanout_batch_entries)
+        self._plan_into(plan, records)
+        return plan
+
+    def _plan_into(
+        self, plan: RoundPlan, records: list[tuple[int, shard_pb2.OutboxRecord]]
+    ) -> None:
+        budget = plan.budget
         for seq, record in records:
             kind = record.WhichOneof("work")
             if kind == "direct":
@@ -214,7 +244,7 @@ class FanoutWorker:
                 )
             if budget <= 0:
                 break
-        return plan
+        plan.budget = budget
 
     def _add_op(self, plan: RoundPlan, op: shard_pb2.DeliveryOp) -> None:
         kind = op.WhichOneof("op")
@@ -307,13 +337,14 @@ class FanoutWorker:
         while they work, so the sender and its destinations use their cores at
         the same time instead of taking turns."""
         me = self.state.shard_id
-        local = plan.ops.get(me) if me not in plan.delivered_to else None
-        sends: list[tuple[int, asyncio.Future]] = []
+        local = plan.unsent(me) if me in plan.ops else []
+        sends: list[tuple[int, int, asyncio.Future]] = []
         failure: BaseException | None = None
         try:
-            for shard_id, ops in plan.ops.items():
-                if shard_id != me and shard_id not in plan.delivered_to:
-                    sends.append((shard_id, self._start_send(shard_id, ops)))
+            for shard_id in list(plan.ops):
+                ops = plan.unsent(shard_id)
+                if shard_id != me and ops:
+                    sends.append((shard_id, len(ops), self._start_send(shard_id, ops)))
             if sends and local:
                 # the sends' tasks queue their batches, then each stream's
                 # writer puts them on the wire: two turns of the loop
@@ -321,17 +352,17 @@ class FanoutWorker:
                 await asyncio.sleep(0)
             if local:
                 self.stats.inbox_entries += self.applier.apply(local, local=True)
-            plan.delivered_to.add(me)
+                plan.applied[me] += len(local)
         except Exception as exc:  # still wait for the sends begun: none is left behind
             failure = Misrouted(f"applying this shard's share failed: {exc}")
             failure.__cause__ = exc
         results = await asyncio.gather(
-            *(self._finish_send(shard_id, sending) for shard_id, sending in sends),
+            *(self._finish_send(shard_id, sending) for shard_id, _count, sending in sends),
             return_exceptions=True,
         )
-        for (shard_id, _sending), result in zip(sends, results, strict=True):
+        for (shard_id, count, _sending), result in zip(sends, results, strict=True):
             if not isinstance(result, BaseException):
-                plan.delivered_to.add(shard_id)
+                plan.applied[shard_id] += count
         errors = [r for r in results if isinstance(r, BaseException)]
         misrouted = [e for e in errors if isinstance(e, Misrouted)]
         if failure is not None or errors:

@@ -51,7 +51,6 @@ def test_a_deleted_tweet_stays_deleted_while_a_round_is_retried(make_cluster, lo
     sender = cluster.workers[0]
     assert attempt(model, sender).startswith("failed")
     assert doomed not in home_ids(model, near)
-    delivers_to_near = cluster.pool.calls["Deliver", 1]
 
     for fan in later_fans:
         model.call("Follow", pb.FollowRequest(follower_id=fan, followee_id=x))
@@ -59,7 +58,9 @@ def test_a_deleted_tweet_stays_deleted_while_a_round_is_retried(make_cluster, lo
     for _ in range(3):
         assert attempt(model, sender).startswith("failed")
         assert doomed not in home_ids(model, near)
-    assert cluster.pool.calls["Deliver", 1] == delivers_to_near  # applied once, not again
+    # the retried round took the first new follows' backfills along to
+    # shard 1 (as far as its budget reached), though shard 2 is still down
+    assert any(home_ids(model, fan) for fan in later_fans)
 
     cluster.pool.down.discard(2)
     model.settle()
