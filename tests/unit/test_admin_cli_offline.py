@@ -8,17 +8,16 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from click.testing import CliRunner, Result
 
 from client.admin_cli import cli
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import admin_pb2_grpc as apb_grpc
+from tests.unit.loopback_server import serving
 
 TOKEN = "test-token"
 
@@ -52,15 +51,8 @@ class FakeAdmin(apb_grpc.AdminServicer):
 @pytest.fixture
 def fake() -> Iterator[FakeAdmin]:
     servicer = FakeAdmin()
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    apb_grpc.add_AdminServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    servicer.target = f"127.0.0.1:{port}"
-    try:
+    with serving(servicer, apb_grpc.add_AdminServicer_to_server) as servicer.target:
         yield servicer
-    finally:
-        server.stop(None)
 
 
 def run(fake: FakeAdmin, *args: str, env: dict[str, str] | None = None) -> Result:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -36,6 +35,7 @@ from murmur import page_tokens
 from murmur.page_tokens import BadPageToken, TokenKind
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import murmur_pb2_grpc as pb_grpc
+from tests.unit.loopback_server import serving
 
 FIRST_USER_ID = 1000
 FIRST_TWEET_ID = 5000
@@ -275,15 +275,8 @@ class FakeMurmur(pb_grpc.MurmurServicer):
 def serve_fake() -> Iterator[FakeMurmur]:
     """A FakeMurmur served on an ephemeral port; ``fake.target`` is its address."""
     servicer = FakeMurmur()
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    pb_grpc.add_MurmurServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    servicer.target = f"127.0.0.1:{port}"
-    try:
+    with serving(servicer, pb_grpc.add_MurmurServicer_to_server) as servicer.target:
         yield servicer
-    finally:
-        server.stop(None)
 
 
 @pytest.fixture
