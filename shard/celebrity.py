@@ -83,21 +83,6 @@ def reevaluate_slots(state: ShardState, slots: Iterable[int], batch: int = 500) 
     return flips
 
 
-def gained_slots(state: ShardState, slot_map: shard_pb2.SlotMap) -> list[int]:
-    """The slots ``slot_map`` would give this shard, if it would take it."""
-    ownership = state.ownership
-    takes = len(slot_map.owners) == SLOT_COUNT and (
-        not ownership.assigned or slot_map.version > ownership.slot_map.version
-    )
-    if not takes:
-        return []
-    return [
-        slot
-        for slot, owner in enumerate(slot_map.owners)
-        if owner == ownership.shard_id and not ownership.owned[slot]
-    ]
-
-
 def adopt_map(state: ShardState, slot_map: shard_pb2.SlotMap, gained: list[int]) -> None:
     """Adopt ``slot_map``, first re-applying the threshold to the users of the
     slots it gives this shard (``gained``): the source skipped them if they

@@ -69,6 +69,19 @@ class SlotOwnership:
     def assigned(self) -> bool:
         return self.slot_map.version > 0
 
+    def gains(self, slot_map: shard_pb2.SlotMap) -> list[int]:
+        """The slots ``slot_map`` would give this shard, if ``adopt`` would
+        take it (a first map, or a newer one with every slot)."""
+        if len(slot_map.owners) != SLOT_COUNT or (
+            self.assigned and slot_map.version <= self.slot_map.version
+        ):
+            return []
+        return [
+            slot
+            for slot, owner in enumerate(slot_map.owners)
+            if owner == self.shard_id and not self.owned[slot]
+        ]
+
     def adopt(self, slot_map: shard_pb2.SlotMap) -> None:
         """Store a newer map (an older or equal version is ignored or refused).
 
