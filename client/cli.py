@@ -370,15 +370,33 @@ def emit_users(session: Session, users: Sequence[pb.User], more: bool, what: str
     """A user listing. When --limit cut it short (``more``), JSON gets
     ``"truncated": true`` (absent otherwise, like the timelines' ``"partial"``)
     and people a note on stderr, so the table stays clean."""
+    note = f"more {what} exist; showing the first {len(users)} (raise --limit to see more)"
+    emit_listing(session, "users", users, users_table(users), more, note)
+
+
+def emit_listing(
+    session: Session,
+    key: str,
+    items: Sequence[Message],
+    table: str,
+    more: bool,
+    note: str,
+    extra: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
+) -> None:
+    """A listing: in JSON, ``{key: [...]}`` plus ``extra`` keys and
+    ``"truncated": true`` when --limit cut it short; for people, the table
+    on stdout and the warnings and the note on stderr, so it stays clean."""
     if session.as_json:
-        doc: dict[str, Any] = {"users": [to_dict(u) for u in users]}
+        doc: dict[str, Any] = {key: [to_dict(item) for item in items], **(extra or {})}
         if more:
             doc["truncated"] = True
         emit_json(doc)
         return
-    click.echo(users_table(users))
+    click.echo(table)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if more:
-        note = f"more {what} exist; showing the first {len(users)} (raise --limit to see more)"
         click.echo(f"note: {note}", err=True)
 
 
@@ -588,25 +606,19 @@ def _emit_timeline(session: Session, tweets: list[pb.Tweet], missing: set[int], 
     """Tweets plus, if any page was partial, which shards did not answer, and
     whether --limit cut the list short (``more``): on stderr for people (the
     table stays clean), as extra keys in JSON (present only when true)."""
-    if session.as_json:
-        doc: dict[str, Any] = {"tweets": [to_dict(t) for t in tweets]}
-        if missing:
-            doc["partial"] = True
-            doc["unavailable_shards"] = sorted(missing)
-        if more:
-            doc["truncated"] = True
-        emit_json(doc)
-        return
-    click.echo(tweets_table(tweets))
+    extra: dict[str, Any] = {}
+    warnings = []
     if missing:
+        extra = {"partial": True, "unavailable_shards": sorted(missing)}
         shards = ", ".join(str(s) for s in sorted(missing))
-        click.echo(f"warning: partial timeline: shards {shards} did not answer", err=True)
-    if more:
-        click.echo(
-            f"note: more tweets exist; showing the newest {len(tweets)} "
-            f"(--before {tweets[-1].tweet_id} shows the next ones)",
-            err=True,
-        )
+        warnings.append(f"partial timeline: shards {shards} did not answer")
+    note = (
+        f"more tweets exist; showing the newest {len(tweets)} "
+        f"(--before {tweets[-1].tweet_id} shows the next ones)"
+        if more
+        else ""
+    )
+    emit_listing(session, "tweets", tweets, tweets_table(tweets), more, note, extra, warnings)
 
 
 def _timeline(session: Session, who: UserRef, limit: int, before: int | None, home: bool) -> None:
