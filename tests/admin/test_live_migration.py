@@ -33,7 +33,6 @@ from client.client import MurmurClient
 from client.errors import MurmurError, NotFound, Unavailable
 from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
-from server.slot_moves import CHUNK
 from tests.admin.launcher import Processes, Server, eventually
 
 pytestmark = pytest.mark.integration
@@ -520,12 +519,8 @@ def test_move_again_after_a_cancelled_move(two_routers: TwoRouters) -> None:
         pytest.fail("the move ended without a 'deleting source copy' step: nothing was cancelled")
     stream.close()  # the operator pressed Ctrl-C
 
-    def first_chunk_handed_over() -> None:
-        # the cancelled call's clean-up publishes the map with the chunk it handed over
-        left = {s.shard_id: s.slot_count for s in admin.get_cluster_status().shards}[source]
-        assert left <= before[source] - CHUNK, f"shard {source} still holds {left} slots"
-
-    eventually(first_chunk_handed_over, timeout=20)
+    # moving again at once: the new call first learns from the shards where the
+    # slots are (the cancelled call's own clean-up may not have run yet)
     progress = list(admin.move_slots(slots, 1 - source))
     assert progress[-1].slots_done == progress[-1].slots_total == len(slots)
     status = admin.get_cluster_status()
