@@ -483,6 +483,10 @@ def _celebrity_and_fans(routers: TwoRouters) -> tuple[int, list[int], int]:
     # the star turns celebrity at its third follower; wait for the fourth too
     eventually(lambda: _assert_equal(murmur.get_user(user_id=star).follower_count, len(fans)))
     eventually(lambda: _assert_equal(murmur.get_user(user_id=star).celebrity, True))
+    # the fans' shards learn of the promotion through the outbox; until then a
+    # tweet posted after it is neither in their inboxes nor pulled
+    home = lambda fan: [t.tweet_id for t in murmur.home_timeline(fan).tweets]  # noqa: E731
+    eventually(lambda: _assert_equal([home(fan) for fan in fans], [[tweet]] * len(fans)))
     return star, fans, tweet
 
 
