@@ -391,6 +391,12 @@ def status(session: AdminSession) -> None:
     click.echo(status_table(reply.shards))
 
 
+def _parked(parked_ops: Any) -> str:
+    """``parked_ops`` as "for shard 2: 1,204" (or "none")."""
+    waiting = [f"for shard {d}: {n:,}" for d, n in sorted(parked_ops.items()) if n]
+    return "; ".join(waiting) or "none"
+
+
 @cli.command("shard-stats")
 @click.argument("shard_id", metavar="ID", type=SHARD_ID)
 @click.option("--leveldb", is_flag=True, help="Also print LevelDB's own statistics.")
@@ -411,6 +417,7 @@ def shard_stats(session: AdminSession, shard_id: int, leveldb: bool) -> None:
         ("disk_MB", _mb(s.disk_bytes)),
         ("outbox_backlog", stats.outbox_backlog),
         ("oldest_outbox_ms", stats.oldest_outbox_ms),
+        ("parked_ops", _parked(stats.parked_ops)),
         ("delivery_lag_p50_ms", f"{stats.delivery_lag_p50_ms:.1f}"),
         ("delivery_lag_p99_ms", f"{stats.delivery_lag_p99_ms:.1f}"),
         ("inbox_entries_delivered", stats.inbox_entries_delivered),

@@ -110,6 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             response.inbox_entries_delivered = stats.inbox_entries_delivered
             response.fsyncs = stats.fsyncs
             response.synced_writes = stats.synced_writes
+            response.parked_ops.update(stats.parked_ops)
         return response
 
     # the slot map -------------------------------------------------------------
@@ -363,6 +364,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"shard {shard_id} still has {stats.outbox_backlog} fan-out records to "
                 "deliver; retry in a moment",
+            )
+        if stats.parked_ops:
+            waiting = ", ".join(f"{n} for shard {d}" for d, n in sorted(stats.parked_ops.items()))
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {shard_id} still holds parked fan-out ops ({waiting}); "
+                "bring those shards back or retry once they are delivered",
             )
 
     @operator_only

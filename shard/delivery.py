@@ -29,6 +29,17 @@ def trim_threshold(cap: int) -> int:
     return cap + max(1, cap // 8)
 
 
+def op_users(op: shard_pb2.DeliveryOp) -> list[int]:
+    """The users whose data ``op`` changes: they decide which shard applies it."""
+    kind = op.WhichOneof("op")
+    body = getattr(op, kind)
+    if kind in ("add_follower", "remove_follower"):
+        return [body.followee_id]
+    if kind == "follow_sync":
+        return list(body.follower_ids)
+    return list(body.owner_ids)
+
+
 class DeliveryApplier:
     def __init__(self, state: ShardState) -> None:
         self.state = state
@@ -49,17 +60,9 @@ class DeliveryApplier:
     def _check_slots(self, op: shard_pb2.DeliveryOp, local: bool) -> list[int]:
         """The slot of each user ``op`` touches, in order, once every one of
         them is known to be served here (fan-out reuses them for its keys)."""
-        kind = op.WhichOneof("op")
-        if kind is None:
+        if op.WhichOneof("op") is None:
             raise invalid("a delivery op carries no operation this shard knows (newer peer?)")
-        body = getattr(op, kind)
-        if kind in ("add_follower", "remove_follower"):
-            users = [body.followee_id]
-        elif kind == "follow_sync":
-            users = list(body.follower_ids)
-        else:
-            users = list(body.owner_ids)
-        slots = slots_for_users(users)
+        slots = slots_for_users(op_users(op))
         self.state.ownership.check_all(set(slots), local_delivery=local)
         return slots
 

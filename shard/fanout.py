@@ -3,15 +3,20 @@
 Records are taken in order, expanded into per-destination operations (one
 batched ``Deliver`` per destination shard per round, never one per follower,
 sent as a message on that shard's ExecuteStream), and removed only after
-every destination applied them. A record with many followers is delivered
-page by page with a saved resume point, and records behind a half-delivered
-one wait, so an edit or delete never overtakes the post it changes. Any
-failure retries the round: deliveries are idempotent.
+every destination applied them or holds them parked. A record with many
+followers is delivered page by page with a saved resume point, and records
+behind a half-delivered one wait, so an edit or delete never overtakes the
+post it changes. A destination that does not answer gets its share parked
+(``shard/parked.py``) and drained in order when it answers again, so one
+shard's outage never holds back fan-out to the others; a destination that
+no longer owns some users (the map moved) makes the round plan again.
+Deliveries are idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -20,10 +25,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from murmur.execute_stream import STATUS_BY_NUMBER
-from murmur.ids import now_ms
+from murmur.ids import now_ms, slot_of_tweet
 from murmur.slots import slot_for_user, slots_for_users
 from murmur.v1 import shard_pb2
-from shard.delivery import DeliveryApplier
+from shard.delivery import DeliveryApplier, op_users
+from shard.parked import split_by_owner
 from shard.peers import PeerShards
 from shard.state import ShardState
 
@@ -62,16 +68,13 @@ class RoundPlan:
     """Operations per destination shard, in outbox order."""
 
     ops: dict[int, list[shard_pb2.DeliveryOp]] = field(default_factory=lambda: defaultdict(list))
-    # how many of each destination's ops it has applied: a retried round
-    # sends each only the rest, in order
-    applied: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    # each destination that did not answer, or already had ops parked: its
+    # ops go to its parked queue in the batch that finishes the round
+    parked: dict[int, list[shard_pb2.DeliveryOp]] = field(default_factory=dict)
     done: list[int] = field(default_factory=list)
     progress: dict[int, shard_pb2.OutboxRecord] = field(default_factory=dict)
     delivered_tweets: list[tuple[int, int, int]] = field(default_factory=list)
     budget: int = 0  # inbox entries the round may still plan
-
-    def unsent(self, shard_id: int) -> list[shard_pb2.DeliveryOp]:
-        return self.ops[shard_id][self.applied[shard_id] :]
 
 
 class FanoutStats:
@@ -106,16 +109,28 @@ class FanoutWorker:
         self.peers = peers
         self.stats = FanoutStats()
         self._task: asyncio.Task | None = None
+        self._drainer: asyncio.Task | None = None
         self._stopping = False
-        # a round that failed at some destinations, retried as it was planned
-        self._unfinished: RoundPlan | None = None
+        self.parked_wakeup = asyncio.Event()
+        # per parked destination: the backoff after its last failed drain,
+        # and when the next try is due
+        self._drain_backoff: dict[int, float] = {}
+        self._drain_due: dict[int, float] = {}
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="fanout")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="fanout")
+        self._drainer = loop.create_task(self._drain_forever(), name="fanout-parked")
 
     async def stop(self) -> None:
         self._stopping = True
         self.state.outbox.wakeup.set()
+        if self._drainer is not None:
+            # a drain cut short between its send and its removal only sends
+            # that chunk again after the restart: deliveries are idempotent
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
         if self._task is not None:
             await self._task
 
@@ -141,34 +156,22 @@ class FanoutWorker:
     async def run_round(self) -> bool:
         """Deliver one round; False when the outbox was empty.
 
-        A round that failed at some destinations is kept: each retry sends
-        every destination only the ops it has not applied, after extending
-        the round with records queued since (within its budget), so healthy
-        destinations keep receiving fan-out while one is down, as far as one
-        round reaches. Planned again instead, the round could end earlier
-        (its budget follows follower counts, which change): a destination
-        that had applied a tweet's put and then its delete would get the put
-        again without the delete, showing a deleted tweet until the later
-        round reached it. A round is planned afresh only when a destination
-        says the map moved (or the local share failed: its slots may have
-        moved), and after a restart."""
+        Destinations that do not answer, and those with ops parked already,
+        get their share parked in the batch that removes the round's records;
+        a destination that says the map moved (or a local share that failed:
+        its slots may have moved) fails the round, which is planned afresh."""
         if not self.state.ownership.assigned:
             return False
-        if self._unfinished is not None:
-            plan = self._unfinished
-            self._extend(plan)
-        else:
-            plan = await self._next_plan()
+        plan = await self._next_plan()
         if plan is None:
             return False
-        self._unfinished = plan
-        try:
-            await self._deliver(plan)
-        except Misrouted:
-            self._unfinished = None
-            raise
-        self._unfinished = None
-        self.state.outbox.finish(plan.done, plan.progress)
+        await self._deliver(plan)
+        txn = self.state.store.txn()
+        for shard_id, ops in plan.parked.items():
+            self.state.parked.park(txn, shard_id, ops)
+        self.state.outbox.finish(plan.done, plan.progress, txn)
+        if plan.parked:
+            self.parked_wakeup.set()
         self._record_lags(plan)
         self.stats.rounds += 1
         return True
@@ -185,18 +188,6 @@ class FanoutWorker:
         # several small records, all delivered: posts are streaming in
         self.streaming = len(records) > 1 and len(plan.done) == len(records)
         return plan
-
-    def _extend(self, plan: RoundPlan) -> None:
-        """Add the records queued after ``plan``'s own, while its budget
-        lasts (a plan cut short by its budget, or holding a big fan-out's
-        next page, takes none)."""
-        if plan.progress or plan.budget <= 0 or len(plan.done) >= RECORDS_PER_ROUND:
-            return
-        last = plan.done[-1] if plan.done else 0
-        records = [
-            (seq, record) for seq, record in self.state.outbox.peek(RECORDS_PER_ROUND) if seq > last
-        ]
-        self._plan_into(plan, records[: RECORDS_PER_ROUND - len(plan.done)])
 
     def _should_linger(self, found: int) -> bool:
         """Wait for more records only while small posts stream in: not for a
@@ -294,22 +285,10 @@ class FanoutWorker:
     def _plan_status(
         self, plan: RoundPlan, status: shard_pb2.StatusSync, budget: int
     ) -> tuple[bool, int]:
-        state = self.state
-        record = state.users.get(state.store.txn(), status.followee_id)
+        record = self.state.users.get(self.state.store.txn(), status.followee_id)
         if record is None:
             return True, 0
-        sync = shard_pb2.FollowSync(
-            followee_id=status.followee_id,
-            celebrity=record.user.celebrity,
-            celebrity_version=record.celebrity_version,
-        )
-        if not record.user.celebrity:
-            limit = state.settings.backfill_limit
-            recent = list(state.tweets.recent(status.followee_id, 0, limit + 1))
-            sync.tweets.extend(recent[:limit])
-            sync.complete = len(recent) <= limit
-            if not sync.complete:
-                sync.exact_from = recent[limit].tweet_id + 1
+        sync = self._follow_sync(record)
         # what one follower costs the destination: a backfill writes every
         # tweet; news of a change of status (a promotion or a demotion, or a
         # follow whose edge is older than the status) scans the follower's
@@ -331,20 +310,42 @@ class FanoutWorker:
             status.after_follower = followers[-1]
         return not more, len(followers) * max(1, per_follower)
 
+    def _follow_sync(self, record: shard_pb2.UserRecord) -> shard_pb2.FollowSync:
+        """The followee's status as of now, with its recent tweets when it
+        is ordinary (the followers' backfill); followers not filled in."""
+        sync = shard_pb2.FollowSync(
+            followee_id=record.user.user_id,
+            celebrity=record.user.celebrity,
+            celebrity_version=record.celebrity_version,
+        )
+        if not record.user.celebrity:
+            limit = self.state.settings.backfill_limit
+            recent = list(self.state.tweets.recent(record.user.user_id, 0, limit + 1))
+            sync.tweets.extend(recent[:limit])
+            sync.complete = len(recent) <= limit
+            if not sync.complete:
+                sync.exact_from = recent[limit].tweet_id + 1
+        return sync
+
     # delivering -----------------------------------------------------------
     async def _deliver(self, plan: RoundPlan) -> None:
         """Start the calls to the other shards, then apply the local share
         while they work, so the sender and its destinations use their cores at
-        the same time instead of taking turns."""
-        me = self.state.shard_id
-        local = plan.unsent(me) if me in plan.ops else []
-        sends: list[tuple[int, int, asyncio.Future]] = []
+        the same time instead of taking turns. A destination with ops parked
+        already gets this round's share parked behind them; one that fails
+        now gets it parked too (``plan.parked``)."""
+        me, parked = self.state.shard_id, self.state.parked
+        local = plan.ops.get(me, [])
+        sends: list[tuple[int, asyncio.Future]] = []
         failure: BaseException | None = None
         try:
-            for shard_id in list(plan.ops):
-                ops = plan.unsent(shard_id)
-                if shard_id != me and ops:
-                    sends.append((shard_id, len(ops), self._start_send(shard_id, ops)))
+            for shard_id, ops in plan.ops.items():
+                if shard_id == me or not ops:
+                    continue
+                if parked.holds(shard_id):
+                    plan.parked[shard_id] = ops
+                else:
+                    sends.append((shard_id, self._start_send(shard_id, ops)))
             if sends and local:
                 # the sends' tasks queue their batches, then each stream's
                 # writer puts them on the wire: two turns of the loop
@@ -352,21 +353,26 @@ class FanoutWorker:
                 await asyncio.sleep(0)
             if local:
                 self.stats.inbox_entries += self.applier.apply(local, local=True)
-                plan.applied[me] += len(local)
         except Exception as exc:  # still wait for the sends begun: none is left behind
             failure = Misrouted(f"applying this shard's share failed: {exc}")
             failure.__cause__ = exc
         results = await asyncio.gather(
-            *(self._finish_send(shard_id, sending) for shard_id, _count, sending in sends),
+            *(self._finish_send(shard_id, sending) for shard_id, sending in sends),
             return_exceptions=True,
         )
-        for (shard_id, count, _sending), result in zip(sends, results, strict=True):
-            if not isinstance(result, BaseException):
-                plan.applied[shard_id] += count
-        errors = [r for r in results if isinstance(r, BaseException)]
-        misrouted = [e for e in errors if isinstance(e, Misrouted)]
-        if failure is not None or errors:
-            raise failure or (misrouted or errors)[0]
+        misrouted = [r for r in results if isinstance(r, Misrouted)]
+        if failure is not None or misrouted:
+            raise failure or misrouted[0]
+        for (shard_id, _sending), result in zip(sends, results, strict=True):
+            if isinstance(result, BaseException):
+                plan.parked[shard_id] = plan.ops[shard_id]
+                self.stats.failures += 1
+                log.warning(
+                    "parking %d fan-out ops for shard %d until it answers: %s",
+                    len(plan.ops[shard_id]),
+                    shard_id,
+                    result,
+                )
 
     def _start_send(self, shard_id: int, ops: list[shard_pb2.DeliveryOp]) -> asyncio.Future:
         """One Deliver, as a batch on the destination's ExecuteStream."""
@@ -407,6 +413,135 @@ class FanoutWorker:
         if info.map_version > self.state.ownership.slot_map.version:
             self.state.ownership.adopt(info.slot_map)
             log.info("slot map refreshed to version %d from shard %d", info.map_version, shard_id)
+
+    # parked ops ---------------------------------------------------------------
+    async def _drain_forever(self) -> None:
+        """Drain the parked queues while any holds ops; otherwise sleep
+        until a round parks some."""
+        while not self._stopping:
+            if not self.state.parked.destinations():
+                self.parked_wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.parked_wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+                continue
+            if not await self.drain_parked():
+                due = min(self._drain_due.values(), default=time.monotonic() + 0.05)
+                await asyncio.sleep(min(MAX_BACKOFF_S, max(0.01, due - time.monotonic())))
+
+    async def drain_parked(self, ignore_backoff: bool = False) -> bool:
+        """Send one chunk from the front of every parked queue whose retry
+        is due, all destinations at once; True if any chunk left a queue."""
+        now = time.monotonic()
+        due = [
+            d
+            for d in self.state.parked.destinations()
+            if ignore_backoff or self._drain_due.get(d, 0.0) <= now
+        ]
+        results = await asyncio.gather(*(self._drain_one(d) for d in due), return_exceptions=True)
+        worked = False
+        for destination, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                backoff = min(MAX_BACKOFF_S, 2 * self._drain_backoff.get(destination, 0.025))
+                self._drain_backoff[destination] = backoff
+                self._drain_due[destination] = time.monotonic() + backoff
+                log.warning(
+                    "parked fan-out for shard %d not delivered, retrying in %.2fs: %s",
+                    destination,
+                    backoff,
+                    result,
+                )
+                continue
+            self._drain_backoff.pop(destination, None)
+            self._drain_due.pop(destination, None)
+            worked = worked or result
+        return worked
+
+    async def _drain_one(self, destination: int) -> bool:
+        """Deliver the front of ``destination``'s queue, in order. Ops for
+        users ``destination`` no longer owns are refreshed and re-routed."""
+        parked = self.state.parked
+        chunk = parked.peek(destination)
+        if not chunk:
+            return False
+        seqs = [seq for seq, _op in chunk]
+        ops = [op for _seq, op in chunk]
+        if not self._all_owned_by(destination, ops):
+            self._reroute(destination, seqs, ops)
+            return True
+        version = self.state.ownership.slot_map.version
+        try:
+            await self._finish_send(destination, self._start_send(destination, ops))
+        except Misrouted:
+            if self.state.ownership.slot_map.version == version:
+                raise  # no newer map learnt yet: retried after a backoff
+            self._reroute(destination, seqs, ops)
+            return True
+        parked.remove(destination, seqs)
+        return True
+
+    def _all_owned_by(self, destination: int, ops: list[shard_pb2.DeliveryOp]) -> bool:
+        owners = self.state.ownership.owners
+        return all(
+            owners[slot] == destination for op in ops for slot in slots_for_users(op_users(op))
+        )
+
+    def _reroute(self, destination: int, seqs: list[int], ops: list[shard_pb2.DeliveryOp]) -> None:
+        """Parked ops whose users moved to another shard: newer ops for those
+        users may have reached their new owner directly meanwhile, so these
+        are not replayed as they were but refreshed from this shard's data
+        (the tweet as it is now, or its deletion; the follow as it stands;
+        the author's status now), which is right in any order. The local
+        share is applied here; the rest is parked for its owner."""
+        txn = self.state.store.txn()
+        regrouped: dict[int, list[shard_pb2.DeliveryOp]] = defaultdict(list)
+        for op in ops:
+            for owner, part in split_by_owner(
+                self._refreshed(txn, op), self.state.ownership.owner_of
+            ).items():
+                regrouped[owner].append(part)
+        local = regrouped.pop(self.state.shard_id, [])
+        if local:
+            self.stats.inbox_entries += self.applier.apply(local, local=True)
+        self.state.parked.remove(destination, seqs, requeue=regrouped)
+        log.info(
+            "re-routed %d parked fan-out ops from shard %d (its slots moved)", len(ops), destination
+        )
+
+    def _refreshed(self, txn, op: shard_pb2.DeliveryOp) -> shard_pb2.DeliveryOp:
+        """``op`` rebuilt from this shard's data as it is now."""
+        kind = op.WhichOneof("op")
+        body = getattr(op, kind)
+        if kind in ("inbox_put", "inbox_edit", "inbox_delete"):
+            tweet_id = body.tweet_id if kind == "inbox_delete" else body.tweet.tweet_id
+            if not self.state.ownership.owned[slot_of_tweet(tweet_id)]:
+                return op  # its slot moved on too (moves wait for parked ops: rare)
+            tweet = self.state.tweets.get(txn, tweet_id)
+            if tweet is None:
+                return shard_pb2.DeliveryOp(
+                    inbox_delete=shard_pb2.InboxDelete(owner_ids=body.owner_ids, tweet_id=tweet_id)
+                )
+            if kind == "inbox_edit":
+                return shard_pb2.DeliveryOp(
+                    inbox_edit=shard_pb2.InboxEdit(owner_ids=body.owner_ids, tweet=tweet)
+                )
+            return shard_pb2.DeliveryOp(
+                inbox_put=shard_pb2.InboxPut(owner_ids=body.owner_ids, tweet=tweet)
+            )
+        if kind == "follow_sync":
+            record = self.state.users.get(txn, body.followee_id)
+            if record is None:
+                return op
+            sync = self._follow_sync(record)
+            sync.follower_ids[:] = body.follower_ids
+            return shard_pb2.DeliveryOp(follow_sync=sync)
+        if not self.state.ownership.owned[slot_for_user(body.follower_id)]:
+            return op
+        pair = {"followee_id": body.followee_id, "follower_id": body.follower_id}
+        if self.state.graph.following_edge(txn, body.follower_id, body.followee_id) is not None:
+            return shard_pb2.DeliveryOp(add_follower=shard_pb2.AddFollower(**pair))
+        return shard_pb2.DeliveryOp(remove_follower=shard_pb2.RemoveFollower(**pair))
 
     def _record_lags(self, plan: RoundPlan) -> None:
         """Keep each delivered tweet's lag for the metrics, and log the

@@ -21,6 +21,7 @@ forward scans are ~1.5x faster than reverse ones.
 Shard-local keys (not part of any slot) start with 0xFFFF:
 
     FFFF | b"o" | seq                       -> OutboxRecord (fan-out still to do)
+    FFFF | b"p" | dest_shard | seq          -> DeliveryOp (parked for a shard that was down)
     FFFF | b"s" | name                      -> shard metadata (id, slot map)
 """
 
@@ -47,6 +48,7 @@ INBOX = b"i"
 INBOX_META = b"m"
 CLOCK = b"c"
 OUTBOX = b"o"
+PARKED = b"p"
 SHARD_META = b"s"
 
 
@@ -161,6 +163,19 @@ def outbox(seq: int) -> bytes:
 
 def outbox_prefix() -> bytes:
     return LOCAL + OUTBOX
+
+
+def parked(destination: int, seq: int) -> bytes:
+    return LOCAL + PARKED + u64(destination) + u64(seq)
+
+
+def parked_prefix(destination: int | None = None) -> bytes:
+    """Every destination's parked operations, or one destination's."""
+    return LOCAL + PARKED + (b"" if destination is None else u64(destination))
+
+
+def parked_destination(key: bytes) -> int:
+    return U64.unpack_from(key, len(LOCAL + PARKED))[0]
 
 
 def shard_meta(name: str) -> bytes:

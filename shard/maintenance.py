@@ -30,7 +30,7 @@ TABLES = {
     keys.INBOX_META: "inbox_meta",
     keys.CLOCK: "id_clocks",
 }
-LOCAL_TABLES = {keys.OUTBOX: "outbox", keys.SHARD_META: "shard_meta"}
+LOCAL_TABLES = {keys.OUTBOX: "outbox", keys.PARKED: "parked", keys.SHARD_META: "shard_meta"}
 YIELD_EVERY = 20_000
 
 
@@ -92,6 +92,7 @@ async def local_stats(state: ShardState, worker, commits) -> shard_pb2.LocalStat
         fsyncs=commits.syncs,
         synced_writes=commits.synced_writes,
         frozen_slots=sorted(state.ownership.frozen),
+        parked_ops={d: n for d, n in state.parked.counts.items() if n},
     )
 
 

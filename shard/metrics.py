@@ -68,6 +68,14 @@ class ShardCollector(Collector):
             "Outbox records not yet delivered",
             state.outbox.backlog(),
         )
+        parked = GaugeMetricFamily(
+            "murmur_fanout_parked_ops",
+            "Fan-out ops parked for a destination shard that did not answer",
+            labels=["shard", "destination"],
+        )
+        for destination, count in sorted(dict(state.parked.counts).items()):
+            parked.add_metric([*labels, str(destination)], count)
+        yield parked
         yield gauge(
             "murmur_fanout_oldest_record_seconds",
             "Age of the oldest outbox record",

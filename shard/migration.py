@@ -256,13 +256,13 @@ class SlotMigrator:
             pending = any(
                 outbox_needs(record, slots, slot_for_user)
                 for _seq, record in self.state.outbox.peek(1_000_000)
-            )
+            ) or self.state.parked.needs(slots)
             if not pending:
                 return
             if time.monotonic() > deadline:
                 raise ServiceError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "fan-out for the moving slots did not drain within "
+                    "fan-out for the moving slots (queued or parked) did not drain within "
                     f"{FREEZE_WAIT_S:.0f}s (is a destination shard down?); move aborted",
                 )
             self.state.outbox.wakeup.set()

@@ -75,11 +75,17 @@ class Outbox:
         counted = sum(1 for _ in itertools.islice(queued, COUNT_BACKLOG_UP_TO))
         return counted if counted < COUNT_BACKLOG_UP_TO else self.next_seq - self.floor
 
-    def finish(self, done: list[int], progress: dict[int, shard_pb2.OutboxRecord]) -> None:
-        """Remove delivered records and save resume points, in one batch.
+    def finish(
+        self,
+        done: list[int],
+        progress: dict[int, shard_pb2.OutboxRecord],
+        txn: Txn | None = None,
+    ) -> None:
+        """Remove delivered records and save resume points, in one batch
+        (``txn``, which may carry the round's parked operations too).
 
         Not fsynced: losing it to a power cut only re-delivers, idempotently."""
-        txn = self.store.txn()
+        txn = txn or self.store.txn()
         for seq in done:
             txn.delete(keys.outbox(seq))
         for seq, record in progress.items():

@@ -11,6 +11,7 @@ from shard.graph import FollowGraph
 from shard.inbox import InboxStore
 from shard.outbox import Outbox
 from shard.ownership import SlotOwnership
+from shard.parked import ParkedQueues
 from shard.settings import RUNTIME_FIELDS, ShardSettings, to_message
 from shard.store import DEFAULT_WRITE_BUFFER_MB, Store
 from shard.tweets import TweetStore
@@ -30,6 +31,7 @@ class ShardState:
         self.tweets = TweetStore(self.store, self.clock)
         self.inbox = InboxStore(self.store)
         self.outbox = Outbox(self.store)
+        self.parked = ParkedQueues(self.store)
         self.threshold_changed = False
         self.ownership.on_change.append(self._slots_changed)
 

@@ -1,6 +1,7 @@
 """A shard that stops answering (SIGSTOP): its users fail fast with
 UNAVAILABLE naming it, others are unaffected, home timelines that need it
-come back partial, and its fan-out waits in the outbox until it returns.
+come back partial, and its share of fan-out waits parked on each sender
+until it returns, while the other shards' share goes on.
 
 "Fast" is shown without a stopwatch: once the router's probe has marked
 the shard down, a caller with plenty of time (30 s, no retries) still gets
@@ -13,10 +14,12 @@ import os
 import signal
 import time
 
+import grpc
 import pytest
 
 from client import MurmurClient
 from client.errors import DeadlineExceeded, Unavailable
+from murmur.v1 import shard_pb2, shard_pb2_grpc
 from tests.integration.cluster import LocalCluster, eventually
 
 pytestmark = pytest.mark.integration
@@ -105,3 +108,48 @@ def test_a_shard_back_after_an_outage_serves_again(tmp_path):
         cluster.restart_shard(1)
         eventually(lambda: client.get_user(user_id=user.user_id), timeout=30, interval=0.1)
         client.close()
+
+
+def parked_ops(cluster: LocalCluster, shard: int) -> dict[int, int]:
+    with grpc.insecure_channel(cluster.shard_address(shard)) as channel:
+        stats = shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=10)
+    return dict(stats.parked_ops)
+
+
+def test_fanout_goes_on_to_the_other_shards_while_one_is_down(tmp_path):
+    """More posts than one fan-out round takes (256 records) while shard 2
+    is dead: shard 1's reader gets every one of them at once, shard 0 holds
+    shard 2's share parked, and shard 2's reader gets them all once it is
+    back."""
+    with LocalCluster(tmp_path, shards=3) as cluster:
+        client = MurmurClient(cluster.target, timeout=10.0)
+        author = client.create_user(cluster.handle_on_shard(0)).user_id
+        near = client.create_user(cluster.handle_on_shard(1)).user_id
+        far = client.create_user(cluster.handle_on_shard(2)).user_id
+        for reader in (near, far):
+            client.follow(reader, author)
+        # each follow reaches the author's shard through the follower's outbox
+        eventually(lambda: _equal(client.get_user(user_id=author).follower_count, 2))
+        cluster.kill_shard(2)
+        last = [client.post_tweet(author, f"post {n}").tweet_id for n in range(300)][-1]
+
+        def newest(reader: int) -> None:
+            assert [t.tweet_id for t in client.home_timeline(reader).tweets][:1] == [last]
+
+        eventually(lambda: newest(near), timeout=30)
+        assert sum(parked_ops(cluster, 0).values()) > 0
+        assert set(parked_ops(cluster, 0)) == {2}
+        cluster.restart_shard(2)
+        eventually(lambda: newest(far), timeout=30)
+        eventually(lambda: assert_nothing_parked(cluster), timeout=30)
+        texts = [t.text for t in client.home_timeline(far, page_size=100).tweets]
+        assert texts == [f"post {n}" for n in range(299, 199, -1)]
+        client.close()
+
+
+def assert_nothing_parked(cluster: LocalCluster) -> None:
+    assert not any(n for n in parked_ops(cluster, 0).values())
+
+
+def _equal(got, want) -> None:
+    assert got == want, (got, want)

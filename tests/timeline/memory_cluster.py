@@ -55,6 +55,7 @@ class InProcessPool:
         self.table = table
         self.servicers = servicers
         self.down: set[int] = set()
+        self.unreachable: set[int] = set()  # up for the router, but not for other shards
         self.calls: Counter = Counter()  # (method, shard) -> calls
         self.timeouts: list[tuple[str, float | None]] = []  # deadline each call carried
 
@@ -81,7 +82,7 @@ class InProcessPeers:
         class Stream:
             async def execute(self, calls: list, timeout: float) -> list:
                 """Each batched Deliver straight into the target servicer."""
-                if shard_id in pool.down:
+                if shard_id in pool.down or shard_id in pool.unreachable:
                     raise ConnectionError(f"shard {shard_id} is down")
                 for call in calls:
                     pool.calls[call.method, shard_id] += 1
@@ -133,12 +134,17 @@ class MemoryCluster:
                 if await worker.run_round():
                     worked = True
                     rounds += 1
+                # parked ops go as soon as their destination answers
+                if await worker.drain_parked(ignore_backoff=True):
+                    worked = True
+                    rounds += 1
             if not worked:
                 return rounds
         raise AssertionError("fan-out did not settle")
 
     def backlog(self) -> int:
-        return sum(state.outbox.backlog() for state in self.states.values())
+        """Fan-out still to do: queued outbox records and parked ops."""
+        return sum(state.outbox.backlog() + state.parked.total() for state in self.states.values())
 
     def shard_of(self, user_id: int) -> int:
         return self.table.owners[slot_for_user(user_id)]
