@@ -15,6 +15,7 @@ from murmur.slots import slots_for_users
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.celebrity import recheck_celebrity
+from shard.delivery_ops import op_users
 from shard.state import ShardState
 from shard.store import Txn
 
@@ -27,17 +28,6 @@ def trim_threshold(cap: int) -> int:
     """Inboxes are cut back to ``cap`` once they are an eighth over it, so a
     full inbox pays for one trim per batch of new entries, not per entry."""
     return cap + max(1, cap // 8)
-
-
-def op_users(op: shard_pb2.DeliveryOp) -> list[int]:
-    """The users whose data ``op`` changes: they decide which shard applies it."""
-    kind = op.WhichOneof("op")
-    body = getattr(op, kind)
-    if kind in ("add_follower", "remove_follower"):
-        return [body.followee_id]
-    if kind == "follow_sync":
-        return list(body.follower_ids)
-    return list(body.owner_ids)
 
 
 class DeliveryApplier:

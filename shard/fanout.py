@@ -28,8 +28,8 @@ from murmur.execute_stream import STATUS_BY_NUMBER
 from murmur.ids import now_ms, slot_of_tweet
 from murmur.slots import slot_for_user, slots_for_users
 from murmur.v1 import shard_pb2
-from shard.delivery import DeliveryApplier, op_users
-from shard.parked import split_by_owner
+from shard.delivery import DeliveryApplier
+from shard.delivery_ops import op_users, split_by_owner
 from shard.peers import PeerShards
 from shard.state import ShardState
 
@@ -63,6 +63,21 @@ class Misrouted(ConnectionError):
     shard, no longer serves some of their users): plan the round again."""
 
 
+class SlotsMoving(ConnectionError):
+    """A destination answered UNAVAILABLE (some slots are frozen for the last
+    step of a move, or it is stopping): retry the round shortly. Parked, its
+    ops would make every sender queue behind it for a moment's pause."""
+
+
+def delivery_cost(op: shard_pb2.DeliveryOp) -> int:
+    """What applying ``op`` costs its destination, in inbox writes: one per
+    user, and for news of a status its backfill and inbox scan per follower."""
+    users = len(op_users(op))
+    if op.WhichOneof("op") == "follow_sync":
+        return users * (len(op.follow_sync.tweets) + PROMOTION_COST)
+    return users
+
+
 @dataclass
 class RoundPlan:
     """Operations per destination shard, in outbox order."""
@@ -74,7 +89,6 @@ class RoundPlan:
     done: list[int] = field(default_factory=list)
     progress: dict[int, shard_pb2.OutboxRecord] = field(default_factory=dict)
     delivered_tweets: list[tuple[int, int, int]] = field(default_factory=list)
-    budget: int = 0  # inbox entries the round may still plan
 
 
 class FanoutStats:
@@ -112,10 +126,6 @@ class FanoutWorker:
         self._drainer: asyncio.Task | None = None
         self._stopping = False
         self.parked_wakeup = asyncio.Event()
-        # per parked destination: the backoff after its last failed drain,
-        # and when the next try is due
-        self._drain_backoff: dict[int, float] = {}
-        self._drain_due: dict[int, float] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,7 +182,8 @@ class FanoutWorker:
         self.state.outbox.finish(plan.done, plan.progress, txn)
         if plan.parked:
             self.parked_wakeup.set()
-        self._record_lags(plan)
+        else:  # a parked share reaches its followers later, unmeasured
+            self._record_lags(plan)
         self.stats.rounds += 1
         return True
 
@@ -200,14 +211,8 @@ class FanoutWorker:
 
     # planning -------------------------------------------------------------
     def _plan(self, records: list[tuple[int, shard_pb2.OutboxRecord]]) -> RoundPlan:
-        plan = RoundPlan(budget=self.state.settings.fanout_batch_entries)
-        self._plan_into(plan, records)
-        return plan
-
-    def _plan_into(
-        self, plan: RoundPlan, records: list[tuple[int, shard_pb2.OutboxRecord]]
-    ) -> None:
-        budget = plan.budget
+        plan = RoundPlan()
+        budget = self.state.settings.fanout_batch_entries
         for seq, record in records:
             kind = record.WhichOneof("work")
             if kind == "direct":
@@ -235,7 +240,7 @@ class FanoutWorker:
                 )
             if budget <= 0:
                 break
-        plan.budget = budget
+        return plan
 
     def _add_op(self, plan: RoundPlan, op: shard_pb2.DeliveryOp) -> None:
         kind = op.WhichOneof("op")
@@ -360,9 +365,9 @@ class FanoutWorker:
             *(self._finish_send(shard_id, sending) for shard_id, sending in sends),
             return_exceptions=True,
         )
-        misrouted = [r for r in results if isinstance(r, Misrouted)]
-        if failure is not None or misrouted:
-            raise failure or misrouted[0]
+        retry = [r for r in results if isinstance(r, (Misrouted, SlotsMoving))]
+        if failure is not None or retry:
+            raise failure or retry[0]
         for (shard_id, _sending), result in zip(sends, results, strict=True):
             if isinstance(result, BaseException):
                 plan.parked[shard_id] = plan.ops[shard_id]
@@ -391,6 +396,8 @@ class FanoutWorker:
             if result.wrong_slot:
                 await self._learn_map_from(shard_id)
                 raise Misrouted(str(self._failed(shard_id, code, result.message)))
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise SlotsMoving(str(self._failed(shard_id, code, result.message)))
             raise self._failed(shard_id, code, result.message)
         response = shard_pb2.DeliverResponse.FromString(result.response)
         self.stats.inbox_entries += response.inbox_entries_written
@@ -416,98 +423,98 @@ class FanoutWorker:
 
     # parked ops ---------------------------------------------------------------
     async def _drain_forever(self) -> None:
-        """Drain the parked queues while any holds ops; otherwise sleep
-        until a round parks some."""
-        while not self._stopping:
-            if not self.state.parked.destinations():
+        """One drain task per destination with ops parked, so that a
+        destination that hangs holds back no other's queue."""
+        loop = asyncio.get_running_loop()
+        draining: dict[int, asyncio.Task] = {}
+        try:
+            while not self._stopping:
+                for destination in self.state.parked.destinations():
+                    task = draining.get(destination)
+                    if task is None or task.done():
+                        draining[destination] = loop.create_task(
+                            self._drain_destination(destination),
+                            name=f"fanout-parked-{destination}",
+                        )
                 self.parked_wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.parked_wakeup.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
-                continue
-            if not await self.drain_parked():
-                due = min(self._drain_due.values(), default=time.monotonic() + 0.05)
-                await asyncio.sleep(min(MAX_BACKOFF_S, max(0.01, due - time.monotonic())))
+        finally:
+            for task in draining.values():
+                task.cancel()
+            await asyncio.gather(*draining.values(), return_exceptions=True)
 
-    async def drain_parked(self, ignore_backoff: bool = False) -> bool:
-        """Send one chunk from the front of every parked queue whose retry
-        is due, all destinations at once; True if any chunk left a queue."""
-        now = time.monotonic()
-        due = [
-            d
-            for d in self.state.parked.destinations()
-            if ignore_backoff or self._drain_due.get(d, 0.0) <= now
-        ]
-        results = await asyncio.gather(*(self._drain_one(d) for d in due), return_exceptions=True)
-        worked = False
-        for destination, result in zip(due, results, strict=True):
-            if isinstance(result, BaseException):
-                backoff = min(MAX_BACKOFF_S, 2 * self._drain_backoff.get(destination, 0.025))
-                self._drain_backoff[destination] = backoff
-                self._drain_due[destination] = time.monotonic() + backoff
+    async def _drain_destination(self, destination: int) -> None:
+        """Drain one queue chunk by chunk until it is empty, backing off
+        while its destination does not answer."""
+        backoff = 0.05
+        while not self._stopping:
+            try:
+                if not await self._drain_one(destination):
+                    return
+                backoff = 0.05
+            except Exception as exc:
+                self.stats.failures += 1
                 log.warning(
                     "parked fan-out for shard %d not delivered, retrying in %.2fs: %s",
                     destination,
                     backoff,
-                    result,
+                    exc,
                 )
-                continue
-            self._drain_backoff.pop(destination, None)
-            self._drain_due.pop(destination, None)
-            worked = worked or result
-        return worked
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def drain_parked(self) -> bool:
+        """One chunk from the front of every parked queue, all at once; True
+        if any left its queue. (The worker's own tasks drain continuously;
+        tests step through this instead.)"""
+        destinations = self.state.parked.destinations()
+        results = await asyncio.gather(
+            *(self._drain_one(d) for d in destinations), return_exceptions=True
+        )
+        for destination, result in zip(destinations, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("parked fan-out for shard %d not delivered: %s", destination, result)
+        return any(result is True for result in results)
 
     async def _drain_one(self, destination: int) -> bool:
-        """Deliver the front of ``destination``'s queue, in order. Ops for
-        users ``destination`` no longer owns are refreshed and re-routed."""
+        """Deliver the front of ``destination``'s queue; False if it is empty.
+
+        Each op is rebuilt from this shard's data as it is now (the tweet, or
+        its deletion; the follow as it stands; the author's status): while it
+        waited, newer changes for its users may have reached them another way
+        (their slots moved to a shard this one reaches, and maybe back), and
+        a snapshot is right in any order where a replayed op is not. Users
+        that moved are served by their new owner (parked for it, or applied
+        here), the rest go to ``destination``."""
+        if not self.state.ownership.assigned:
+            raise ConnectionError("this shard has no slot map yet")
         parked = self.state.parked
-        chunk = parked.peek(destination)
+        chunk = parked.peek(destination, self.state.settings.fanout_batch_entries, delivery_cost)
         if not chunk:
             return False
-        seqs = [seq for seq, _op in chunk]
-        ops = [op for _seq, op in chunk]
-        if not self._all_owned_by(destination, ops):
-            self._reroute(destination, seqs, ops)
-            return True
-        version = self.state.ownership.slot_map.version
-        try:
-            await self._finish_send(destination, self._start_send(destination, ops))
-        except Misrouted:
-            if self.state.ownership.slot_map.version == version:
-                raise  # no newer map learnt yet: retried after a backoff
-            self._reroute(destination, seqs, ops)
-            return True
-        parked.remove(destination, seqs)
-        return True
-
-    def _all_owned_by(self, destination: int, ops: list[shard_pb2.DeliveryOp]) -> bool:
-        owners = self.state.ownership.owners
-        return all(
-            owners[slot] == destination for op in ops for slot in slots_for_users(op_users(op))
-        )
-
-    def _reroute(self, destination: int, seqs: list[int], ops: list[shard_pb2.DeliveryOp]) -> None:
-        """Parked ops whose users moved to another shard: newer ops for those
-        users may have reached their new owner directly meanwhile, so these
-        are not replayed as they were but refreshed from this shard's data
-        (the tweet as it is now, or its deletion; the follow as it stands;
-        the author's status now), which is right in any order. The local
-        share is applied here; the rest is parked for its owner."""
         txn = self.state.store.txn()
-        regrouped: dict[int, list[shard_pb2.DeliveryOp]] = defaultdict(list)
-        for op in ops:
-            for owner, part in split_by_owner(
-                self._refreshed(txn, op), self.state.ownership.owner_of
-            ).items():
-                regrouped[owner].append(part)
-        local = regrouped.pop(self.state.shard_id, [])
+        by_owner: dict[int, list[shard_pb2.DeliveryOp]] = defaultdict(list)
+        for _seq, op in chunk:
+            fresh = self._refreshed(txn, op)
+            for owner, part in split_by_owner(fresh, self.state.ownership.owner_of).items():
+                by_owner[owner].append(part)
+        ours = by_owner.pop(destination, [])
+        local = by_owner.pop(self.state.shard_id, [])
+        if ours:
+            version = self.state.ownership.slot_map.version
+            try:
+                await self._finish_send(destination, self._start_send(destination, ours))
+            except Misrouted:
+                if self.state.ownership.slot_map.version == version:
+                    raise  # no newer map learnt: retried after a backoff
+                return True  # split again by the map it answered with
         if local:
             self.stats.inbox_entries += self.applier.apply(local, local=True)
-        self.state.parked.remove(destination, seqs, requeue=regrouped)
-        log.info(
-            "re-routed %d parked fan-out ops from shard %d (its slots moved)", len(ops), destination
-        )
+        parked.remove(destination, chunk, requeue=by_owner)
+        if by_owner:
+            self.parked_wakeup.set()
+        return True
 
     def _refreshed(self, txn, op: shard_pb2.DeliveryOp) -> shard_pb2.DeliveryOp:
         """``op`` rebuilt from this shard's data as it is now."""
@@ -516,7 +523,7 @@ class FanoutWorker:
         if kind in ("inbox_put", "inbox_edit", "inbox_delete"):
             tweet_id = body.tweet_id if kind == "inbox_delete" else body.tweet.tweet_id
             if not self.state.ownership.owned[slot_of_tweet(tweet_id)]:
-                return op  # its slot moved on too (moves wait for parked ops: rare)
+                return self._unrefreshed(op, slot_of_tweet(tweet_id))
             tweet = self.state.tweets.get(txn, tweet_id)
             if tweet is None:
                 return shard_pb2.DeliveryOp(
@@ -531,17 +538,29 @@ class FanoutWorker:
             )
         if kind == "follow_sync":
             record = self.state.users.get(txn, body.followee_id)
-            if record is None:
-                return op
+            if record is None:  # not here: its slot moved, or a user never made
+                return self._unrefreshed(op, slot_for_user(body.followee_id))
             sync = self._follow_sync(record)
             sync.follower_ids[:] = body.follower_ids
             return shard_pb2.DeliveryOp(follow_sync=sync)
         if not self.state.ownership.owned[slot_for_user(body.follower_id)]:
-            return op
+            return self._unrefreshed(op, slot_for_user(body.follower_id))
         pair = {"followee_id": body.followee_id, "follower_id": body.follower_id}
         if self.state.graph.following_edge(txn, body.follower_id, body.followee_id) is not None:
             return shard_pb2.DeliveryOp(add_follower=shard_pb2.AddFollower(**pair))
         return shard_pb2.DeliveryOp(remove_follower=shard_pb2.RemoveFollower(**pair))
+
+    def _unrefreshed(self, op: shard_pb2.DeliveryOp, slot: int) -> shard_pb2.DeliveryOp:
+        """A slot move waits until no parked op reads its slot
+        (``ParkedQueues.needs``), so this shard always holds what it rebuilds
+        ops from; should it not, the op goes as it was parked (in its queue's
+        order), and the log says so."""
+        log.warning(
+            "parked %s reads slot %d, which this shard no longer holds: sent as parked",
+            op.WhichOneof("op"),
+            slot,
+        )
+        return op
 
     def _record_lags(self, plan: RoundPlan) -> None:
         """Keep each delivered tweet's lag for the metrics, and log the

@@ -218,6 +218,7 @@ class SlotMigrator:
         message = (
             f"slots are moving from shard {ownership.shard_id} to shard {target}; retry shortly"
         )
+        await self._wait_parked_clear(slots)  # before refusing writes, not while
         for slot in slots:
             ownership.frozen[slot] = message
         started = time.monotonic()
@@ -249,6 +250,23 @@ class SlotMigrator:
             (time.monotonic() - started) * 1000,
         )
         return record
+
+    async def _wait_parked_clear(self, slots: set[int]) -> None:
+        """Parked fan-out reads the sender's data when it is finally sent;
+        only a destination coming back clears it, so a move waits for that
+        before it freezes the slots, and fails naming the destinations."""
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        parked = self.state.parked
+        while parked.needs(slots):
+            if time.monotonic() > deadline:
+                waiting = ", ".join(str(d) for d in parked.destinations())
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"shard {self.state.shard_id} holds fan-out parked for shard(s) {waiting}, "
+                    "which did not answer, and it reads the moving slots; bring them back "
+                    "(or remove them) and retry the move",
+                )
+            await asyncio.sleep(0.05)
 
     async def _wait_outbox_clear(self, slots: set[int]) -> None:
         deadline = time.monotonic() + FREEZE_WAIT_S

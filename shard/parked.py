@@ -17,51 +17,39 @@ operations back to be delivered behind newer direct ones.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
-from murmur.ids import slot_of_tweet
-from murmur.slots import slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
+from shard.delivery_ops import source_slot
 from shard.store import Store
 
 DeliveryOp = shard_pb2.DeliveryOp
+Chunk = list[tuple[int, DeliveryOp]]
 
 CHUNK_OPS = 256
 CHUNK_BYTES = 4 << 20  # one Deliver message, well inside gRPC's 64 MiB limit
-SCAN_FOR_MOVE_UP_TO = 10_000  # ~20 ms of parsing; a move polls every 10 ms
-
-
-def source_slot(op: DeliveryOp) -> int:
-    """The slot of the sender's data an operation is refreshed from when its
-    destination no longer owns its users: the tweet's, the followee's whose
-    status it carries, or the follower's whose edge it mirrors."""
-    kind = op.WhichOneof("op")
-    if kind == "inbox_delete":
-        return slot_of_tweet(op.inbox_delete.tweet_id)
-    if kind in ("inbox_put", "inbox_edit"):
-        return slot_for_user(getattr(op, kind).tweet.user_id)
-    if kind == "follow_sync":
-        return slot_for_user(op.follow_sync.followee_id)
-    return slot_for_user(getattr(op, kind).follower_id)
 
 
 class ParkedQueues:
     """One queue of operations per destination shard, oldest first.
 
-    ``counts`` (what each queue holds, for stats and for ``holds``) is read
-    from disk at start-up; a park counts before its batch commits, so a batch
-    that failed leaves a count too high, never too low: a destination is
-    served directly only once its queue was found empty."""
+    ``counts`` (ops per destination: stats, and ``holds``) and the ops per
+    source slot (``needs``) are read from disk at start-up and kept in
+    memory. A park counts before its batch commits, a removal after: a batch
+    that failed leaves a count too high, never too low, so a destination is
+    served directly again only once its queue was found empty."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.counts: Counter[int] = Counter()
+        self._sources: Counter[int] = Counter()
         self._next_seq: dict[int, int] = {}
-        for key in store.scan(keys.parked_prefix(), include_value=False):
+        for key, raw in store.scan(keys.parked_prefix()):
             destination = keys.parked_destination(key)
             self.counts[destination] += 1
+            self._sources[source_slot(DeliveryOp.FromString(raw))] += 1
             self._next_seq[destination] = keys.last_u64(key) + 1
 
     def holds(self, destination: int) -> bool:
@@ -80,66 +68,48 @@ class ParkedQueues:
         first = seq
         for op in ops:
             txn.put(keys.parked(destination, seq), op.SerializeToString())
+            self._sources[source_slot(op)] += 1
             seq += 1
         self._next_seq[destination] = seq
         self.counts[destination] += seq - first
         return seq - first
 
-    def peek(self, destination: int) -> list[tuple[int, DeliveryOp]]:
-        """The front of ``destination``'s queue: one Deliver's worth."""
-        chunk: list[tuple[int, DeliveryOp]] = []
-        size = 0
+    def peek(self, destination: int, budget: int, cost: Callable[[DeliveryOp], int]) -> Chunk:
+        """The front of ``destination``'s queue: at most ``budget`` of work
+        for the destination by ``cost`` (as a fan-out round plans it), and
+        one Deliver's size; always at least one op."""
+        chunk: Chunk = []
+        size = spent = 0
         for key, raw in self.store.scan(keys.parked_prefix(destination), limit=CHUNK_OPS):
-            if chunk and size + len(raw) > CHUNK_BYTES:
+            op = DeliveryOp.FromString(raw)
+            if chunk and (size + len(raw) > CHUNK_BYTES or spent + cost(op) > budget):
                 break
-            chunk.append((keys.last_u64(key), DeliveryOp.FromString(raw)))
+            chunk.append((keys.last_u64(key), op))
             size += len(raw)
+            spent += cost(op)
         if not chunk:  # whatever was counted never committed
             self.counts.pop(destination, None)
         return chunk
 
     def remove(
-        self,
-        destination: int,
-        seqs: list[int],
-        requeue: dict[int, list[DeliveryOp]] | None = None,
+        self, destination: int, chunk: Chunk, requeue: dict[int, list[DeliveryOp]] | None = None
     ) -> None:
-        """Drop delivered operations from the front of a queue (and park
-        ``requeue``'s operations for their destinations) in one synced batch;
-        counted down only once it is on disk."""
+        """Drop a delivered chunk from the front of a queue, and park
+        ``requeue``'s operations for their destinations, in one batch made
+        durable before it is counted: once a queue is empty its destination
+        is served directly, and a power cut must not bring older ops back."""
         txn = self.store.txn()
-        for seq in seqs:
+        for seq, _op in chunk:
             txn.delete(keys.parked(destination, seq))
         for other, ops in (requeue or {}).items():
             self.park(txn, other, ops)
-        txn.commit(sync=True)
-        self.counts[destination] = max(0, self.counts[destination] - len(seqs))
+        txn.commit(sync=False)
+        self.store.sync()
+        self.counts[destination] = max(0, self.counts[destination] - len(chunk))
+        for _seq, op in chunk:
+            self._sources[source_slot(op)] -= 1
 
     def needs(self, slots: set[int]) -> bool:
-        """Could a parked operation still need the sender's data of
-        ``slots``? (A slot move waits until none does.) Past
-        SCAN_FOR_MOVE_UP_TO operations the answer is yes."""
-        total = self.total()
-        if not total or total > SCAN_FOR_MOVE_UP_TO:
-            return bool(total)
-        ops = self.store.scan(keys.parked_prefix(), limit=SCAN_FOR_MOVE_UP_TO)
-        return any(source_slot(DeliveryOp.FromString(raw)) in slots for _key, raw in ops)
-
-
-def split_by_owner(op: DeliveryOp, owner_of) -> dict[int, DeliveryOp]:
-    """``op`` cut into one operation per shard owning its users now."""
-    kind = op.WhichOneof("op")
-    body = getattr(op, kind)
-    if kind in ("add_follower", "remove_follower"):
-        return {owner_of(slot_for_user(body.followee_id)): op}
-    field = "follower_ids" if kind == "follow_sync" else "owner_ids"
-    groups: dict[int, list[int]] = defaultdict(list)
-    for user in getattr(body, field):
-        groups[owner_of(slot_for_user(user))].append(user)
-    parts = {}
-    for owner, users in groups.items():
-        part = DeliveryOp()
-        part.CopyFrom(op)
-        getattr(getattr(part, kind), field)[:] = users
-        parts[owner] = part
-    return parts
+        """Does a parked operation still read this shard's data of ``slots``?
+        A slot move waits until none does."""
+        return any(self._sources[slot] > 0 for slot in slots)

@@ -135,7 +135,7 @@ class MemoryCluster:
                     worked = True
                     rounds += 1
                 # parked ops go as soon as their destination answers
-                if await worker.drain_parked(ignore_backoff=True):
+                if await worker.drain_parked():
                     worked = True
                     rounds += 1
             if not worked:

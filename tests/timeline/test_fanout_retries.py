@@ -4,10 +4,16 @@ while the other destinations carry on (``shard/parked.py``,
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import shard_pb2
+from shard import fanout as fanout_module
 from shard import keys
+from shard import parked as parked_module
 from tests.timeline.model import Model
 
 
@@ -142,3 +148,112 @@ def test_parked_ops_survive_a_restart(make_cluster, loop, tmp_path) -> None:
     model.settle()
     model.check_home(reader)
     assert ParkedQueues(cluster.states[0].store).total() == 0
+
+
+def test_a_slot_that_moved_away_and_back_gets_no_stale_op(make_cluster, loop, monkeypatch):
+    """Parked for shard 2: a post for r2 (at the front), then a post for r.
+    r's slot moves to shard 1 while shard 2 is unreachable (the front chunk
+    cannot go, so r's op stays), the post is deleted (shard 1 hears it
+    directly), and r's slot moves back. Sent as parked, the put would bring
+    the deleted tweet back for good; rebuilt when it is sent, it deletes."""
+    monkeypatch.setattr(parked_module, "CHUNK_OPS", 1)
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    author, author2 = user_on(model, cluster, 0, "author"), user_on(model, cluster, 0, "author2")
+    reader = user_on(model, cluster, 2, "reader")
+    n = 0
+    while slot_for_user(reader2 := user_on(model, cluster, 2, ("reader2", n))) == slot_for_user(
+        reader
+    ):
+        n += 1
+    follow(model, reader, author)
+    follow(model, reader2, author2)
+    model.settle()
+
+    worker = cluster.workers[0]
+    cluster.pool.unreachable.add(2)
+    post(model, author2, "front of the queue")
+    doomed = post(model, author, "doomed")
+    while model.run(worker.run_round()):
+        pass
+    assert cluster.states[0].parked.counts[2] == 2
+
+    move_slot(cluster, reader, 1)
+    assert not model.run(worker.drain_parked())  # the front still waits for shard 2
+    model.delete(doomed)
+    while model.run(worker.run_round()):
+        pass
+    move_slot(cluster, reader, 2)
+
+    cluster.pool.unreachable.discard(2)
+    model.settle()
+    assert cluster.backlog() == 0
+    assert "doomed" not in [t.text for t in model.home_page(reader).tweets]
+    model.check_home(reader)
+
+
+def test_a_hung_destination_holds_back_no_other_parked_queue(make_cluster, loop, monkeypatch):
+    """Shard 1 takes messages and never answers (each drain waits out its
+    deadline); shard 2 is back. Shard 2's queue drains meanwhile: it has a
+    drain of its own, not a turn in a pass that waits for the slowest."""
+    monkeypatch.setattr(parked_module, "CHUNK_OPS", 2)
+    monkeypatch.setattr(fanout_module, "DELIVER_TIMEOUT_S", 30.0)
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    author = user_on(model, cluster, 0, "author")
+    for shard in (1, 2):
+        follow(model, user_on(model, cluster, shard, ("reader", shard)), author)
+    model.settle()
+
+    worker = cluster.workers[0]
+    cluster.pool.unreachable.update({1, 2})
+    for n in range(40):
+        post(model, author, f"t{n}")
+        model.run(worker.run_round())  # one op per round for each destination
+    assert dict(cluster.states[0].parked.counts) == {1: 40, 2: 40}
+    cluster.pool.unreachable.discard(2)
+    real_stream = worker.peers.stream
+    hung = asyncio.Event()
+
+    class Hung:
+        async def execute(self, calls, timeout):
+            await hung.wait()  # never set: a host that takes bytes and says nothing
+            raise ConnectionError("unreachable")
+
+    monkeypatch.setattr(
+        worker.peers, "stream", lambda shard_id: Hung() if shard_id == 1 else real_stream(shard_id)
+    )
+
+    async def drain_until_shard_2_is_done() -> None:
+        task = asyncio.get_running_loop().create_task(worker._drain_forever())
+        try:
+            while cluster.states[0].parked.counts[2]:
+                await asyncio.sleep(0.01)
+        finally:
+            worker._stopping = True
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    model.run(asyncio.wait_for(drain_until_shard_2_is_done(), timeout=20))
+    assert cluster.states[0].parked.counts[1] == 40
+
+
+def test_a_destination_moving_slots_is_retried_not_parked(make_cluster, loop) -> None:
+    """UNAVAILABLE from a shard that answers (slots frozen for a move's last
+    step, or stopping) is a pause: the round is retried, nothing parked."""
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    author = user_on(model, cluster, 0, "author")
+    reader = user_on(model, cluster, 2, "reader")
+    follow(model, reader, author)
+    model.settle()
+    ownership = cluster.states[2].ownership
+    ownership.frozen[slot_for_user(reader)] = "slots are moving; retry shortly"
+    post(model, author, "during the freeze")
+    with pytest.raises(fanout_module.SlotsMoving):
+        model.run(cluster.workers[0].run_round())
+    assert cluster.states[0].parked.total() == 0
+    ownership.frozen.clear()
+    model.settle()
+    model.check_home(reader)

@@ -12,7 +12,9 @@ from murmur.ids import MURMUR_EPOCH_MS, compose_tweet_id
 from murmur.slots import SLOT_COUNT, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import parked as parked_module
-from shard.parked import ParkedQueues, source_slot, split_by_owner
+from shard.delivery_ops import source_slot, split_by_owner
+from shard.fanout import delivery_cost
+from shard.parked import ParkedQueues
 from shard.store import Store
 
 
@@ -29,6 +31,10 @@ def add(followee: int, follower: int) -> shard_pb2.DeliveryOp:
     )
 
 
+def front(queues: ParkedQueues, destination: int, budget: int = 10**9):
+    return queues.peek(destination, budget, lambda op: 1)
+
+
 def park(queues: ParkedQueues, store: Store, destination: int, ops) -> None:
     txn = store.txn()
     queues.park(txn, destination, ops)
@@ -42,13 +48,13 @@ def test_a_queue_keeps_its_order_and_its_count_across_a_reopen(store: Store) -> 
     park(queues, store, 2, [add(1, n) for n in range(5, 8)])
     reopened = ParkedQueues(store)
     assert dict(reopened.counts) == {2: 8, 7: 1} and reopened.destinations() == [2, 7]
-    chunk = reopened.peek(2)
+    chunk = front(reopened, 2)
     assert [op.add_follower.follower_id for _seq, op in chunk] == list(range(8))
-    reopened.remove(2, [seq for seq, _op in chunk[:3]])
-    assert [op.add_follower.follower_id for _seq, op in reopened.peek(2)] == list(range(3, 8))
+    reopened.remove(2, chunk[:3])
+    assert [op.add_follower.follower_id for _seq, op in front(reopened, 2)] == list(range(3, 8))
     # appending after a reopen continues the sequence: nothing is overwritten
     park(reopened, store, 2, [add(1, 99)])
-    assert [op.add_follower.follower_id for _s, op in ParkedQueues(store).peek(2)][-1] == 99
+    assert [op.add_follower.follower_id for _s, op in front(ParkedQueues(store), 2)][-1] == 99
     assert ParkedQueues(store).counts[2] == 6
 
 
@@ -57,15 +63,14 @@ def test_a_queue_found_empty_stops_holding_its_destination(store: Store) -> None
     queues = ParkedQueues(store)
     queues.park(store.txn(), 3, [add(1, 2)])  # never committed
     assert queues.holds(3)
-    assert queues.peek(3) == []
+    assert front(queues, 3) == []
     assert not queues.holds(3) and queues.total() == 0
 
 
 def test_remove_can_requeue_ops_for_other_destinations(store: Store) -> None:
     queues = ParkedQueues(store)
     park(queues, store, 2, [add(1, 2), add(1, 3)])
-    seqs = [seq for seq, _op in queues.peek(2)]
-    queues.remove(2, seqs, requeue={5: [add(1, 2)], 2: [add(1, 3)]})
+    queues.remove(2, front(queues, 2), requeue={5: [add(1, 2)], 2: [add(1, 3)]})
     again = ParkedQueues(store)
     assert dict(again.counts) == {2: 1, 5: 1}
 
@@ -74,7 +79,30 @@ def test_a_chunk_is_bounded_by_bytes(store: Store, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(parked_module, "CHUNK_BYTES", 40)
     queues = ParkedQueues(store)
     park(queues, store, 1, [add(10**12, n) for n in range(10)])  # ~14 bytes each
-    assert 1 < len(queues.peek(1)) < 10
+    assert 1 < len(front(queues, 1)) < 10
+
+
+def test_a_chunk_is_bounded_by_the_work_it_gives_its_destination(store: Store) -> None:
+    """As a fan-out round is: a chunk of big pages would stall the
+    destination's loop past the sender's deadline, and be sent forever."""
+    queues = ParkedQueues(store)
+    put = shard_pb2.DeliveryOp(
+        inbox_delete=shard_pb2.InboxDelete(owner_ids=list(range(1, 1001)), tweet_id=5)
+    )
+    park(queues, store, 1, [put] * 10)
+    assert len(queues.peek(1, 4_000, delivery_cost)) == 4
+    assert len(queues.peek(1, 10, delivery_cost)) == 1  # always at least one op
+
+
+def test_only_ops_reading_a_slot_hold_back_its_move(store: Store) -> None:
+    """However many ops are parked, a move of slots none of them reads goes."""
+    queues = ParkedQueues(store)
+    follower = 12
+    park(queues, store, 4, [add(30, follower)] * 20_000)
+    unrelated = set(range(SLOT_COUNT)) - {slot_for_user(follower)}
+    assert not queues.needs(unrelated)
+    assert queues.needs({slot_for_user(follower)})
+    assert ParkedQueues(store).needs({slot_for_user(follower)})  # counted again at start-up
 
 
 def test_a_move_waits_for_ops_refreshed_from_the_moving_slots(store: Store) -> None:
@@ -92,12 +120,12 @@ def test_a_move_waits_for_ops_refreshed_from_the_moving_slots(store: Store) -> N
             add(30, follower),
         ],
     )
-    assert source_slot(queues.peek(4)[0][1]) == slot_for_user(author)
+    assert source_slot(front(queues, 4)[0][1]) == slot_for_user(author)
     assert queues.needs({slot_for_user(author)})
     assert queues.needs({slot_for_user(follower)})
     unrelated = set(range(SLOT_COUNT)) - {slot_for_user(author), slot_for_user(follower)}
     assert not queues.needs(unrelated)
-    queues.remove(4, [seq for seq, _op in queues.peek(4)])
+    queues.remove(4, front(queues, 4))
     assert not queues.needs({slot_for_user(author), slot_for_user(follower)})
 
 
