@@ -3,7 +3,8 @@
 A record is written in the same batch as the change that needs it, so a crash
 can never acknowledge a write whose fan-out is lost. Records are delivered in
 sequence order (edits and deletes never overtake the post they change) and
-removed only after every destination has applied them.
+removed only once every destination has applied its share, or holds it
+parked (``shard/parked.py``) because it did not answer.
 """
 
 from __future__ import annotations
