@@ -78,6 +78,32 @@ def delivery_cost(op: shard_pb2.DeliveryOp) -> int:
     return users
 
 
+def within_budget(
+    ops: list[shard_pb2.DeliveryOp], budget: int
+) -> tuple[list[shard_pb2.DeliveryOp], list[shard_pb2.DeliveryOp]]:
+    """The first ``ops`` that fit ``budget`` by ``delivery_cost`` (always
+    some work), and the rest. A first op too big on its own is news of a
+    status: its first followers go now, the others with the rest."""
+    taken, spent = [], 0
+    for index, op in enumerate(ops):
+        cost = delivery_cost(op)
+        if taken and spent + cost > budget:
+            return taken, ops[index:]
+        if not taken and cost > budget and op.WhichOneof("op") == "follow_sync":
+            per_follower = max(1, cost // len(op.follow_sync.follower_ids))
+            fits = max(1, budget // per_follower)
+            head, tail = shard_pb2.DeliveryOp(), shard_pb2.DeliveryOp()
+            head.CopyFrom(op)
+            tail.CopyFrom(op)
+            head.follow_sync.follower_ids[:] = op.follow_sync.follower_ids[:fits]
+            tail.follow_sync.follower_ids[:] = op.follow_sync.follower_ids[fits:]
+            if tail.follow_sync.follower_ids:
+                return [head], [tail, *ops[index + 1 :]]
+        taken.append(op)
+        spent += cost
+    return taken, []
+
+
 @dataclass
 class RoundPlan:
     """Operations per destination shard, in outbox order."""
@@ -139,8 +165,7 @@ class FanoutWorker:
             # a drain cut short between its send and its removal only sends
             # that chunk again after the restart: deliveries are idempotent
             self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+            await asyncio.gather(self._drainer, return_exceptions=True)
         if self._task is not None:
             await self._task
 
@@ -499,8 +524,14 @@ class FanoutWorker:
             fresh = self._refreshed(txn, op)
             for owner, part in split_by_owner(fresh, self.state.ownership.owner_of).items():
                 by_owner[owner].append(part)
-        ours = by_owner.pop(destination, [])
         local = by_owner.pop(self.state.shard_id, [])
+        if local:  # at once: after an await, newer changes may have been applied here
+            self.stats.inbox_entries += self.applier.apply(local, local=True)
+        ours, later = within_budget(
+            by_owner.pop(destination, []), self.state.settings.fanout_batch_entries
+        )
+        if later:  # rebuilt bigger than parked (a backfill): the rest waits its turn
+            by_owner[destination] = later
         if ours:
             version = self.state.ownership.slot_map.version
             try:
@@ -509,8 +540,6 @@ class FanoutWorker:
                 if self.state.ownership.slot_map.version == version:
                     raise  # no newer map learnt: retried after a backoff
                 return True  # split again by the map it answered with
-        if local:
-            self.stats.inbox_entries += self.applier.apply(local, local=True)
         parked.remove(destination, chunk, requeue=by_owner)
         if by_owner:
             self.parked_wakeup.set()
@@ -551,10 +580,11 @@ class FanoutWorker:
         return shard_pb2.DeliveryOp(remove_follower=shard_pb2.RemoveFollower(**pair))
 
     def _unrefreshed(self, op: shard_pb2.DeliveryOp, slot: int) -> shard_pb2.DeliveryOp:
-        """A slot move waits until no parked op reads its slot
-        (``ParkedQueues.needs``), so this shard always holds what it rebuilds
-        ops from; should it not, the op goes as it was parked (in its queue's
-        order), and the log says so."""
+        """A slot move waits until no parked op and no queued record reads
+        its slot (``ParkedQueues.needs``, ``migration.outbox_needs``), so this
+        shard holds what it rebuilds ops from; should it not (a store
+        restored from an older backup), the op goes as it was parked, in its
+        queue's order, and the log says so."""
         log.warning(
             "parked %s reads slot %d, which this shard no longer holds: sent as parked",
             op.WhichOneof("op"),

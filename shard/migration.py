@@ -31,6 +31,7 @@ from murmur.slots import describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.celebrity import reevaluate_slots
+from shard.delivery_ops import source_slot
 from shard.peers import PeerShards
 from shard.state import ShardState
 from shard.store import ChangeCapture
@@ -58,6 +59,8 @@ def outbox_needs(record: shard_pb2.OutboxRecord, slots: set[int], slot_of) -> bo
         return slot_of(record.tweet_fanout.tweet.user_id) in slots
     if kind == "status_sync":
         return slot_of(record.status_sync.followee_id) in slots
+    if kind == "direct":  # a follow's far side, rebuilt from the follower's edge if parked
+        return source_slot(record.direct) in slots
     return False
 
 

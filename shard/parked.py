@@ -7,12 +7,14 @@ destination writes that destination's operations here instead, in the batch
 that removes the round's records from the outbox, and while a destination has
 operations parked every later round appends its share behind them: each
 destination still receives its operations in outbox order, and the others
-carry on at once. The fan-out worker drains each queue from its front when
-its destination answers again (``FanoutWorker.drain_parked``).
+carry on at once. The fan-out worker drains each queue from its front, one
+task per destination, when it answers again (``FanoutWorker._drain_one``).
 
-Every removal from a queue is synced, so when a queue empties and its
-destination is served directly again, a power cut cannot bring older parked
-operations back to be delivered behind newer direct ones.
+Each parked op is rebuilt from the sender's data when it is sent, so it
+says what is true then, whatever reached its users meanwhile: a slot move
+waits until no parked op reads the moving slots (``needs``), and a removal
+lost to a power cut only sends a fresh snapshot again. Removals need no
+fsync of their own.
 """
 
 from __future__ import annotations
@@ -38,19 +40,27 @@ class ParkedQueues:
     ``counts`` (ops per destination: stats, and ``holds``) and the ops per
     source slot (``needs``) are read from disk at start-up and kept in
     memory. A park counts before its batch commits, a removal after: a batch
-    that failed leaves a count too high, never too low, so a destination is
-    served directly again only once its queue was found empty."""
+    that failed leaves the counts too high, never too low, so a destination
+    is served directly again only once its queue was found empty, and a
+    queue found shorter than counted has everything counted again.
+    Each queue's ``floor`` is its first sequence number still queued, so a
+    drain does not step over the tombstones of the ops it removed."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._count_all()
+
+    def _count_all(self) -> None:
         self.counts: Counter[int] = Counter()
         self._sources: Counter[int] = Counter()
         self._next_seq: dict[int, int] = {}
-        for key, raw in store.scan(keys.parked_prefix()):
-            destination = keys.parked_destination(key)
+        self._floor: dict[int, int] = {}
+        for key, raw in self.store.scan(keys.parked_prefix()):
+            destination, seq = keys.parked_destination(key), keys.last_u64(key)
             self.counts[destination] += 1
             self._sources[source_slot(DeliveryOp.FromString(raw))] += 1
-            self._next_seq[destination] = keys.last_u64(key) + 1
+            self._next_seq[destination] = seq + 1
+            self._floor.setdefault(destination, seq)
 
     def holds(self, destination: int) -> bool:
         """Must ``destination``'s operations queue behind parked ones?"""
@@ -71,6 +81,7 @@ class ParkedQueues:
             self._sources[source_slot(op)] += 1
             seq += 1
         self._next_seq[destination] = seq
+        self._floor.setdefault(destination, first)
         self.counts[destination] += seq - first
         return seq - first
 
@@ -80,32 +91,34 @@ class ParkedQueues:
         one Deliver's size; always at least one op."""
         chunk: Chunk = []
         size = spent = 0
-        for key, raw in self.store.scan(keys.parked_prefix(destination), limit=CHUNK_OPS):
+        start = keys.parked(destination, self._floor.get(destination, 0))
+        for key, raw in self.store.scan(
+            keys.parked_prefix(destination), start=start, limit=CHUNK_OPS
+        ):
             op = DeliveryOp.FromString(raw)
             if chunk and (size + len(raw) > CHUNK_BYTES or spent + cost(op) > budget):
                 break
             chunk.append((keys.last_u64(key), op))
             size += len(raw)
             spent += cost(op)
-        if not chunk:  # whatever was counted never committed
-            self.counts.pop(destination, None)
+        if not chunk and self.counts[destination]:  # a counted batch never committed
+            self._count_all()
         return chunk
 
     def remove(
         self, destination: int, chunk: Chunk, requeue: dict[int, list[DeliveryOp]] | None = None
     ) -> None:
         """Drop a delivered chunk from the front of a queue, and park
-        ``requeue``'s operations for their destinations, in one batch made
-        durable before it is counted: once a queue is empty its destination
-        is served directly, and a power cut must not bring older ops back."""
+        ``requeue``'s operations for their destinations, in one batch."""
         txn = self.store.txn()
         for seq, _op in chunk:
             txn.delete(keys.parked(destination, seq))
         for other, ops in (requeue or {}).items():
             self.park(txn, other, ops)
         txn.commit(sync=False)
-        self.store.sync()
         self.counts[destination] = max(0, self.counts[destination] - len(chunk))
+        if chunk:
+            self._floor[destination] = max(self._floor.get(destination, 0), chunk[-1][0] + 1)
         for _seq, op in chunk:
             self._sources[source_slot(op)] -= 1
 

@@ -1,6 +1,6 @@
 """A destination that does not answer gets its fan-out parked, in order,
 while the other destinations carry on (``shard/parked.py``,
-``FanoutWorker.drain_parked``)."""
+``FanoutWorker._drain_one``; ``drain_parked`` steps through every queue)."""
 
 from __future__ import annotations
 
@@ -257,3 +257,71 @@ def test_a_destination_moving_slots_is_retried_not_parked(make_cluster, loop) ->
     ownership.frozen.clear()
     model.settle()
     model.check_home(reader)
+
+
+def test_a_drain_applies_its_local_share_before_it_awaits(make_cluster, loop, monkeypatch):
+    """A parked put for u and v; u's slot moves to the sender itself. While
+    the drain waits on shard 2 for v's share, the tweet is deleted and the
+    delete applied for u here at once: u's share of the put must have been
+    applied before that wait, not after it (it would bring the tweet back)."""
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    author = user_on(model, cluster, 0, "author")
+    u = user_on(model, cluster, 2, "u")
+    n = 0
+    while slot_for_user(v := user_on(model, cluster, 2, ("v", n))) == slot_for_user(u):
+        n += 1
+    follow(model, u, author)
+    follow(model, v, author)
+    model.settle()
+    worker = cluster.workers[0]
+    cluster.pool.unreachable.add(2)
+    doomed = post(model, author, "doomed")
+    model.run(worker.run_round())
+    move_slot(cluster, u, 0)
+    cluster.pool.unreachable.discard(2)
+
+    real_stream = worker.peers.stream
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def execute(self, calls, timeout):
+            entered.set()
+            await gate.wait()  # shard 2 is slow to answer
+            return await self.inner.execute(calls, timeout)
+
+    monkeypatch.setattr(worker.peers, "stream", lambda shard_id: Slow(real_stream(shard_id)))
+
+    async def scenario() -> None:
+        drain = asyncio.get_running_loop().create_task(worker._drain_one(2))
+        await entered.wait()
+        model.oracle.delete(doomed)
+        await cluster.call("DeleteTweet", pb.DeleteTweetRequest(tweet_id=doomed, user_id=author))
+        assert await worker.run_round()  # the delete, applied for u at once
+        gate.set()
+        assert await drain
+
+    model.run(scenario())
+    monkeypatch.setattr(worker.peers, "stream", real_stream)
+    model.settle()
+    assert cluster.backlog() == 0
+    model.check_home(u)
+    model.check_home(v)
+
+
+def test_news_of_a_status_rebuilt_bigger_than_parked_goes_in_pieces() -> None:
+    """A celebrity's status costs its scan per follower; demoted before it
+    is sent, it carries a backfill for each: the rest waits its turn."""
+    sync = shard_pb2.FollowSync(followee_id=1, follower_ids=list(range(100, 300)))
+    sync.tweets.extend(pb.Tweet(tweet_id=n, user_id=1) for n in range(1, 51))
+    big = shard_pb2.DeliveryOp(follow_sync=sync)
+    small = shard_pb2.DeliveryOp(inbox_delete=shard_pb2.InboxDelete(owner_ids=[7], tweet_id=3))
+    now, later = fanout_module.within_budget([big, small], 4_000)
+    assert [fanout_module.delivery_cost(op) for op in now] == [57 * 70]
+    assert list(now[0].follow_sync.follower_ids) == list(range(100, 157))
+    assert list(later[0].follow_sync.follower_ids) == list(range(157, 300))
+    assert later[1] == small
+    assert fanout_module.within_budget([small, small], 1) == ([small], [small])

@@ -139,3 +139,20 @@ def test_split_by_owner_cuts_an_op_by_its_users_owners() -> None:
         assert all(slot_for_user(u) % 3 == owner for u in part.inbox_delete.owner_ids)
     single = split_by_owner(add(5, 6), lambda slot: 9)
     assert list(single) == [9] and single[9].add_follower.follower_id == 6
+
+
+def test_a_move_waits_for_a_queued_follow_of_a_moving_follower() -> None:
+    """A follow's far side still in the outbox is rebuilt from the
+    follower's edge if it gets parked: the follower's slot must not move
+    away first (its old owner would send the follow as it was, after a
+    newer unfollow)."""
+    from murmur.slots import slot_for_user as slot_of
+    from shard.migration import outbox_needs
+    from shard.outbox import add_follower_record, remove_follower_record
+
+    follower, followee = 41, 42
+    for record in (add_follower_record(followee, follower), remove_follower_record(followee, 7)):
+        op_follower = getattr(record.direct, record.direct.WhichOneof("op")).follower_id
+        assert outbox_needs(record, {slot_of(op_follower)}, slot_of)
+        others = set(range(SLOT_COUNT)) - {slot_of(op_follower)}
+        assert not outbox_needs(record, others, slot_of)
