@@ -27,6 +27,16 @@ def user_on(model: Model, cluster, shard: int, key) -> int:
         n += 1
 
 
+def user_beside(model: Model, cluster, other: int, key) -> int:
+    """A new user on ``other``'s shard, in another slot (so one can move alone)."""
+    n = 0
+    while True:
+        user_id = user_on(model, cluster, cluster.shard_of(other), (key, n))
+        if slot_for_user(user_id) != slot_for_user(other):
+            return user_id
+        n += 1
+
+
 def follow(model: Model, follower: int, followee: int) -> None:
     model.call("Follow", pb.FollowRequest(follower_id=follower, followee_id=followee))
     model.oracle.follow(follower, followee)
@@ -161,11 +171,7 @@ def test_a_slot_that_moved_away_and_back_gets_no_stale_op(make_cluster, loop, mo
     model = Model(cluster, loop)
     author, author2 = user_on(model, cluster, 0, "author"), user_on(model, cluster, 0, "author2")
     reader = user_on(model, cluster, 2, "reader")
-    n = 0
-    while slot_for_user(reader2 := user_on(model, cluster, 2, ("reader2", n))) == slot_for_user(
-        reader
-    ):
-        n += 1
+    reader2 = user_beside(model, cluster, reader, "reader2")
     follow(model, reader, author)
     follow(model, reader2, author2)
     model.settle()
@@ -268,9 +274,7 @@ def test_a_drain_applies_its_local_share_before_it_awaits(make_cluster, loop, mo
     model = Model(cluster, loop)
     author = user_on(model, cluster, 0, "author")
     u = user_on(model, cluster, 2, "u")
-    n = 0
-    while slot_for_user(v := user_on(model, cluster, 2, ("v", n))) == slot_for_user(u):
-        n += 1
+    v = user_beside(model, cluster, u, "v")
     follow(model, u, author)
     follow(model, v, author)
     model.settle()
