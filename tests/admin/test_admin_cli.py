@@ -123,6 +123,8 @@ def test_shard_stats(cluster: Cluster) -> None:
     table = cluster.ok("shard-stats", "1").out
     names = {line.split()[0] for line in table.splitlines()}
     assert {"health", "outbox_backlog", "delivery_lag_p99_ms", "fsyncs", "keys.users"} <= names
+    parked = next(line for line in table.splitlines() if line.startswith("parked_ops"))
+    assert parked.split()[1:] == ["none"]  # every shard answers
     with_leveldb = cluster.ok("shard-stats", "1", "--leveldb").out
     assert "Compactions" in with_leveldb
     doc = cluster.json("shard-stats", "0")

@@ -190,3 +190,10 @@ def test_a_tls_ca_that_is_not_a_file_is_a_usage_error(
     result = run(fake, "--tls-ca", str(path), "status")
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--tls-ca'" in result.stderr
+
+
+def test_parked_ops_read_per_destination() -> None:
+    from client.admin_cli import _parked
+
+    assert _parked({}) == "none" and _parked({3: 0}) == "none"
+    assert _parked({7: 12, 2: 1204}) == "for shard 2: 1,204; for shard 7: 12"
