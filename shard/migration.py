@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -258,36 +258,51 @@ class SlotMigrator:
         """Parked fan-out reads the sender's data when it is finally sent;
         only a destination coming back clears it, so a move waits for that
         before it freezes the slots, and fails naming the destinations."""
-        deadline = time.monotonic() + FREEZE_WAIT_S
         parked = self.state.parked
-        while parked.needs(slots):
-            if time.monotonic() > deadline:
-                waiting = ", ".join(str(d) for d in parked.destinations())
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"shard {self.state.shard_id} holds fan-out parked for shard(s) {waiting}, "
-                    "which did not answer, and it reads the moving slots; bring them back "
-                    "(or remove them) and retry the move",
-                )
-            await asyncio.sleep(0.05)
+
+        def failure() -> ServiceError:
+            waiting = ", ".join(str(d) for d in parked.destinations())
+            return ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"shard {self.state.shard_id} holds fan-out parked for shard(s) {waiting}, "
+                "which did not answer, and it reads the moving slots; bring them back "
+                "(or remove them) and retry the move",
+            )
+
+        await self._wait_until(lambda: not parked.needs(slots), failure, interval=0.05)
 
     async def _wait_outbox_clear(self, slots: set[int]) -> None:
+        def cleared() -> bool:
+            queued = self.state.outbox.peek(1_000_000)
+            return not (
+                any(outbox_needs(record, slots, slot_for_user) for _seq, record in queued)
+                or self.state.parked.needs(slots)
+            )
+
+        def failure() -> ServiceError:
+            return ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "fan-out for the moving slots (queued or parked) did not drain within "
+                f"{FREEZE_WAIT_S:.0f}s (is a destination shard down?); move aborted",
+            )
+
+        await self._wait_until(cleared, failure, interval=0.01, nudge=self.state.outbox.wakeup.set)
+
+    async def _wait_until(
+        self,
+        cleared: Callable[[], bool],
+        failure: Callable[[], ServiceError],
+        interval: float,
+        nudge: Callable[[], None] | None = None,
+    ) -> None:
+        """Poll ``cleared`` until it holds; past FREEZE_WAIT_S raise ``failure()``."""
         deadline = time.monotonic() + FREEZE_WAIT_S
-        while True:
-            pending = any(
-                outbox_needs(record, slots, slot_for_user)
-                for _seq, record in self.state.outbox.peek(1_000_000)
-            ) or self.state.parked.needs(slots)
-            if not pending:
-                return
+        while not cleared():
             if time.monotonic() > deadline:
-                raise ServiceError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "fan-out for the moving slots (queued or parked) did not drain within "
-                    f"{FREEZE_WAIT_S:.0f}s (is a destination shard down?); move aborted",
-                )
-            self.state.outbox.wakeup.set()
-            await asyncio.sleep(0.01)
+                raise failure()
+            if nudge is not None:
+                nudge()
+            await asyncio.sleep(interval)
 
 
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:

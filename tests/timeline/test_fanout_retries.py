@@ -37,6 +37,33 @@ def user_beside(model: Model, cluster, other: int, key) -> int:
         n += 1
 
 
+def author_and_reader(make_cluster, loop):
+    """A 3-shard cluster, an author on shard 0 and a follower on shard 2, settled."""
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    author = user_on(model, cluster, 0, "author")
+    reader = user_on(model, cluster, 2, "reader")
+    follow(model, reader, author)
+    model.settle()
+    return cluster, model, author, reader
+
+
+def two_readers_in_two_slots(make_cluster, loop, authors: list[str]):
+    """A 3-shard cluster whose shard 2 holds two readers in different slots,
+    the first following ``authors[0]``, the second the last author (all on
+    shard 0); settled, then shard 0 cut off from shard 2."""
+    cluster = make_cluster(shards=3)
+    model = Model(cluster, loop)
+    ids = [user_on(model, cluster, 0, key) for key in authors]
+    first = user_on(model, cluster, 2, "first reader")
+    second = user_beside(model, cluster, first, "second reader")
+    follow(model, first, ids[0])
+    follow(model, second, ids[-1])
+    model.settle()
+    cluster.pool.unreachable.add(2)
+    return cluster, model, ids, first, second
+
+
 def follow(model: Model, follower: int, followee: int) -> None:
     model.call("Follow", pb.FollowRequest(follower_id=follower, followee_id=followee))
     model.oracle.follow(follower, followee)
@@ -139,12 +166,7 @@ def test_parked_ops_for_users_that_moved_are_refreshed(make_cluster, loop) -> No
 
 def test_parked_ops_survive_a_restart(make_cluster, loop, tmp_path) -> None:
     """The queue is on disk: a reopened shard still holds it, and drains it."""
-    cluster = make_cluster(shards=3)
-    model = Model(cluster, loop)
-    author = user_on(model, cluster, 0, "author")
-    reader = user_on(model, cluster, 2, "reader")
-    follow(model, reader, author)
-    model.settle()
+    cluster, model, author, reader = author_and_reader(make_cluster, loop)
     cluster.pool.down.add(2)
     post(model, author, "while shard 2 was down")
     model.settle()
@@ -167,17 +189,10 @@ def test_a_slot_that_moved_away_and_back_gets_no_stale_op(make_cluster, loop, mo
     directly), and r's slot moves back. Sent as parked, the put would bring
     the deleted tweet back for good; rebuilt when it is sent, it deletes."""
     monkeypatch.setattr(parked_module, "CHUNK_OPS", 1)
-    cluster = make_cluster(shards=3)
-    model = Model(cluster, loop)
-    author, author2 = user_on(model, cluster, 0, "author"), user_on(model, cluster, 0, "author2")
-    reader = user_on(model, cluster, 2, "reader")
-    reader2 = user_beside(model, cluster, reader, "reader2")
-    follow(model, reader, author)
-    follow(model, reader2, author2)
-    model.settle()
-
+    cluster, model, (author, author2), reader, _ = two_readers_in_two_slots(
+        make_cluster, loop, ["author", "author2"]
+    )
     worker = cluster.workers[0]
-    cluster.pool.unreachable.add(2)
     post(model, author2, "front of the queue")
     doomed = post(model, author, "doomed")
     while model.run(worker.run_round()):
@@ -248,12 +263,7 @@ def test_a_hung_destination_holds_back_no_other_parked_queue(make_cluster, loop,
 def test_a_destination_moving_slots_is_retried_not_parked(make_cluster, loop) -> None:
     """UNAVAILABLE from a shard that answers (slots frozen for a move's last
     step, or stopping) is a pause: the round is retried, nothing parked."""
-    cluster = make_cluster(shards=3)
-    model = Model(cluster, loop)
-    author = user_on(model, cluster, 0, "author")
-    reader = user_on(model, cluster, 2, "reader")
-    follow(model, reader, author)
-    model.settle()
+    cluster, model, author, reader = author_and_reader(make_cluster, loop)
     ownership = cluster.states[2].ownership
     ownership.frozen[slot_for_user(reader)] = "slots are moving; retry shortly"
     post(model, author, "during the freeze")
@@ -270,16 +280,8 @@ def test_a_drain_applies_its_local_share_before_it_awaits(make_cluster, loop, mo
     the drain waits on shard 2 for v's share, the tweet is deleted and the
     delete applied for u here at once: u's share of the put must have been
     applied before that wait, not after it (it would bring the tweet back)."""
-    cluster = make_cluster(shards=3)
-    model = Model(cluster, loop)
-    author = user_on(model, cluster, 0, "author")
-    u = user_on(model, cluster, 2, "u")
-    v = user_beside(model, cluster, u, "v")
-    follow(model, u, author)
-    follow(model, v, author)
-    model.settle()
+    cluster, model, (author,), u, v = two_readers_in_two_slots(make_cluster, loop, ["author"])
     worker = cluster.workers[0]
-    cluster.pool.unreachable.add(2)
     doomed = post(model, author, "doomed")
     model.run(worker.run_round())
     move_slot(cluster, u, 0)
