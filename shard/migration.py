@@ -4,7 +4,8 @@ importing/migrating steps, with Gizzard-style forwarding of writes).
 Source: start capturing writes to the slots, copy a LevelDB snapshot of them
 to the target while still serving them, send the captured writes until few
 are left, then freeze the slots (callers get UNAVAILABLE and retry), wait
-until no outbox record still needs the slots' local data, send the last
+until no outbox record still needs the slots' local data (fan-out parked for
+a shard that is down is waited for with the slots served), send the last
 writes, and hand over: the target adopts the new map first, then the source.
 The source then deletes its copy, and only then forgets the hand-over record,
 so a crash or a cancelled stream mid-deletion is finished at the next start
@@ -221,11 +222,7 @@ class SlotMigrator:
         message = (
             f"slots are moving from shard {ownership.shard_id} to shard {target}; retry shortly"
         )
-        await self._wait_parked_clear(slots)  # before refusing writes, not while
-        for slot in slots:
-            ownership.frozen[slot] = message
-        started = time.monotonic()
-        await self._wait_outbox_clear(slots)
+        started = await self._freeze(slots, message)
         ownership.sealed.update(slots)
         await self._send(slots, target, capture.take(), reset=False)
         record = shard_pb2.MigrateSlotsRequest(
@@ -254,7 +251,33 @@ class SlotMigrator:
         )
         return record
 
-    async def _wait_parked_clear(self, slots: set[int]) -> None:
+    async def _freeze(self, slots: set[int], message: str) -> float:
+        """Freeze the slots once no fan-out still needs their local data;
+        returns when they froze.
+
+        Parked fan-out is waited for with the slots open: only its
+        destination coming back clears it. If some gets parked after the
+        freeze began (a destination went down meanwhile), the slots open
+        again and the move goes back to that wait, rather than refusing
+        their users until the deadline. One deadline bounds all of it."""
+        ownership = self.state.ownership
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while True:
+            await self._wait_parked_clear(slots, deadline)  # before refusing writes, not while
+            for slot in slots:
+                ownership.frozen[slot] = message
+            started = time.monotonic()
+            if await self._wait_outbox_clear(slots, deadline):
+                return started
+            for slot in slots:
+                ownership.frozen.pop(slot, None)
+            log.warning(
+                "fan-out for slots moving to another shard was parked for shard(s) %s while "
+                "they were frozen; serving them again until it drains",
+                ", ".join(str(d) for d in self.state.parked.destinations()),
+            )
+
+    async def _wait_parked_clear(self, slots: set[int], deadline: float) -> None:
         """Parked fan-out reads the sender's data when it is finally sent;
         only a destination coming back clears it, so a move waits for that
         before it freezes the slots, and fails naming the destinations."""
@@ -269,40 +292,50 @@ class SlotMigrator:
                 "(or remove them) and retry the move",
             )
 
-        await self._wait_until(lambda: not parked.needs(slots), failure, interval=0.05)
+        await self._wait_until(
+            lambda: None if parked.needs(slots) else True, failure, deadline, interval=0.05
+        )
 
-    async def _wait_outbox_clear(self, slots: set[int]) -> None:
-        def cleared() -> bool:
+    async def _wait_outbox_clear(self, slots: set[int], deadline: float) -> bool:
+        """Wait, frozen, until no queued fan-out needs the slots (True), or
+        until some for them gets parked (False)."""
+
+        def outcome() -> bool | None:
+            if self.state.parked.needs(slots):
+                return False
             queued = self.state.outbox.peek(1_000_000)
-            return not (
-                any(outbox_needs(record, slots, slot_for_user) for _seq, record in queued)
-                or self.state.parked.needs(slots)
-            )
+            if any(outbox_needs(record, slots, slot_for_user) for _seq, record in queued):
+                return None
+            return True
 
         def failure() -> ServiceError:
             return ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "fan-out for the moving slots (queued or parked) did not drain within "
-                f"{FREEZE_WAIT_S:.0f}s (is a destination shard down?); move aborted",
+                "fan-out for the moving slots did not drain within "
+                f"{FREEZE_WAIT_S:.0f}s (is a destination shard hung?); move aborted",
             )
 
-        await self._wait_until(cleared, failure, interval=0.01, nudge=self.state.outbox.wakeup.set)
+        return await self._wait_until(
+            outcome, failure, deadline, interval=0.01, nudge=self.state.outbox.wakeup.set
+        )
 
     async def _wait_until(
         self,
-        cleared: Callable[[], bool],
+        outcome: Callable[[], bool | None],
         failure: Callable[[], ServiceError],
+        deadline: float,
         interval: float,
         nudge: Callable[[], None] | None = None,
-    ) -> None:
-        """Poll ``cleared`` until it holds; past FREEZE_WAIT_S raise ``failure()``."""
-        deadline = time.monotonic() + FREEZE_WAIT_S
-        while not cleared():
+    ) -> bool:
+        """Poll ``outcome`` until it answers True or False (None: not yet),
+        and return that; past ``deadline`` raise ``failure()``."""
+        while (answer := outcome()) is None:
             if time.monotonic() > deadline:
                 raise failure()
             if nudge is not None:
                 nudge()
             await asyncio.sleep(interval)
+        return answer
 
 
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:

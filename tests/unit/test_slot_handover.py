@@ -562,3 +562,84 @@ def test_shutdown_stops_a_running_drop_and_the_next_start_finishes_it(pair) -> N
     seal_pending_handover(state)
     asyncio.run(settle_at_start(state, peers))  # type: ignore[arg-type]
     assert slot_keys(state, slots) == {} and pending_handover(state) is None
+
+
+# G: fan-out parked while the slots are frozen opens them again ------------------
+
+
+class ParkedWhileFrozen:
+    """Stands for a destination that stops answering just as the slots
+    freeze: the first check made while they are frozen finds fan-out for
+    them parked, and it stays parked until ``drain`` (the destination back).
+    Records whether the slots took writes while it was parked."""
+
+    def __init__(self, state: ShardState, slots: set[int]) -> None:
+        self.state, self.slots = state, slots
+        self.parked = False
+        self.parked_once = False
+        self.open_while_parked = False
+
+    def frozen(self) -> bool:
+        return any(slot in self.state.ownership.frozen for slot in self.slots)
+
+    def needs(self, slots: set[int]) -> bool:
+        if self.frozen() and not self.parked_once:
+            self.parked = self.parked_once = True
+        if self.parked and not self.frozen():
+            self.open_while_parked = True
+        return self.parked and bool(slots & self.slots)
+
+    def destinations(self) -> list[int]:
+        return [2] if self.parked else []
+
+
+def test_fanout_parked_while_frozen_opens_the_slots_until_it_drains(pair, monkeypatch) -> None:
+    """The slots do not stay frozen (their users refused) for as long as a
+    down destination keeps fan-out for them parked: they are served again
+    meanwhile, and frozen anew once it drained."""
+    source, target, peers = pair
+    users = users_in_source_slots(source, 2)
+    slots = {slot_for_user(u) for u in users}
+    expected = slot_keys(source.state, slots)
+    parked = ParkedWhileFrozen(source.state, slots)
+    monkeypatch.setattr(source.state.parked, "needs", parked.needs)
+    monkeypatch.setattr(source.state.parked, "destinations", parked.destinations)
+
+    async def scenario() -> list[str]:
+        async def destination_back() -> None:
+            while not parked.parked_once:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            parked.parked = False
+
+        back = asyncio.create_task(destination_back())
+        steps = await run_move(source.state, peers, move_request(slots))
+        await back
+        await settled(source.state)
+        return steps
+
+    steps = asyncio.run(scenario())
+    assert parked.open_while_parked
+    assert steps[-1] == f"moved {len(slots)} slots to shard 1"
+    assert slot_keys(target, slots) == expected and slot_keys(source.state, slots) == {}
+
+
+def test_fanout_parked_while_frozen_past_the_deadline_fails_naming_the_shard(
+    pair, monkeypatch
+) -> None:
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    parked = ParkedWhileFrozen(source.state, slots)
+    monkeypatch.setattr(source.state.parked, "needs", parked.needs)
+    monkeypatch.setattr(source.state.parked, "destinations", parked.destinations)
+    monkeypatch.setattr(migration, "FREEZE_WAIT_S", 0.3)
+
+    with pytest.raises(ServiceError) as failed:
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "parked for shard(s) 2" in failed.value.message
+    assert parked.open_while_parked
+    ownership = source.state.ownership
+    assert ownership.owned[min(slots)] and not ownership.frozen and not ownership.sealed
