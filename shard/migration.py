@@ -259,15 +259,17 @@ class SlotMigrator:
         destination coming back clears it. If some gets parked after the
         freeze began (a destination went down meanwhile), the slots open
         again and the move goes back to that wait, rather than refusing
-        their users until the deadline. One deadline bounds all of it."""
+        their users until the deadline. Each freeze lasts FREEZE_WAIT_S at
+        most; the waits for parked fan-out, FREEZE_WAIT_S in all."""
         ownership = self.state.ownership
-        deadline = time.monotonic() + FREEZE_WAIT_S
+        parked_deadline = time.monotonic() + FREEZE_WAIT_S
         while True:
-            await self._wait_parked_clear(slots, deadline)  # before refusing writes, not while
+            # before refusing writes, not while
+            await self._wait_parked_clear(slots, parked_deadline)
             for slot in slots:
                 ownership.frozen[slot] = message
             started = time.monotonic()
-            if await self._wait_outbox_clear(slots, deadline):
+            if await self._wait_outbox_clear(slots, started + FREEZE_WAIT_S):
                 return started
             for slot in slots:
                 ownership.frozen.pop(slot, None)

@@ -12,6 +12,7 @@ already been taken.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -643,3 +644,33 @@ def test_fanout_parked_while_frozen_past_the_deadline_fails_naming_the_shard(
     assert parked.open_while_parked
     ownership = source.state.ownership
     assert ownership.owned[min(slots)] and not ownership.frozen and not ownership.sealed
+
+
+def test_a_long_wait_for_parked_fanout_leaves_the_freeze_its_own_time(pair, monkeypatch) -> None:
+    """Parked fan-out held the move for most of FREEZE_WAIT_S before the
+    freeze; the frozen wait for queued fan-out still gets its whole window."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    monkeypatch.setattr(migration, "FREEZE_WAIT_S", 0.5)
+    ownership = source.state.ownership
+    held: dict[str, float] = {}
+
+    def needs(asked: set[int]) -> bool:  # parked for 0.4 s, before the freeze
+        held.setdefault("parked_from", time.monotonic())
+        return time.monotonic() - held["parked_from"] < 0.4
+
+    def peek(_limit: int) -> list:  # queued for 0.3 s once frozen
+        if not any(slot in ownership.frozen for slot in slots):
+            return []
+        held.setdefault("frozen_from", time.monotonic())
+        return [(1, None)] if time.monotonic() - held["frozen_from"] < 0.3 else []
+
+    monkeypatch.setattr(source.state.parked, "needs", needs)
+    monkeypatch.setattr(source.state.outbox, "peek", peek)
+    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert held["frozen_from"] - held["parked_from"] >= 0.4
