@@ -7,8 +7,9 @@ copies and read-time pulls in order and never lose or double a tweet.
 A threshold change skips slots sealed for a move: their last changes have
 already been sent to the target, so a write there now would be deleted with
 the source's copy. Whoever owns such a slot when the move ends re-applies the
-threshold: the target for the slots a new map gives it (``adopt_map``), the
-source for slots a failed move gives back (``migration.release_slots``).
+threshold: the target for the slots a new map gives it (``adopt_map``; not
+when the source checked their users against the target's own threshold),
+the source for slots a failed move gives back (``migration.release_slots``).
 """
 
 from __future__ import annotations
@@ -83,14 +84,32 @@ def reevaluate_slots(state: ShardState, slots: Iterable[int], batch: int = 500) 
     return flips
 
 
-def adopt_map(state: ShardState, slot_map: shard_pb2.SlotMap, gained: list[int]) -> None:
+def consistent_slots(state: ShardState, request: shard_pb2.AssignSlotsRequest) -> list[int]:
+    """The slots whose users the sender of ``request`` vouches for under the
+    threshold this shard has now (see ``AssignSlotsRequest``); none if it
+    checked them against another one, or vouches for nothing."""
+    if not request.HasField("evaluated_threshold"):
+        return []
+    if request.evaluated_threshold != state.settings.celebrity_threshold:
+        return []
+    return list(request.evaluated_slots)
+
+
+def adopt_map(
+    state: ShardState,
+    slot_map: shard_pb2.SlotMap,
+    gained: list[int],
+    consistent: Iterable[int] = (),
+) -> None:
     """Adopt ``slot_map``, first re-applying the threshold to the users of the
     slots it gives this shard (``gained``): the source skipped them if they
     were sealed when the threshold changed, and nothing else re-checks a user
     until its follower count changes. Done before the map is stored (and in
     the same turn of the event loop), so once the map is on disk so are the
-    flips. It reads every user record of those slots (~1 µs each), while the
-    source holds them frozen: a move of many slots is best made in chunks,
-    as ``murmur-admin`` does."""
-    reevaluate_slots(state, gained)
+    flips. It reads every user record of those slots (~1 µs each) while the
+    source holds them frozen, so a move's source names the slots whose users
+    it vouches for (``consistent``: checked against this shard's threshold
+    when it sealed them), and only the other gained slots are read."""
+    skipped = set(consistent)
+    reevaluate_slots(state, [slot for slot in gained if slot not in skipped])
     state.ownership.adopt(slot_map)

@@ -224,6 +224,9 @@ class SlotMigrator:
         )
         started = await self._freeze(slots, message)
         ownership.sealed.update(slots)
+        # from here a threshold change skips these slots: their users stay
+        # checked against this one, which the target may then trust
+        evaluated_threshold = self.state.settings.celebrity_threshold
         await self._send(slots, target, capture.take(), reset=False)
         record = shard_pb2.MigrateSlotsRequest(
             slots=sorted(slots), target_shard=target, new_map=new_map
@@ -231,7 +234,12 @@ class SlotMigrator:
         record_handover(self.state, record)
         try:
             await self.peers.stub(target, self.target_address).AssignSlots(
-                shard_pb2.AssignSlotsRequest(slot_map=new_map), timeout=IMPORT_TIMEOUT_S
+                shard_pb2.AssignSlotsRequest(
+                    slot_map=new_map,
+                    evaluated_threshold=evaluated_threshold,
+                    evaluated_slots=sorted(slots),
+                ),
+                timeout=IMPORT_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
             # the target may have adopted the map and only the answer was lost

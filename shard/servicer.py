@@ -21,7 +21,7 @@ from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
-from shard.celebrity import adopt_map, reevaluate_all
+from shard.celebrity import adopt_map, consistent_slots, reevaluate_all
 from shard.consistency import check_edges, check_slots
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
@@ -77,7 +77,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def AssignSlots(self, request, context):
         gained = self.state.ownership.gains(request.slot_map)
         refuse_while_dropping(self.state, set(gained))
-        adopt_map(self.state, request.slot_map, gained)  # re-checks gained users' celebrity
+        adopt_map(self.state, request.slot_map, gained, consistent_slots(self.state, request))
         return self.state.ownership.info()
 
     @rpc

@@ -23,7 +23,7 @@ import pytest
 from murmur.errors import ServiceError
 from murmur.slots import SLOT_COUNT, slot_for_user
 from murmur.v1 import shard_pb2
-from shard import keys, migration
+from shard import celebrity, keys, migration
 from shard.celebrity import reevaluate_all
 from shard.consistency import check_slots
 from shard.delivery import DeliveryApplier
@@ -400,6 +400,57 @@ def test_a_threshold_change_in_a_moves_last_phase_takes_effect_on_the_target(pai
     assert status_syncs(target) == [star]  # the target tells the star's followers
     assert status_syncs(source.state) == []  # the source wrote nothing doomed to deletion
     assert slot_keys(source.state, slots) == {}
+
+
+def reevaluated_on_adopting(monkeypatch) -> list[int]:
+    """The slots whose users ``adopt_map`` re-checks, as it is called."""
+    seen: list[int] = []
+    real = celebrity.reevaluate_slots
+
+    def recording(state: ShardState, slots, batch: int = 500) -> int:
+        slots = list(slots)
+        seen.extend(slots)
+        return real(state, slots, batch)
+
+    monkeypatch.setattr(celebrity, "reevaluate_slots", recording)
+    return seen
+
+
+def test_a_target_under_the_sources_threshold_takes_the_slots_without_reading_users(
+    pair, monkeypatch
+) -> None:
+    """The source vouches for its users of the slots it hands over (checked
+    against the threshold it sealed them under, the target's too): adopting
+    the map reads none of them while the slots are frozen."""
+    source, target, peers = pair
+    users = users_in_source_slots(source, 3)
+    slots = {slot_for_user(u) for u in users}
+    reevaluated = reevaluated_on_adopting(monkeypatch)
+
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert reevaluated == []
+    assert all(target.ownership.owned[s] for s in slots)
+
+
+def test_a_target_under_another_threshold_re_checks_the_users_it_takes(pair, monkeypatch) -> None:
+    """Only the target was given the lower threshold (an operator's push
+    half done): the star it takes is checked against it on adopting."""
+    source, target, peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    make_famous(source.state, star, 50)
+    slots = {slot_for_user(star)}
+    asyncio.run(
+        peers.servicer.UpdateSettings(shard_pb2.UpdateSettingsRequest(celebrity_threshold=5), None)
+    )
+    reevaluated = reevaluated_on_adopting(monkeypatch)
+
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert reevaluated == sorted(slots)
+    moved = record_on(target, star)
+    assert moved.user.celebrity and moved.celebrity_version == 1
+    assert status_syncs(target) == [star]
 
 
 def test_a_threshold_change_skipped_for_a_move_that_fails_is_applied_by_the_source(pair) -> None:
