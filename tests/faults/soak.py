@@ -1,11 +1,15 @@
 """``make soak``: the mixed workload for N minutes on the real graph, with a
-random kill -9 every minute, then the oracle comparison.
+random kill -9 every minute and slots moving between the shards every 15
+seconds, then the oracle comparison.
 
-    python -m tests.faults.soak [--minutes 10] [--edges 20000] [--out soak.json]
+    python -m tests.faults.soak [--minutes 10] [--edges 20000] [--move-every 15]
+                                [--out soak.json]
 
-Reports operations, errors by code, kills survived, acknowledged writes lost
-(must be 0), and each process's resident memory at the start and the end.
-Everything runs on loopback and stops by itself.
+Reports operations, errors by code, kills survived, slot moves (done, and cut
+short by a kill), acknowledged writes lost (must be 0), whether every slot
+ended with one owner, the consistency check's findings (must be none), and
+each process's resident memory at the start and the end. Everything runs on
+loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from client import MurmurClient, NotFound
+from client.admin_client import AdminClient
+from murmur.slots import SLOT_COUNT
 from tests.datasets import load_edges, load_texts
+from tests.faults.slot_shuffle import SlotShuffler, slot_holders
 from tests.faults.workload import Workload, verify
 from tests.integration.cluster import LocalCluster, eventually
 from tests.timeline.oracle import JoinOracle
@@ -61,6 +68,16 @@ def load(cluster: LocalCluster, oracle: JoinOracle, edges: int) -> list[int]:
     return list(ids.values())
 
 
+TOKEN = "soak-operator-token"
+
+
+def one_owner_each(cluster: LocalCluster) -> None:
+    """Every slot is owned by exactly one shard, by the shards' own maps."""
+    holders = slot_holders(cluster, cluster.shards)
+    wrong = {s: holders.get(s, []) for s in range(SLOT_COUNT) if len(holders.get(s, [])) != 1}
+    assert not wrong, f"{len(wrong)} slots without exactly one owner: {list(wrong.items())[:5]}"
+
+
 def lost_tweets(client: MurmurClient, tweet_ids: list[int]) -> int:
     """Acknowledged tweets the cluster no longer serves. Read 16 at a time:
     one by one, the ~60k tweets of a 10-minute run took longer than the run."""
@@ -82,11 +99,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--edges", type=int, default=20_000, help="edges of the real graph to load")
     parser.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
+    parser.add_argument(
+        "--move-every", type=float, default=15.0, help="seconds between slot moves (0: none)"
+    )
     parser.add_argument("--out", default="bench/results/soak.json")
     args = parser.parse_args()
     rng = random.Random(11)
     with tempfile.TemporaryDirectory(prefix="murmur-soak-") as tmp:
-        cluster = LocalCluster(Path(tmp), shards=3, celebrity_threshold=200).start()
+        cluster = LocalCluster(
+            Path(tmp), shards=3, celebrity_threshold=200, router_args=["--admin-token", TOKEN]
+        ).start()
         try:
             oracle = JoinOracle()
             started = time.monotonic()
@@ -96,11 +118,14 @@ def main() -> None:
             texts = [t for t in load_texts(20_000) if len(t) <= 280]
             workload = Workload(lambda: cluster.target, users, oracle, texts, seed=3)
             workload.start()
+            shuffler = SlotShuffler(lambda: cluster.target, TOKEN, args.move_every)
+            if args.move_every > 0:
+                shuffler.start()
             kills: list[str] = []
             end = time.monotonic() + args.minutes * 60
             while time.monotonic() < end:
                 time.sleep(min(args.kill_every, max(0.0, end - time.monotonic())))
-                if time.monotonic() >= end or workload.failure:
+                if time.monotonic() >= end or workload.failure or shuffler.failure:
                     break
                 if rng.random() < 0.25:
                     cluster.kill_router()
@@ -112,9 +137,17 @@ def main() -> None:
                     time.sleep(rng.uniform(0.2, 2.0))
                     cluster.restart_shard(victim)
                     kills.append(f"shard {victim}")
-                print(f"{len(kills)} kills, ops {dict(workload.ops)}", flush=True)
+                print(
+                    f"{len(kills)} kills, ops {dict(workload.ops)}, "
+                    f"slot moves {dict(shuffler.outcomes)}",
+                    flush=True,
+                )
+            shuffler.stop()
             workload.stop()
+            if shuffler.failure:
+                raise SystemExit(f"soak failed: {shuffler.failure}")
             rss_end = memory(cluster)
+            eventually(lambda: one_owner_each(cluster), timeout=60, interval=1)
             with MurmurClient(cluster.target, timeout=30) as client:
                 eventually(
                     lambda: verify(client, oracle, users, rng.sample(users, 100)),
@@ -122,6 +155,8 @@ def main() -> None:
                     interval=2,
                 )
                 lost = lost_tweets(client, list(oracle.tweets))
+            with AdminClient(cluster.target, TOKEN, timeout=120) as admin:
+                consistency = admin.check_consistency()
             report = {
                 "minutes": args.minutes,
                 "users": len(users),
@@ -129,6 +164,14 @@ def main() -> None:
                 "operations": dict(workload.ops),
                 "errors_by_code": dict(workload.errors),
                 "kills_survived": kills,
+                "slot_moves": dict(shuffler.outcomes),
+                "slots_moved": shuffler.slots_moved,
+                "one_owner_per_slot": True,
+                "consistency": {
+                    "one_sided_edges": consistency.one_sided_edges,
+                    "wrong_counters": consistency.wrong_counters,
+                    "findings": list(consistency.findings),
+                },
                 "acknowledged_tweets": len(oracle.tweets),
                 "data_lost": lost,
                 "oracle_match": True,
@@ -140,7 +183,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    sys.exit(0 if report["data_lost"] == 0 else 1)
+    clean = not (consistency.one_sided_edges or consistency.wrong_counters)
+    sys.exit(0 if report["data_lost"] == 0 and clean else 1)
 
 
 if __name__ == "__main__":

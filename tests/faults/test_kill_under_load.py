@@ -5,7 +5,6 @@ counters are exact, and home timelines equal the join."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ from murmur.slots import SLOT_COUNT
 from murmur.v1 import admin_pb2, admin_pb2_grpc
 from server.slot_moves import CHUNK
 from tests.faults.conftest import TOKEN, settled
+from tests.faults.slot_shuffle import slot_holders
 from tests.faults.workload import Workload, verify
 from tests.integration.cluster import eventually
 
@@ -76,17 +76,6 @@ def test_kill9_a_shard_mid_fanout(loaded):
         cluster.restart_shard(star_shard)
 
     run_with_chaos(loaded, chaos)
-
-
-def slot_holders(cluster, shards: int = 3) -> dict[int, list[int]]:
-    """Slot -> the shards whose own stored map says they own it."""
-    holders: dict[int, list[int]] = defaultdict(list)
-    for index in range(shards):
-        info = cluster.shard_info(index)
-        for run in info.owned:
-            for slot in range(run.start, run.end + 1):
-                holders[slot].append(info.shard_id)
-    return holders
 
 
 def test_kill9_a_shard_mid_slot_move(loaded):

@@ -1,0 +1,106 @@
+"""Slot moves on a timer while a fault test or the soak runs, and the check
+that every slot ended with exactly one owner.
+
+A move that a kill cuts short fails with a retryable code and is counted;
+what must hold afterwards is what the operator was promised: each slot is
+owned by one shard, each chunk wholly moved or wholly left, and no
+acknowledged write lost (the caller's oracle checks that part).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from client.admin_client import AdminClient
+from client.errors import MurmurError
+from server.slot_moves import CHUNK
+
+# codes a move may end with when a process it needs is killed under it
+INTERRUPTED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
+# ...and the refusal a source gives while a hand-over that a kill interrupted
+# is still being settled (it retries until the target answers)
+UNSETTLED = "has not settled the hand-over"
+
+
+def interrupted(exc: MurmurError) -> bool:
+    """A failure a kill explains, rather than a fault of the move itself."""
+    name = exc.code.name
+    return name in INTERRUPTED or (name == "FAILED_PRECONDITION" and UNSETTLED in str(exc))
+
+
+def slot_holders(cluster: Any, shards: int = 3) -> dict[int, list[int]]:
+    """Slot -> the shards whose own stored map says they own it."""
+    holders: dict[int, list[int]] = defaultdict(list)
+    for index in range(shards):
+        info = cluster.shard_info(index)
+        for run in info.owned:
+            for slot in range(run.start, run.end + 1):
+                holders[slot].append(info.shard_id)
+    return holders
+
+
+def owned_slots(admin: AdminClient) -> dict[int, list[int]]:
+    """Shard -> the slots the router says it owns."""
+    return {
+        shard.shard_id: [s for run in shard.slots for s in range(run.start, run.end + 1)]
+        for shard in admin.get_cluster_status().shards
+    }
+
+
+class SlotShuffler:
+    """Every ``every_s`` seconds, moves one or two chunks of random slots from
+    a random shard to another, through the router's Admin API.
+
+    Runs on its own thread; ``stop`` lets the move in progress finish (or
+    fail) first. ``outcomes`` counts "moved" and each failure's code; a
+    failure no kill explains (``interrupted``) is recorded in ``failure`` and
+    stops the shuffling."""
+
+    def __init__(self, target: Callable[[], str], token: str, every_s: float, seed: int = 5):
+        self.target = target
+        self.token = token
+        self.every_s = every_s
+        self.rng = random.Random(seed)
+        self.outcomes: Counter = Counter()
+        self.slots_moved = 0
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SlotShuffler:
+        self._thread = threading.Thread(target=self._run, name="slot-shuffler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.failure = f"a slot move was still running {timeout:.0f} s after the stop"
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s) and self.failure is None:
+            try:
+                with AdminClient(self.target(), self.token, timeout=10.0) as admin:
+                    self._move_once(admin)
+            except MurmurError as exc:
+                self.outcomes[exc.code.name] += 1
+                if not interrupted(exc):
+                    self.failure = f"a slot move failed with {exc.code.name}: {exc}"
+
+    def _move_once(self, admin: AdminClient) -> None:
+        owned = owned_slots(admin)
+        sources = [shard for shard, slots in owned.items() if len(slots) >= CHUNK]
+        source = self.rng.choice(sources)
+        target = self.rng.choice([shard for shard in owned if shard != source])
+        count = min(len(owned[source]), CHUNK * self.rng.randint(1, 2))
+        slots = self.rng.sample(owned[source], count)
+        for _ in admin.move_slots(slots, target):
+            pass
+        self.outcomes["moved"] += 1
+        self.slots_moved += count
