@@ -12,6 +12,9 @@ so a crash or a cancelled stream mid-deletion is finished at the next start
 (or by the next move). Routers learn the new owner from the
 source's "wrong slot" answer; other shards from the map the operator pushes.
 
+A source runs one move at a time (``refuse_while_moving``), whichever
+router asks.
+
 Target: stores entries for slots it does not own yet; an aborted move is
 cleared by the next move's first batch (``reset``).
 """
@@ -23,6 +26,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -136,6 +140,19 @@ class SlotMigrator:
         await finish_given_away(self.state)  # before a new record can replace its record
         refuse_while_unsettled(self.state)
         slots = self._validate(request)
+        refuse_while_moving(self.state)
+        self.state.moving = request  # no await between the check and this
+        try:
+            # closed here, so that its own clean-up has run before the next move
+            async with aclosing(self._migrate(request, slots)) as statuses:
+                async for status in statuses:
+                    yield status
+        finally:
+            self.state.moving = None
+
+    async def _migrate(
+        self, request: shard_pb2.MigrateSlotsRequest, slots: set[int]
+    ) -> AsyncIterator[shard_pb2.MigrateStatus]:
         target = request.target_shard
         self.target_address = request.new_map.addresses[target]
         capture = ChangeCapture(slots)
@@ -429,6 +446,21 @@ def refuse_while_dropping(state: ShardState, slots: set[int]) -> None:
             f"shard {state.shard_id} is still dropping its copy of slots "
             f"{describe_slots(clash)} from their move to shard {request.target_shard}; "
             "retry once that is done",
+        )
+
+
+def refuse_while_moving(state: ShardState) -> None:
+    """One move at a time per source, even through several routers (each
+    router serializes only its own): a second move failing while frozen would
+    leave its slots frozen behind the first one's hand-over record, and its
+    settling could decide about the first one's slots while their AssignSlots
+    is still on its way."""
+    moving = state.moving
+    if moving is not None:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"shard {state.shard_id} is already moving slots {describe_slots(moving.slots)} "
+            f"to shard {moving.target_shard}; one move at a time per shard: retry when it ends",
         )
 
 

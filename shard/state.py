@@ -33,6 +33,8 @@ class ShardState:
         self.outbox = Outbox(self.store)
         self.parked = ParkedQueues(self.store)
         self.threshold_changed = False
+        # the slot move this shard is the source of, while it runs
+        self.moving: shard_pb2.MigrateSlotsRequest | None = None
         self.ownership.on_change.append(self._slots_changed)
 
     def _slots_changed(self, gained: set[int], lost: set[int]) -> None:

@@ -725,3 +725,47 @@ def test_a_long_wait_for_parked_fanout_leaves_the_freeze_its_own_time(pair, monk
 
     assert steps[-1] == "moved 1 slots to shard 1"
     assert held["frozen_from"] - held["parked_from"] >= 0.4
+
+
+def test_a_second_move_from_the_same_source_is_refused_while_one_runs(pair) -> None:
+    """Two routers (or two operators) may start moves from one source at
+    once; the shard takes one at a time and names the one it is running."""
+    source, target, peers = pair
+    first_users, second_users = users_in_source_slots(source, 2)
+    first, second = {slot_for_user(first_users)}, {slot_for_user(second_users)}
+    refused: list[ServiceError] = []
+
+    async def second_move() -> None:
+        try:
+            await run_move(source.state, peers, move_request(second, version=3))
+        except ServiceError as exc:
+            refused.append(exc)
+
+    async def scenario() -> list[str]:
+        peers.on_first_import = second_move  # while the first copies its snapshot
+        steps = await run_move(source.state, peers, move_request(first))
+        await settled(source.state)
+        return steps
+
+    steps = asyncio.run(scenario())
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert [exc.code for exc in refused] == [grpc.StatusCode.FAILED_PRECONDITION]
+    assert f"already moving slots {min(first)} to shard 1" in refused[0].message
+    assert target.ownership.owned[min(first)] and not target.ownership.owned[min(second)]
+    # the first move over, the next one runs
+    peers.on_first_import = None
+    steps = asyncio.run(run_move(source.state, peers, move_request(second, version=3)))
+    assert steps[-1] == "moved 1 slots to shard 1"
+
+
+def test_a_cancelled_move_lets_the_next_one_run(pair) -> None:
+    source, _target, peers = pair
+    first_user, second_user = users_in_source_slots(source, 2)
+    first, second = {slot_for_user(first_user)}, {slot_for_user(second_user)}
+
+    asyncio.run(run_move(source.state, peers, move_request(first), stop_at="catching up"))
+
+    assert source.state.moving is None
+    steps = asyncio.run(run_move(source.state, peers, move_request(second, version=3)))
+    assert steps[-1] == "moved 1 slots to shard 1"
