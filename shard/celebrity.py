@@ -10,6 +10,12 @@ the source's copy. Whoever owns such a slot when the move ends re-applies the
 threshold: the target for the slots a new map gives it (``adopt_map``; not
 when the source checked their users against the target's own threshold),
 the source for slots a failed move gives back (``migration.release_slots``).
+
+The source vouches only for a threshold it has applied to every user it
+owns (``vouched_threshold``): a new threshold is saved before its re-check
+runs, and a re-check can fail or be cut short by a crash; until one
+completes, the target checks every user it takes, and the next start
+re-checks them all.
 """
 
 from __future__ import annotations
@@ -55,10 +61,43 @@ def recheck_celebrity(state: ShardState, txn: Txn, record: shard_pb2.UserRecord)
 def reevaluate_all(state: ShardState, batch: int = 500) -> int:
     """Re-apply the threshold to every user this shard owns; returns the flips.
 
-    Slots sealed for a move are skipped (see the module's docstring)."""
+    Slots sealed for a move are skipped (see the module's docstring). Once
+    every other slot is done, the threshold is recorded as applied: only
+    then may a move vouch for its slots' users (``vouched_threshold``)."""
     ownership = state.ownership
     slots = (s for s in range(SLOT_COUNT) if ownership.owned[s] and s not in ownership.sealed)
-    return reevaluate_slots(state, slots, batch)
+    flips = reevaluate_slots(state, slots, batch)
+    mark_applied(state)
+    return flips
+
+
+def mark_applied(state: ShardState) -> None:
+    """Record that every owned user is checked against the current threshold.
+    Synced: it also syncs the flips written before it (one log, in order)."""
+    threshold = state.settings.celebrity_threshold
+    state.store.db.put(keys.THRESHOLD_APPLIED, keys.u64(threshold), sync=True)
+    state.threshold_applied = threshold
+
+
+def forget_applied(state: ShardState) -> None:
+    """Some owned users may not be checked against the current threshold (a
+    re-check failed): no move vouches for them, and the next start re-checks
+    every user. Called where a failure is already being reported, so it
+    only logs a failure of its own."""
+    state.threshold_applied = None
+    try:
+        state.store.db.delete(keys.THRESHOLD_APPLIED, sync=True)
+    except Exception:
+        log.exception("forgetting the applied celebrity threshold failed")
+
+
+def vouched_threshold(state: ShardState) -> int | None:
+    """The threshold a move's source may tell its target that the users of
+    the slots it hands over were checked against: the current one, if every
+    user was; None (vouch for nothing) while a change is still being applied
+    or a re-check failed."""
+    threshold = state.settings.celebrity_threshold
+    return threshold if state.threshold_applied == threshold else None
 
 
 def reevaluate_slots(state: ShardState, slots: Iterable[int], batch: int = 500) -> int:

@@ -182,6 +182,10 @@ def shard_meta(name: str) -> bytes:
     return LOCAL + SHARD_META + name.encode("ascii")
 
 
+# the celebrity threshold every user this shard owns was last checked against
+THRESHOLD_APPLIED = shard_meta("threshold_applied")
+
+
 def last_u64(key: bytes) -> int:
     """The trailing 8-byte integer of a key (the second id of an edge key)."""
     return U64.unpack_from(key, len(key) - 8)[0]

@@ -149,7 +149,7 @@ async def serve(args: argparse.Namespace) -> None:
     }
     state = open_state(args, overrides)
     handover = seal_pending_handover(state)
-    if state.threshold_changed:
+    if state.threshold_unapplied:
         reevaluate_all(state)  # skips the sealed slots
     applier = DeliveryApplier(state)
     process = ServingProcess(

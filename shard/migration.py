@@ -35,7 +35,7 @@ from murmur.errors import ServiceError, invalid
 from murmur.slots import describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
-from shard.celebrity import reevaluate_slots
+from shard.celebrity import forget_applied, reevaluate_slots, vouched_threshold
 from shard.delivery_ops import source_slot
 from shard.peers import PeerShards
 from shard.state import ShardState
@@ -243,7 +243,11 @@ class SlotMigrator:
         ownership.sealed.update(slots)
         # from here a threshold change skips these slots: their users stay
         # checked against this one, which the target may then trust
-        evaluated_threshold = self.state.settings.celebrity_threshold
+        assign = shard_pb2.AssignSlotsRequest(slot_map=new_map)
+        vouched = vouched_threshold(self.state)
+        if vouched is not None:
+            assign.evaluated_threshold = vouched
+            assign.evaluated_slots.extend(sorted(slots))
         await self._send(slots, target, capture.take(), reset=False)
         record = shard_pb2.MigrateSlotsRequest(
             slots=sorted(slots), target_shard=target, new_map=new_map
@@ -251,12 +255,7 @@ class SlotMigrator:
         record_handover(self.state, record)
         try:
             await self.peers.stub(target, self.target_address).AssignSlots(
-                shard_pb2.AssignSlotsRequest(
-                    slot_map=new_map,
-                    evaluated_threshold=evaluated_threshold,
-                    evaluated_slots=sorted(slots),
-                ),
-                timeout=IMPORT_TIMEOUT_S,
+                assign, timeout=IMPORT_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
             # the target may have adopted the map and only the answer was lost
@@ -528,6 +527,7 @@ def release_slots(state: ShardState, slots: set[int]) -> None:
         reevaluate_slots(state, skipped)
     except Exception:  # a failing disk: report the move's own error, log this one
         log.exception("re-evaluating celebrities of %d released slots failed", len(skipped))
+        forget_applied(state)
 
 
 async def _target_took(

@@ -32,7 +32,9 @@ class ShardState:
         self.inbox = InboxStore(self.store)
         self.outbox = Outbox(self.store)
         self.parked = ParkedQueues(self.store)
-        self.threshold_changed = False
+        # the threshold all owned users were last checked against (None:
+        # unknown, e.g. a re-check failed part-way); see shard/celebrity.py
+        self.threshold_applied: int | None = None
         # the slot move this shard is the source of, while it runs
         self.moving: shard_pb2.MigrateSlotsRequest | None = None
         self.ownership.on_change.append(self._slots_changed)
@@ -59,20 +61,24 @@ class ShardState:
         store = Store(data_dir, compress_tables=compress_tables, write_buffer_mb=write_buffer_mb)
         settings = settings or ShardSettings()
         raw = store.get(keys.shard_meta("settings"))
-        stored_threshold = None
         if raw is not None:
             stored = shard_pb2.Settings.FromString(raw)
             for name in RUNTIME_FIELDS:
                 setattr(settings, name, getattr(stored, name))
-            stored_threshold = stored.celebrity_threshold
         for name, value in (overrides or {}).items():
             setattr(settings, name, value)
         state = cls(store=store, ownership=SlotOwnership(store, shard_id), settings=settings)
         state.persist_settings()
-        state.threshold_changed = (
-            stored_threshold is not None and stored_threshold != settings.celebrity_threshold
-        )
+        applied = store.get(keys.THRESHOLD_APPLIED)
+        state.threshold_applied = None if applied is None else keys.last_u64(applied)
         return state
+
+    @property
+    def threshold_unapplied(self) -> bool:
+        """Some owned user may not be checked against the current threshold: a
+        flag changed it at this start, or a re-check was cut short (a crash
+        in UpdateSettings, a failed re-check); the start re-checks them all."""
+        return self.threshold_applied != self.settings.celebrity_threshold
 
     def persist_settings(self) -> None:
         self.store.db.put(

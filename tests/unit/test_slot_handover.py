@@ -107,6 +107,7 @@ class LocalPeers:
 def pair(tmp_path: Path) -> Iterator[tuple[Shard, ShardState, LocalPeers]]:
     source = Shard(tmp_path / "source", ShardSettings(), owners=None)
     source.state.ownership.adopt(FIRST_MAP)
+    reevaluate_all(source.state)  # as a shard's start does: its threshold is applied
     target = ShardState.open(str(tmp_path / "target"), shard_id=1, settings=ShardSettings())
     target.ownership.adopt(FIRST_MAP)
     yield source, target, LocalPeers(target)
@@ -769,3 +770,60 @@ def test_a_cancelled_move_lets_the_next_one_run(pair) -> None:
     assert source.state.moving is None
     steps = asyncio.run(run_move(source.state, peers, move_request(second, version=3)))
     assert steps[-1] == "moved 1 slots to shard 1"
+
+
+def test_a_source_whose_re_check_failed_vouches_for_nothing(pair, monkeypatch) -> None:
+    """A move failed in its last phase while the threshold dropped, and
+    re-checking the slot it gave back failed (a disk error): the star there
+    was never checked against the new threshold, so the next move must not
+    vouch for it; the target checks it."""
+    source, target, peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    slot = slot_for_user(star)
+    make_famous(source.state, star, 50)
+    source.state.ownership.sealed.add(slot)  # the failing move's last phase
+    lower = shard_pb2.UpdateSettingsRequest(celebrity_threshold=5)
+    asyncio.run(source.servicer.UpdateSettings(lower, None))  # skips the sealed slot
+    asyncio.run(peers.servicer.UpdateSettings(lower, None))
+
+    def disk_error(*_args, **_kwargs):
+        raise OSError("disk error")
+
+    monkeypatch.setattr(migration, "reevaluate_slots", disk_error)
+    migration.release_slots(source.state, {slot})
+    monkeypatch.undo()
+    assert not record_on(source.state, star).user.celebrity  # left unchecked
+
+    asyncio.run(run_move(source.state, peers, move_request({slot})))
+
+    assert record_on(target, star).user.celebrity, "the target trusted an unchecked slot"
+
+
+def test_a_threshold_change_cut_short_is_applied_at_the_next_start(pair, monkeypatch) -> None:
+    """UpdateSettings saves the new threshold before it re-checks the users;
+    a crash between the two leaves users unchecked, which the next start
+    re-checks rather than trusting that the saved threshold was applied."""
+    source, _target, _peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    make_famous(source.state, star, 50)
+
+    def crash(*_args, **_kwargs):
+        raise Killed
+
+    monkeypatch.setattr(celebrity, "reevaluate_slots", crash)
+    with pytest.raises(grpc.aio.AioRpcError):  # the call fails: INTERNAL
+        asyncio.run(
+            source.servicer.UpdateSettings(
+                shard_pb2.UpdateSettingsRequest(celebrity_threshold=5), PeerContext()
+            )
+        )
+    monkeypatch.undo()
+    assert celebrity.vouched_threshold(source.state) is None  # no move vouches meanwhile
+
+    restarted = source.reopen()
+    state = restarted.state
+    assert state.settings.celebrity_threshold == 5 and state.threshold_unapplied
+    reevaluate_all(state)  # what the start does when the threshold is unapplied
+    assert record_on(state, star).user.celebrity
+    assert not state.threshold_unapplied
+    assert not restarted.reopen().state.threshold_unapplied  # the mark is on disk
