@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,11 +38,13 @@ from murmur.v1 import shard_pb2
 from shard import keys
 from shard.celebrity import forget_applied, reevaluate_slots, vouched_threshold
 from shard.delivery_ops import source_slot
+from shard.fanout import DELIVER_TIMEOUT_S
 from shard.peers import PeerShards
 from shard.state import ShardState
 from shard.store import ChangeCapture
 
 log = logging.getLogger("murmur.shard.migration")
+_T = TypeVar("_T")
 
 BATCH_KEYS = 2_000
 # Bytes of keys and values in one ImportEntries message: far under the 64 MiB
@@ -50,6 +53,11 @@ BATCH_BYTES = 4 << 20
 ENTRY_OVERHEAD = 16  # protobuf tags and lengths of one entry, rounded up
 CATCH_UP_ROUNDS = 20
 FREEZE_WAIT_S = 10.0
+# With the slots served again, how long a move waits for the fan-out rounds
+# a freeze could not wait out: one waiting on a destination that stopped
+# answering parks its share after DELIVER_TIMEOUT_S.
+ROUND_WAIT_S = DELIVER_TIMEOUT_S + 1.0
+MAX_FREEZES = 3
 IMPORT_TIMEOUT_S = 60.0
 
 
@@ -279,29 +287,61 @@ class SlotMigrator:
         """Freeze the slots once no fan-out still needs their local data;
         returns when they froze.
 
-        Parked fan-out is waited for with the slots open: only its
-        destination coming back clears it. If some gets parked after the
-        freeze began (a destination went down meanwhile), the slots open
-        again and the move goes back to that wait, rather than refusing
-        their users until the deadline. Each freeze lasts FREEZE_WAIT_S at
-        most; the waits for parked fan-out, FREEZE_WAIT_S in all."""
+        Parked fan-out is waited for with the slots served: only its
+        destination coming back clears it. A freeze lasts FREEZE_WAIT_S at
+        most. If fan-out for the slots gets parked while they are frozen (a
+        destination went down meanwhile), or what is queued for them has not
+        drained when that time is up (a round waits on a destination that
+        stopped answering, and parks its share after DELIVER_TIMEOUT_S),
+        the slots are served again until those rounds have ended and the
+        parked fan-out drained, then frozen anew; MAX_FREEZES times at most.
+        Only the time spent in each of those served waits counts against its
+        own budget (FREEZE_WAIT_S for parked fan-out, ROUND_WAIT_S for
+        rounds), so a long freeze leaves them whole."""
         ownership = self.state.ownership
-        parked_deadline = time.monotonic() + FREEZE_WAIT_S
-        while True:
-            # before refusing writes, not while
-            await self._wait_parked_clear(slots, parked_deadline)
+        parked_left, rounds_left = FREEZE_WAIT_S, ROUND_WAIT_S
+        blocking: int | None = None  # the newest record a freeze could not wait out
+        for _ in range(MAX_FREEZES):
+            began = time.monotonic()
+            if blocking is not None:
+                await self._wait_rounds_ended(slots, blocking, began + rounds_left)
+                rounds_left -= time.monotonic() - began
+            began = time.monotonic()
+            await self._wait_parked_clear(slots, began + parked_left)  # before refusing writes
+            parked_left -= time.monotonic() - began
             for slot in slots:
                 ownership.frozen[slot] = message
             started = time.monotonic()
-            if await self._wait_outbox_clear(slots, started + FREEZE_WAIT_S):
+            outcome = await self._wait_outbox_clear(slots, started + FREEZE_WAIT_S)
+            if outcome == "drained":
                 return started
             for slot in slots:
                 ownership.frozen.pop(slot, None)
+            blocking = self._newest_needing(slots) if outcome == "slow" else None
+            why = f"was parked for shard(s) {self._parked_for()}" if outcome == "parked" else ""
             log.warning(
-                "fan-out for slots moving to another shard was parked for shard(s) %s while "
-                "they were frozen; serving them again until it drains",
-                ", ".join(str(d) for d in self.state.parked.destinations()),
+                "fan-out for slots moving to another shard %s while they were frozen; "
+                "serving them again until it has",
+                why or f"did not drain within {FREEZE_WAIT_S:.0f}s",
             )
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the moving slots were frozen {MAX_FREEZES} times, and each time fan-out that "
+            "reads them was parked or still on its way (parked for shard(s) "
+            f"{self._parked_for() or 'none now'}); move aborted: retry once every shard "
+            "answers steadily",
+        )
+
+    def _parked_for(self) -> str:
+        return ", ".join(str(d) for d in self.state.parked.destinations())
+
+    def _needing(self, slots: set[int]) -> list[int]:
+        """Sequence numbers of the queued records that read ``slots``."""
+        queued = self.state.outbox.peek(1_000_000)
+        return [seq for seq, record in queued if outbox_needs(record, slots, slot_for_user)]
+
+    def _newest_needing(self, slots: set[int]) -> int | None:
+        return max(self._needing(slots), default=None)
 
     async def _wait_parked_clear(self, slots: set[int], deadline: float) -> None:
         """Parked fan-out reads the sender's data when it is finally sent;
@@ -310,53 +350,64 @@ class SlotMigrator:
         parked = self.state.parked
 
         def failure() -> ServiceError:
-            waiting = ", ".join(str(d) for d in parked.destinations())
             return ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"shard {self.state.shard_id} holds fan-out parked for shard(s) {waiting}, "
-                "which did not answer, and it reads the moving slots; bring them back "
-                "(or remove them) and retry the move",
+                f"shard {self.state.shard_id} holds fan-out parked for shard(s) "
+                f"{self._parked_for()}, which did not answer, and it reads the moving slots; "
+                "bring them back (or remove them) and retry the move",
             )
 
         await self._wait_until(
-            lambda: None if parked.needs(slots) else True, failure, deadline, interval=0.05
+            lambda: None if parked.needs(slots) else True, deadline, interval=0.05, failure=failure
         )
 
-    async def _wait_outbox_clear(self, slots: set[int], deadline: float) -> bool:
-        """Wait, frozen, until no queued fan-out needs the slots (True), or
-        until some for them gets parked (False)."""
-
-        def outcome() -> bool | None:
-            if self.state.parked.needs(slots):
-                return False
-            queued = self.state.outbox.peek(1_000_000)
-            if any(outbox_needs(record, slots, slot_for_user) for _seq, record in queued):
-                return None
-            return True
+    async def _wait_rounds_ended(self, slots: set[int], newest: int, deadline: float) -> None:
+        """Wait, with the slots served, until the records for them up to
+        ``newest`` have been delivered or parked (newer ones may come: the
+        next freeze waits for those)."""
 
         def failure() -> ServiceError:
             return ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "fan-out for the moving slots did not drain within "
-                f"{FREEZE_WAIT_S:.0f}s (is a destination shard hung?); move aborted",
+                f"fan-out for the moving slots was still on its way {ROUND_WAIT_S:.0f}s after "
+                "a freeze could not wait for it (is a destination shard hung?); move aborted",
             )
 
+        await self._wait_until(
+            lambda: None if any(seq <= newest for seq in self._needing(slots)) else True,
+            deadline,
+            interval=0.01,
+            failure=failure,
+            nudge=self.state.outbox.wakeup.set,
+        )
+
+    async def _wait_outbox_clear(self, slots: set[int], deadline: float) -> str:
+        """Wait, frozen, until no queued fan-out needs the slots ("drained"),
+        some for them got parked ("parked"), or ``deadline`` passed ("slow")."""
+
+        def outcome() -> str | None:
+            if self.state.parked.needs(slots):
+                return "parked"
+            if not self._needing(slots):
+                return "drained"
+            return "slow" if time.monotonic() > deadline else None
+
         return await self._wait_until(
-            outcome, failure, deadline, interval=0.01, nudge=self.state.outbox.wakeup.set
+            outcome, math.inf, interval=0.01, nudge=self.state.outbox.wakeup.set
         )
 
     async def _wait_until(
         self,
-        outcome: Callable[[], bool | None],
-        failure: Callable[[], ServiceError],
+        outcome: Callable[[], _T | None],
         deadline: float,
         interval: float,
+        failure: Callable[[], ServiceError] | None = None,
         nudge: Callable[[], None] | None = None,
-    ) -> bool:
-        """Poll ``outcome`` until it answers True or False (None: not yet),
-        and return that; past ``deadline`` raise ``failure()``."""
+    ) -> _T:
+        """Poll ``outcome`` until it answers (None: not yet), and return that;
+        past ``deadline`` raise ``failure()``."""
         while (answer := outcome()) is None:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and failure is not None:
                 raise failure()
             if nudge is not None:
                 nudge()

@@ -827,3 +827,119 @@ def test_a_threshold_change_cut_short_is_applied_at_the_next_start(pair, monkeyp
     assert record_on(state, star).user.celebrity
     assert not state.threshold_unapplied
     assert not restarted.reopen().state.threshold_unapplied  # the mark is on disk
+
+
+class TimedFanout:
+    """Fan-out for the moving slots on a timeline that starts at the first
+    freeze: a round queued for them until ``queued_s`` (whether or not the
+    slots are frozen), then its share parked until ``parked_s``. Records
+    each freeze and whether the slots were frozen while the round or the
+    parked share held them past the first freeze's window."""
+
+    def __init__(self, state: ShardState, slots: set[int], queued_s: float, parked_s: float):
+        self.state, self.slots = state, slots
+        self.queued_s, self.parked_s = queued_s, parked_s
+        self.first_frozen: float | None = None
+        self.freezes = 0
+        self.was_frozen = False
+
+    def elapsed(self) -> float:
+        frozen = any(slot in self.state.ownership.frozen for slot in self.slots)
+        if frozen and not self.was_frozen:
+            self.freezes += 1
+        self.was_frozen = frozen
+        if frozen and self.first_frozen is None:
+            self.first_frozen = time.monotonic()
+        return -1.0 if self.first_frozen is None else time.monotonic() - self.first_frozen
+
+    def peek(self, _limit: int) -> list:
+        return [(1, None)] if 0 <= self.elapsed() < self.queued_s else []
+
+    def needs(self, _slots: set[int]) -> bool:
+        return self.queued_s <= self.elapsed() < self.parked_s
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(self.state.parked, "needs", self.needs)
+        monkeypatch.setattr(self.state.parked, "destinations", lambda: [2])
+        monkeypatch.setattr(self.state.outbox, "peek", self.peek)
+        monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+
+
+def test_a_round_that_parks_late_in_a_freeze_leaves_the_parked_wait_its_time(
+    pair, monkeypatch
+) -> None:
+    """A round to a destination that stopped answering held 0.4 s of a 0.5 s
+    freeze, then parked its share for 0.2 s: the parked wait still has its
+    own 0.5 s (its budget was once spent by the freeze)."""
+    source, target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    monkeypatch.setattr(migration, "FREEZE_WAIT_S", 0.5)
+    fanout = TimedFanout(source.state, slots, queued_s=0.4, parked_s=0.6)
+    fanout.install(monkeypatch)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert fanout.freezes == 2
+    assert all(target.ownership.owned[s] for s in slots)
+
+
+def test_a_round_outlasting_a_freeze_is_waited_for_with_the_slots_served(pair, monkeypatch) -> None:
+    """The round still runs when the 0.5 s freeze is up (a hung destination
+    parks a share only after DELIVER_TIMEOUT_S): the slots are served again
+    until it has parked and drained, then frozen anew, instead of the move
+    failing with the slots refused all along."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    monkeypatch.setattr(migration, "FREEZE_WAIT_S", 0.5)
+    monkeypatch.setattr(migration, "ROUND_WAIT_S", 1.0)
+    fanout = TimedFanout(source.state, slots, queued_s=0.8, parked_s=1.0)
+    fanout.install(monkeypatch)
+    served_while_held: list[bool] = []
+    real_needs = fanout.needs
+
+    def needs(asked: set[int]) -> bool:
+        held = real_needs(asked)
+        if held:
+            served_while_held.append(not fanout.was_frozen)
+        return held
+
+    monkeypatch.setattr(source.state.parked, "needs", needs)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert fanout.freezes == 2
+    assert served_while_held and all(served_while_held)
+
+
+def test_a_move_frozen_and_reopened_max_freezes_times_fails_naming_the_shard(
+    pair, monkeypatch
+) -> None:
+    """A destination that goes down at every freeze and comes back as soon
+    as the slots are served again cannot keep the move going for good."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    ownership = source.state.ownership
+    freezes: list[float] = []
+
+    def needs(_asked: set[int]) -> bool:  # parked whenever the slots are frozen
+        frozen = any(slot in ownership.frozen for slot in slots)
+        if frozen:
+            freezes.append(time.monotonic())
+        return frozen
+
+    monkeypatch.setattr(source.state.parked, "needs", needs)
+    monkeypatch.setattr(source.state.parked, "destinations", lambda: [2])
+
+    with pytest.raises(ServiceError) as failed:
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert f"frozen {migration.MAX_FREEZES} times" in failed.value.message
+    assert "parked for shard(s) 2" in failed.value.message
+    assert len(freezes) == migration.MAX_FREEZES
+    assert ownership.owned[min(slots)] and not ownership.frozen and not ownership.sealed
