@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -335,10 +335,14 @@ class SlotMigrator:
     def _parked_for(self) -> str:
         return ", ".join(str(d) for d in self.state.parked.destinations())
 
-    def _needing(self, slots: set[int]) -> list[int]:
-        """Sequence numbers of the queued records that read ``slots``."""
+    def _needing(self, slots: set[int]) -> Iterator[int]:
+        """Sequence numbers of the queued records that read ``slots``, oldest
+        first, read lazily: the waits poll the first one every 10 ms."""
         queued = self.state.outbox.peek(1_000_000)
-        return [seq for seq, record in queued if outbox_needs(record, slots, slot_for_user)]
+        return (seq for seq, record in queued if outbox_needs(record, slots, slot_for_user))
+
+    def _oldest_needing(self, slots: set[int]) -> int | None:
+        return next(self._needing(slots), None)
 
     def _newest_needing(self, slots: set[int]) -> int | None:
         return max(self._needing(slots), default=None)
@@ -373,8 +377,12 @@ class SlotMigrator:
                 "a freeze could not wait for it (is a destination shard hung?); move aborted",
             )
 
+        def ended() -> bool | None:
+            oldest = self._oldest_needing(slots)
+            return True if oldest is None or oldest > newest else None
+
         await self._wait_until(
-            lambda: None if any(seq <= newest for seq in self._needing(slots)) else True,
+            ended,
             deadline,
             interval=0.01,
             failure=failure,
@@ -388,7 +396,7 @@ class SlotMigrator:
         def outcome() -> str | None:
             if self.state.parked.needs(slots):
                 return "parked"
-            if not self._needing(slots):
+            if self._oldest_needing(slots) is None:
                 return "drained"
             return "slow" if time.monotonic() > deadline else None
 
