@@ -13,9 +13,10 @@ the source for slots a failed move gives back (``migration.release_slots``).
 
 The source vouches only for a threshold it has applied to every user it
 owns (``vouched_threshold``): a new threshold is saved before its re-check
-runs, and a re-check can fail or be cut short by a crash; until one
-completes, the target checks every user it takes, and the next start
-re-checks them all.
+runs, a re-check can fail or be cut short by a crash, and one that skipped a
+sealed slot leaves a duty that only memory holds. Until a full re-check
+completes, the target checks every user it takes, and each start re-checks
+them all.
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ def recheck_celebrity(state: ShardState, txn: Txn, record: shard_pb2.UserRecord)
 def reevaluate_all(state: ShardState, batch: int = 500) -> int:
     """Re-apply the threshold to every user this shard owns; returns the flips.
 
-    Slots sealed for a move are skipped (see the module's docstring). Once
-    every other slot is done, the threshold is recorded as applied: only
-    then may a move vouch for its slots' users (``vouched_threshold``)."""
+    Slots sealed for a move are skipped (see the module's docstring). The
+    applied mark is cleared (synced) before the first flip, so a re-check cut
+    short leaves none, even if the next start brings the old threshold back;
+    and it is set again only when no slot was skipped, since the duty to
+    re-check a sealed slot if its move fails lives in memory and dies with
+    the process. Until a full re-check marks it, no move vouches for its
+    slots' users (``vouched_threshold``)."""
     ownership = state.ownership
-    slots = (s for s in range(SLOT_COUNT) if ownership.owned[s] and s not in ownership.sealed)
-    flips = reevaluate_slots(state, slots, batch)
-    mark_applied(state)
+    owned = [s for s in range(SLOT_COUNT) if ownership.owned[s]]
+    unmark(state)
+    flips = reevaluate_slots(state, [s for s in owned if s not in ownership.sealed], batch)
+    if not any(s in ownership.sealed for s in owned):
+        mark_applied(state)
     return flips
 
 
@@ -79,14 +86,19 @@ def mark_applied(state: ShardState) -> None:
     state.threshold_applied = threshold
 
 
+def unmark(state: ShardState) -> None:
+    """No longer claim that every owned user is checked (synced)."""
+    state.threshold_applied = None
+    state.store.db.delete(keys.THRESHOLD_APPLIED, sync=True)
+
+
 def forget_applied(state: ShardState) -> None:
     """Some owned users may not be checked against the current threshold (a
     re-check failed): no move vouches for them, and the next start re-checks
     every user. Called where a failure is already being reported, so it
     only logs a failure of its own."""
-    state.threshold_applied = None
     try:
-        state.store.db.delete(keys.THRESHOLD_APPLIED, sync=True)
+        unmark(state)
     except Exception:
         log.exception("forgetting the applied celebrity threshold failed")
 

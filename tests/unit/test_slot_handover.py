@@ -943,3 +943,93 @@ def test_a_move_frozen_and_reopened_max_freezes_times_fails_naming_the_shard(
     assert "parked for shard(s) 2" in failed.value.message
     assert len(freezes) == migration.MAX_FREEZES
     assert ownership.owned[min(slots)] and not ownership.frozen and not ownership.sealed
+
+
+def start_like_main(state: ShardState) -> None:
+    """shard/main.py serve(): seal a recorded hand-over, then re-check all
+    users only if the threshold is not marked applied."""
+    seal_pending_handover(state)
+    if state.threshold_unapplied:
+        reevaluate_all(state)
+
+
+def test_a_threshold_change_while_a_slot_is_sealed_is_applied_after_a_kill(pair, monkeypatch):
+    """The threshold drops while the moving slot is sealed, before the
+    hand-over record is written (during the last send), and the re-check
+    skips that slot; then kill -9, so the failed move's re-check of the slot
+    (in memory) never runs. The start must not trust the new threshold as
+    applied: it re-checks the slot's users."""
+    source, _target, peers = pair
+    (star,) = users_in_source_slots(source, 1)
+    make_famous(source.state, star, 50)
+    slot = slot_for_user(star)
+    real_import = LocalStub.ImportEntries
+
+    async def import_entries(self, request, timeout):
+        if slot in source.state.ownership.sealed:  # the last send: sealed, no record yet
+            await source.servicer.UpdateSettings(
+                shard_pb2.UpdateSettingsRequest(celebrity_threshold=5), None
+            )
+            raise Killed
+        return await real_import(self, request, timeout)
+
+    def killed(*_args, **_kwargs):  # kill -9: the except clause never runs
+        raise Killed
+
+    monkeypatch.setattr(LocalStub, "ImportEntries", import_entries)
+    monkeypatch.setattr(migration, "release_slots", killed)
+    stream = migration.SlotMigrator(source.state, peers).migrate(move_request({slot}))
+
+    async def drive():
+        async for _ in stream:
+            pass
+
+    with pytest.raises(Killed):
+        asyncio.run(drive())
+    monkeypatch.undo()
+
+    state = source.reopen().state
+    start_like_main(state)
+    assert state.settings.celebrity_threshold == 5
+    assert record_on(state, star).user.celebrity, "50 followers under 5, never re-checked"
+    assert not state.threshold_unapplied
+
+
+def test_a_re_check_cut_short_is_redone_even_if_the_old_threshold_comes_back(pair, monkeypatch):
+    """A new threshold of 5 flips some users, then the shard dies part-way
+    through the re-check; it restarts with --celebrity-threshold 10000 (a
+    unit file that always passes the flag), the threshold applied before.
+    The users flipped under 5 must be checked again under 10000."""
+    source, _target, _peers = pair
+    users = users_in_source_slots(source, 2)
+    for user in users:
+        make_famous(source.state, user, 50)
+    first = min(slot_for_user(u) for u in users)
+    real = celebrity.reevaluate_slots
+
+    def dies_part_way(state, slots, batch=500):
+        real(state, [s for s in slots if s <= first], batch)  # flips committed
+        raise Killed
+
+    monkeypatch.setattr(celebrity, "reevaluate_slots", dies_part_way)
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(
+            source.servicer.UpdateSettings(
+                shard_pb2.UpdateSettingsRequest(celebrity_threshold=5), PeerContext()
+            )
+        )
+    monkeypatch.undo()
+    flipped = [u for u in users if record_on(source.state, u).user.celebrity]
+    assert flipped  # part of the re-check was applied before the "crash"
+    source.close()
+
+    state = ShardState.open(
+        str(source.data_dir), 0, ShardSettings(), overrides={"celebrity_threshold": 10_000}
+    )
+    try:
+        start_like_main(state)
+        assert [u for u in flipped if record_on(state, u).user.celebrity] == [], (
+            "a 50-follower celebrity under threshold 10000"
+        )
+    finally:
+        state.store.close()
