@@ -58,6 +58,8 @@ FREEZE_WAIT_S = 10.0
 # answering parks its share after DELIVER_TIMEOUT_S.
 ROUND_WAIT_S = DELIVER_TIMEOUT_S + 1.0
 MAX_FREEZES = 3
+# a wait sleeps this many times as long as its last poll took (see _wait_until)
+POLL_SHARE_INVERSE = 9
 IMPORT_TIMEOUT_S = 60.0
 
 
@@ -287,20 +289,22 @@ class SlotMigrator:
         """Freeze the slots once no fan-out still needs their local data;
         returns when they froze.
 
-        Parked fan-out is waited for with the slots served: only its
-        destination coming back clears it. A freeze lasts FREEZE_WAIT_S at
+        Fan-out already queued for the slots is waited for with them served,
+        and so is parked fan-out (only its destination coming back clears
+        it); a freeze then waits only for what came since, FREEZE_WAIT_S at
         most. If fan-out for the slots gets parked while they are frozen (a
         destination went down meanwhile), or what is queued for them has not
         drained when that time is up (a round waits on a destination that
         stopped answering, and parks its share after DELIVER_TIMEOUT_S),
         the slots are served again until those rounds have ended and the
         parked fan-out drained, then frozen anew; MAX_FREEZES times at most.
-        Only the time spent in each of those served waits counts against its
-        own budget (FREEZE_WAIT_S for parked fan-out, ROUND_WAIT_S for
-        rounds), so a long freeze leaves them whole."""
+        Only the time spent in each served wait counts against its budget
+        (FREEZE_WAIT_S for parked fan-out, ROUND_WAIT_S for rounds), so a
+        long freeze leaves them whole."""
         ownership = self.state.ownership
         parked_left, rounds_left = FREEZE_WAIT_S, ROUND_WAIT_S
-        blocking: int | None = None  # the newest record a freeze could not wait out
+        blocking = self._newest_needing(slots)  # the newest record to wait out, served
+        outcome = ""
         for _ in range(MAX_FREEZES):
             began = time.monotonic()
             if blocking is not None:
@@ -318,19 +322,23 @@ class SlotMigrator:
             for slot in slots:
                 ownership.frozen.pop(slot, None)
             blocking = self._newest_needing(slots) if outcome == "slow" else None
-            why = f"was parked for shard(s) {self._parked_for()}" if outcome == "parked" else ""
             log.warning(
-                "fan-out for slots moving to another shard %s while they were frozen; "
-                "serving them again until it has",
-                why or f"did not drain within {FREEZE_WAIT_S:.0f}s",
+                "fan-out for slots moving to another shard %s; serving them again until it has",
+                self._frozen_outcome(outcome, slots),
             )
         raise ServiceError(
             grpc.StatusCode.UNAVAILABLE,
-            f"the moving slots were frozen {MAX_FREEZES} times, and each time fan-out that "
-            "reads them was parked or still on its way (parked for shard(s) "
-            f"{self._parked_for() or 'none now'}); move aborted: retry once every shard "
-            "answers steadily",
+            f"the moving slots were frozen {MAX_FREEZES} times, and fan-out that reads them "
+            f"{self._frozen_outcome(outcome, slots)} the last time; move aborted: retry once every "
+            "shard answers steadily",
         )
+
+    def _frozen_outcome(self, outcome: str, slots: set[int]) -> str:
+        """Why a freeze ended without draining, for the log and the error."""
+        if outcome == "parked":
+            return f"was parked for shard(s) {self._parked_for()} while they were frozen"
+        queued = sum(1 for _ in self._needing(slots))
+        return f"had not drained {FREEZE_WAIT_S:.0f}s into the freeze ({queued} records queued)"
 
     def _parked_for(self) -> str:
         return ", ".join(str(d) for d in self.state.parked.destinations())
@@ -371,10 +379,12 @@ class SlotMigrator:
         next freeze waits for those)."""
 
         def failure() -> ServiceError:
+            queued = sum(1 for seq in self._needing(slots) if seq <= newest)
             return ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"fan-out for the moving slots was still on its way {ROUND_WAIT_S:.0f}s after "
-                "a freeze could not wait for it (is a destination shard hung?); move aborted",
+                f"{queued} fan-out records that read the moving slots were still queued after "
+                f"{ROUND_WAIT_S:.0f}s of waiting for them with the slots served (a destination "
+                "shard hung, or a backlog too big to drain in that time); move aborted",
             )
 
         def ended() -> bool | None:
@@ -413,14 +423,22 @@ class SlotMigrator:
         nudge: Callable[[], None] | None = None,
     ) -> _T:
         """Poll ``outcome`` until it answers (None: not yet), and return that;
-        past ``deadline`` raise ``failure()``."""
-        while (answer := outcome()) is None:
+        past ``deadline`` raise ``failure()``.
+
+        ``outcome`` may scan the outbox, which takes ~5 µs a record: behind a
+        backlog of thousands a poll every ``interval`` would hold the event
+        loop (and the fan-out that drains the backlog) most of the time, so
+        polls are spaced to keep them to about a tenth of it."""
+        while True:
+            began = time.monotonic()
+            answer = outcome()
+            if answer is not None:
+                return answer
             if time.monotonic() > deadline and failure is not None:
                 raise failure()
             if nudge is not None:
                 nudge()
-            await asyncio.sleep(interval)
-        return answer
+            await asyncio.sleep(max(interval, POLL_SHARE_INVERSE * (time.monotonic() - began)))
 
 
 def import_entries(state: ShardState, request: shard_pb2.ImportEntriesRequest) -> int:

@@ -12,6 +12,7 @@ already been taken.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -1033,3 +1034,65 @@ def test_a_re_check_cut_short_is_redone_even_if_the_old_threshold_comes_back(pai
         )
     finally:
         state.store.close()
+
+
+def test_polls_behind_a_slow_scan_are_spaced_to_a_tenth_of_the_loop(pair, monkeypatch) -> None:
+    """A wait whose check scans a big outbox backlog (here each check takes
+    50 ms of a fake clock) sleeps nine times that between checks, so the
+    fan-out that drains the backlog keeps the event loop nine tenths of the
+    time; a cheap check is still polled every ``interval``."""
+    source, _target, peers = pair
+    clock = [0.0]
+    slept: list[float] = []
+    monkeypatch.setattr(migration.time, "monotonic", lambda: clock[0])
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(migration.asyncio, "sleep", sleep)
+
+    def check(cost: float, answer_after: int):
+        calls = [0]
+
+        def outcome() -> str | None:
+            calls[0] += 1
+            clock[0] += cost
+            return "done" if calls[0] > answer_after else None
+
+        return outcome
+
+    migrator = SlotMigrator(source.state, peers)  # type: ignore[arg-type]
+    answer = asyncio.run(migrator._wait_until(check(0.05, 3), math.inf, interval=0.01))
+    assert answer == "done" and slept == pytest.approx([0.45] * 3)
+    slept.clear()
+    asyncio.run(migrator._wait_until(check(0.0001, 3), math.inf, interval=0.01))
+    assert slept == pytest.approx([0.01] * 3)
+
+
+def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
+    pair, monkeypatch
+) -> None:
+    """A backlog for the moving slots (here one record, queued for 0.3 s)
+    is delivered while they are still served; the freeze then waits only
+    for what came since."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    ownership = source.state.ownership
+    began = time.monotonic()
+    frozen_while_queued: list[bool] = []
+
+    def peek(_limit: int) -> list:
+        if time.monotonic() - began >= 0.3:
+            return []
+        frozen_while_queued.append(any(slot in ownership.frozen for slot in slots))
+        return [(1, None)]
+
+    monkeypatch.setattr(source.state.outbox, "peek", peek)
+    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert frozen_while_queued and not any(frozen_while_queued)
