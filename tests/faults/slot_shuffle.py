@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from client.admin_client import AdminClient
@@ -26,8 +28,38 @@ INTERRUPTED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 UNSETTLED = "has not settled the hand-over"
 
 
+# a move may still fail this long after a restart: the source settles an
+# interrupted hand-over, and routers and shards reconnect
+AFTERMATH_S = 10.0
+
+
+class KillWindows:
+    """When a process was down (from its kill to its restart), so that a
+    failed move is excused only by a kill that overlapped it."""
+
+    def __init__(self) -> None:
+        self._windows: list[list[float]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        window = [time.monotonic(), float("inf")]
+        with self._lock:
+            self._windows.append(window)
+        try:
+            yield
+        finally:
+            window[1] = time.monotonic()
+
+    def overlap(self, start: float, end: float) -> bool:
+        with self._lock:
+            return any(
+                began <= end and start <= ended + AFTERMATH_S for began, ended in self._windows
+            )
+
+
 def interrupted(exc: MurmurError) -> bool:
-    """A failure a kill explains, rather than a fault of the move itself."""
+    """A failure a kill can explain, rather than a fault of the move itself."""
     name = exc.code.name
     return name in INTERRUPTED or (name == "FAILED_PRECONDITION" and UNSETTLED in str(exc))
 
@@ -57,13 +89,22 @@ class SlotShuffler:
 
     Runs on its own thread; ``stop`` lets the move in progress finish (or
     fail) first. ``outcomes`` counts "moved" and each failure's code; a
-    failure no kill explains (``interrupted``) is recorded in ``failure`` and
-    stops the shuffling."""
+    failure that no kill in ``kills`` overlapped, or of a kind no kill
+    explains (``interrupted``), or any other exception, is recorded in
+    ``failure`` and stops the shuffling."""
 
-    def __init__(self, target: Callable[[], str], token: str, every_s: float, seed: int = 5):
+    def __init__(
+        self,
+        target: Callable[[], str],
+        token: str,
+        every_s: float,
+        kills: KillWindows,
+        seed: int = 5,
+    ):
         self.target = target
         self.token = token
         self.every_s = every_s
+        self.kills = kills
         self.rng = random.Random(seed)
         self.outcomes: Counter = Counter()
         self.slots_moved = 0
@@ -85,13 +126,16 @@ class SlotShuffler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s) and self.failure is None:
+            started = time.monotonic()
             try:
                 with AdminClient(self.target(), self.token, timeout=10.0) as admin:
                     self._move_once(admin)
             except MurmurError as exc:
                 self.outcomes[exc.code.name] += 1
-                if not interrupted(exc):
+                if not (interrupted(exc) and self.kills.overlap(started, time.monotonic())):
                     self.failure = f"a slot move failed with {exc.code.name}: {exc}"
+            except Exception as exc:  # a bug of the shuffler itself must not pass unseen
+                self.failure = f"the slot shuffler failed: {exc!r}"
 
     def _move_once(self, admin: AdminClient) -> None:
         owned = owned_slots(admin)

@@ -27,7 +27,7 @@ from client import MurmurClient, NotFound
 from client.admin_client import AdminClient
 from murmur.slots import SLOT_COUNT
 from tests.datasets import load_edges, load_texts
-from tests.faults.slot_shuffle import SlotShuffler, slot_holders
+from tests.faults.slot_shuffle import KillWindows, SlotShuffler, slot_holders
 from tests.faults.workload import Workload, verify
 from tests.integration.cluster import LocalCluster, eventually
 from tests.timeline.oracle import JoinOracle
@@ -118,7 +118,8 @@ def main() -> None:
             texts = [t for t in load_texts(20_000) if len(t) <= 280]
             workload = Workload(lambda: cluster.target, users, oracle, texts, seed=3)
             workload.start()
-            shuffler = SlotShuffler(lambda: cluster.target, TOKEN, args.move_every)
+            kill_windows = KillWindows()
+            shuffler = SlotShuffler(lambda: cluster.target, TOKEN, args.move_every, kill_windows)
             if args.move_every > 0:
                 shuffler.start()
             kills: list[str] = []
@@ -127,16 +128,17 @@ def main() -> None:
                 time.sleep(min(args.kill_every, max(0.0, end - time.monotonic())))
                 if time.monotonic() >= end or workload.failure or shuffler.failure:
                     break
-                if rng.random() < 0.25:
-                    cluster.kill_router()
-                    cluster.restart_router(same_port=True)
-                    kills.append("router")
-                else:
-                    victim = rng.randrange(cluster.shards)
-                    cluster.kill_shard(victim)
-                    time.sleep(rng.uniform(0.2, 2.0))
-                    cluster.restart_shard(victim)
-                    kills.append(f"shard {victim}")
+                with kill_windows.down():
+                    if rng.random() < 0.25:
+                        cluster.kill_router()
+                        cluster.restart_router(same_port=True)
+                        kills.append("router")
+                    else:
+                        victim = rng.randrange(cluster.shards)
+                        cluster.kill_shard(victim)
+                        time.sleep(rng.uniform(0.2, 2.0))
+                        cluster.restart_shard(victim)
+                        kills.append(f"shard {victim}")
                 print(
                     f"{len(kills)} kills, ops {dict(workload.ops)}, "
                     f"slot moves {dict(shuffler.outcomes)}",
@@ -146,6 +148,8 @@ def main() -> None:
             workload.stop()
             if shuffler.failure:
                 raise SystemExit(f"soak failed: {shuffler.failure}")
+            if args.move_every > 0 and not shuffler.outcomes["moved"]:
+                raise SystemExit(f"soak failed: no slot move completed ({dict(shuffler.outcomes)})")
             rss_end = memory(cluster)
             eventually(lambda: one_owner_each(cluster), timeout=60, interval=1)
             with MurmurClient(cluster.target, timeout=30) as client:
