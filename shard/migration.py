@@ -345,7 +345,7 @@ class SlotMigrator:
 
     def _needing(self, slots: set[int]) -> Iterator[int]:
         """Sequence numbers of the queued records that read ``slots``, oldest
-        first, read lazily: the waits poll the first one every 10 ms."""
+        first, read lazily: most polls need only the first one."""
         queued = self.state.outbox.peek(1_000_000)
         return (seq for seq, record in queued if outbox_needs(record, slots, slot_for_user))
 
