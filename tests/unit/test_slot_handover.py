@@ -1068,6 +1068,9 @@ def test_polls_behind_a_slow_scan_are_spaced_to_a_tenth_of_the_loop(pair, monkey
     slept.clear()
     asyncio.run(migrator._wait_until(check(0.0001, 3), math.inf, interval=0.01))
     assert slept == pytest.approx([0.01] * 3)
+    slept.clear()  # a very slow check: the gap stops growing, a deadline is not overshot far
+    asyncio.run(migrator._wait_until(check(0.5, 1), math.inf, interval=0.01))
+    assert slept == pytest.approx([migration.MAX_POLL_GAP_S])
 
 
 def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
