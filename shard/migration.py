@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -174,10 +174,7 @@ class SlotMigrator:
             yield shard_pb2.MigrateStatus(step=f"copying {described}")
             await self._copy_snapshot(slots, target)
             yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="catching up")
-            for _ in range(CATCH_UP_ROUNDS):
-                if len(capture.changes) < BATCH_KEYS // 4:
-                    break
-                await self._send(slots, target, capture.take(), reset=False)
+            await self._catch_up(slots, target, capture)
             yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="freezing")
             record = await self._freeze_and_hand_over(slots, target, capture, request.new_map)
         except BaseException:
@@ -194,6 +191,14 @@ class SlotMigrator:
         yield shard_pb2.MigrateStatus(keys_copied=self.copied, step="deleting source copy")
         await asyncio.shield(deletion)
         yield shard_pb2.MigrateStatus(keys_copied=self.copied, step=f"moved {described}", done=True)
+
+    async def _catch_up(self, slots: set[int], target: int, capture: ChangeCapture) -> None:
+        """Send the captured writes while the slots are served, until few are
+        left: those go while they are frozen."""
+        for _ in range(CATCH_UP_ROUNDS):
+            if len(capture.changes) < BATCH_KEYS // 4:
+                break
+            await self._send(slots, target, capture.take(), reset=False)
 
     async def _copy_snapshot(self, slots: set[int], target: int) -> None:
         snapshot = self.state.store.db.snapshot()
@@ -251,7 +256,7 @@ class SlotMigrator:
         message = (
             f"slots are moving from shard {ownership.shard_id} to shard {target}; retry shortly"
         )
-        started = await self._freeze(slots, message)
+        started = await self._freeze(slots, message, lambda: self._catch_up(slots, target, capture))
         ownership.sealed.update(slots)
         # from here a threshold change skips these slots: their users stay
         # checked against this one, which the target may then trust
@@ -287,7 +292,9 @@ class SlotMigrator:
         )
         return record
 
-    async def _freeze(self, slots: set[int], message: str) -> float:
+    async def _freeze(
+        self, slots: set[int], message: str, catch_up: Callable[[], Awaitable[None]]
+    ) -> float:
         """Freeze the slots once no fan-out still needs their local data;
         returns when they froze.
 
@@ -301,11 +308,16 @@ class SlotMigrator:
         the slots are served again until those rounds have ended and the
         parked fan-out drained, then frozen anew; MAX_FREEZES times at most.
         Only the time spent in each served wait counts against its budget
-        (FREEZE_WAIT_S for parked fan-out, ROUND_WAIT_S for rounds), so a
-        long freeze leaves them whole."""
+        (FREEZE_WAIT_S for parked fan-out; ROUND_WAIT_S for what was queued
+        before the first freeze, and as much for the rounds after), so a
+        long freeze leaves them whole. The writes the slots took meanwhile
+        are sent (``catch_up``) before each freeze, not while frozen."""
         ownership = self.state.ownership
         parked_left, rounds_left = FREEZE_WAIT_S, ROUND_WAIT_S
-        blocking = self._newest_needing(slots)  # the newest record to wait out, served
+        queued = self._newest_needing(slots)  # the newest record to wait out, served
+        if queued is not None:
+            await self._wait_rounds_ended(slots, queued, time.monotonic() + ROUND_WAIT_S)
+        blocking: int | None = None
         outcome = ""
         for _ in range(MAX_FREEZES):
             began = time.monotonic()
@@ -315,6 +327,7 @@ class SlotMigrator:
             began = time.monotonic()
             await self._wait_parked_clear(slots, began + parked_left)  # before refusing writes
             parked_left -= time.monotonic() - began
+            await catch_up()
             for slot in slots:
                 ownership.frozen[slot] = message
             started = time.monotonic()

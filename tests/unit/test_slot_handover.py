@@ -1099,3 +1099,72 @@ def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
 
     assert steps[-1] == "moved 1 slots to shard 1"
     assert frozen_while_queued and not any(frozen_while_queued)
+
+
+def test_writes_taken_during_the_served_waits_are_sent_before_the_freeze(pair, monkeypatch) -> None:
+    """The slots take writes while the move waits, served, for their queued
+    fan-out; those go to the target before the slots freeze, so the freeze
+    sends only what came in the last moment."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slot = slot_for_user(user)
+    ownership = source.state.ownership
+    began = time.monotonic()
+    wrote = [False]
+
+    def peek(_limit: int) -> list:
+        if time.monotonic() - began >= 0.3:
+            return []
+        if not wrote[0]:  # the slot keeps taking writes while served
+            wrote[0] = True
+            fill(source.state, slot, 6_000)
+        return [(1, None)]
+
+    monkeypatch.setattr(source.state.outbox, "peek", peek)
+    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+    sent_frozen = [0]
+    real = LocalStub.ImportEntries
+
+    async def counting(self, request, timeout):
+        if slot in ownership.frozen:
+            sent_frozen[0] += len(request.entries)
+        return await real(self, request, timeout)
+
+    monkeypatch.setattr(LocalStub, "ImportEntries", counting)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request({slot})))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert sent_frozen[0] < BATCH_KEYS // 4, f"{sent_frozen[0]} entries sent frozen"
+
+
+def test_draining_the_queue_before_the_freeze_leaves_the_later_rounds_their_time(
+    pair, monkeypatch
+) -> None:
+    """Fan-out queued before the freeze took 0.8 s of a 1 s ROUND_WAIT_S to
+    drain; a round that then outlasts a freeze still gets its own 1 s."""
+    source, _target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    ownership = source.state.ownership
+    monkeypatch.setattr(migration, "FREEZE_WAIT_S", 0.3)
+    monkeypatch.setattr(migration, "ROUND_WAIT_S", 1.0)
+    began = time.monotonic()
+    first_frozen: list[float] = []
+
+    def peek(_limit: int) -> list:
+        now = time.monotonic()
+        if not first_frozen and any(slot in ownership.frozen for slot in slots):
+            first_frozen.append(now)
+        if now - began < 0.8:
+            return [(1, None)]  # queued before the move froze anything
+        if first_frozen and now - first_frozen[0] < 0.9:
+            return [(2, None)]  # a round that outlasts the 0.3 s freeze
+        return []
+
+    monkeypatch.setattr(source.state.outbox, "peek", peek)
+    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+
+    steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert steps[-1] == "moved 1 slots to shard 1"
