@@ -14,9 +14,10 @@ the source for slots a failed move gives back (``migration.release_slots``).
 The source vouches only for a threshold it has applied to every user it
 owns (``vouched_threshold``): a new threshold is saved before its re-check
 runs, a re-check can fail or be cut short by a crash, and one that skipped a
-sealed slot leaves a duty that only memory holds. Until a full re-check
-completes, the target checks every user it takes, and each start re-checks
-them all.
+sealed slot leaves a duty that only memory holds (``recheck_owed``: the mark
+comes back once those slots have left, or been re-checked when their move
+failed). Until then, the target checks every user it takes, and a start
+re-checks them all.
 """
 
 from __future__ import annotations
@@ -67,15 +68,33 @@ def reevaluate_all(state: ShardState, batch: int = 500) -> int:
     short leaves none, even if the next start brings the old threshold back;
     and it is set again only when no slot was skipped, since the duty to
     re-check a sealed slot if its move fails lives in memory and dies with
-    the process. Until a full re-check marks it, no move vouches for its
-    slots' users (``vouched_threshold``)."""
+    the process (``settle_owed`` sets it once that duty is done). Until it
+    is set, no move vouches for its slots' users (``vouched_threshold``)."""
     ownership = state.ownership
     owned = [s for s in range(SLOT_COUNT) if ownership.owned[s]]
     unmark(state)
     flips = reevaluate_slots(state, [s for s in owned if s not in ownership.sealed], batch)
-    if not any(s in ownership.sealed for s in owned):
+    skipped = {s for s in owned if s in ownership.sealed}
+    if skipped:
+        state.recheck_owed = (state.settings.celebrity_threshold, skipped)
+    else:
         mark_applied(state)
     return flips
+
+
+def settle_owed(state: ShardState, slots: Iterable[int]) -> None:
+    """``slots`` left this shard, or were re-checked after their move failed;
+    once no slot the last re-check skipped is left, every owned user is
+    checked against the threshold again, and moves may vouch for them."""
+    if state.recheck_owed is None:
+        return
+    threshold, owed = state.recheck_owed
+    owed.difference_update(slots)
+    if owed:
+        return
+    state.recheck_owed = None
+    if threshold == state.settings.celebrity_threshold and state.threshold_applied is None:
+        mark_applied(state)
 
 
 def mark_applied(state: ShardState) -> None:
@@ -97,6 +116,7 @@ def forget_applied(state: ShardState) -> None:
     re-check failed): no move vouches for them, and the next start re-checks
     every user. Called where a failure is already being reported, so it
     only logs a failure of its own."""
+    state.recheck_owed = None  # settling the skipped slots would not be enough
     try:
         unmark(state)
     except Exception:

@@ -36,7 +36,7 @@ from murmur.errors import ServiceError, invalid
 from murmur.slots import describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
 from shard import keys
-from shard.celebrity import forget_applied, reevaluate_slots, vouched_threshold
+from shard.celebrity import forget_applied, reevaluate_slots, settle_owed, vouched_threshold
 from shard.delivery_ops import source_slot
 from shard.fanout import DELIVER_TIMEOUT_S
 from shard.peers import PeerShards
@@ -595,6 +595,7 @@ async def finish_handover(state: ShardState, request: shard_pb2.MigrateSlotsRequ
     """Drop the local copy of a handed-over move's slots, then its record (if
     no later move replaced it): the record is what finishes a cut-short drop."""
     await _drop_slots(state, set(request.slots))
+    settle_owed(state, request.slots)
     if pending_handover(state) == request:
         clear_handover(state)
 
@@ -622,6 +623,8 @@ def release_slots(state: ShardState, slots: set[int]) -> None:
     except Exception:  # a failing disk: report the move's own error, log this one
         log.exception("re-evaluating celebrities of %d released slots failed", len(skipped))
         forget_applied(state)
+    else:
+        settle_owed(state, skipped)
 
 
 async def _target_took(

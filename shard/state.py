@@ -35,6 +35,9 @@ class ShardState:
         # the threshold all owned users were last checked against (None:
         # unknown, e.g. a re-check failed part-way); see shard/celebrity.py
         self.threshold_applied: int | None = None
+        # (threshold, slots): sealed slots the last re-check skipped, while
+        # their move may still give them back (see shard/celebrity.py)
+        self.recheck_owed: tuple[int, set[int]] | None = None
         # the slot move this shard is the source of, while it runs
         self.moving: shard_pb2.MigrateSlotsRequest | None = None
         self.ownership.on_change.append(self._slots_changed)

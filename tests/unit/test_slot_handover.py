@@ -1168,3 +1168,35 @@ def test_draining_the_queue_before_the_freeze_leaves_the_later_rounds_their_time
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
     assert steps[-1] == "moved 1 slots to shard 1"
+
+
+def test_the_applied_mark_comes_back_once_the_slots_a_re_check_skipped_have_left(
+    pair, monkeypatch
+) -> None:
+    """A threshold change skipped a slot sealed for a move, so moves stop
+    vouching; once that slot is handed over every user the source still owns
+    is checked again, and the next move vouches (its target reads no user)."""
+    source, _target, peers = pair
+    _star, slots = star_of_a_moving_slot(source, peers)  # threshold 5 set while sealed
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+    peers.on_assign = None
+    later = users_in_source_slots(source, 2, stem="later")
+    later_slots = {slot_for_user(u) for u in later} - slots
+    reevaluated = reevaluated_on_adopting(monkeypatch)
+
+    asyncio.run(run_move(source.state, peers, move_request(later_slots, version=3)))
+
+    assert celebrity.vouched_threshold(source.state) == 5
+    assert reevaluated == []
+
+
+def test_the_applied_mark_comes_back_once_a_failed_move_re_checked_its_slots(pair) -> None:
+    source, _target, peers = pair
+    star, slots = star_of_a_moving_slot(source, peers)  # threshold 5 set while sealed
+    peers.refuse_assign = True
+    with pytest.raises(ServiceError):
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert record_on(source.state, star).user.celebrity  # re-checked on release
+    assert celebrity.vouched_threshold(source.state) == 5
+    assert not source.reopen().state.threshold_unapplied
