@@ -106,8 +106,11 @@ def mark_applied(state: ShardState) -> None:
 
 
 def unmark(state: ShardState) -> None:
-    """No longer claim that every owned user is checked (synced)."""
+    """No longer claim that every owned user is checked (synced), nor that
+    settling an earlier re-check's skipped slots would make it so: that one
+    may have been under another threshold, or this one may fail."""
     state.threshold_applied = None
+    state.recheck_owed = None
     state.store.db.delete(keys.THRESHOLD_APPLIED, sync=True)
 
 
@@ -116,7 +119,6 @@ def forget_applied(state: ShardState) -> None:
     re-check failed): no move vouches for them, and the next start re-checks
     every user. Called where a failure is already being reported, so it
     only logs a failure of its own."""
-    state.recheck_owed = None  # settling the skipped slots would not be enough
     try:
         unmark(state)
     except Exception:

@@ -595,7 +595,6 @@ async def finish_handover(state: ShardState, request: shard_pb2.MigrateSlotsRequ
     """Drop the local copy of a handed-over move's slots, then its record (if
     no later move replaced it): the record is what finishes a cut-short drop."""
     await _drop_slots(state, set(request.slots))
-    settle_owed(state, request.slots)
     if pending_handover(state) == request:
         clear_handover(state)
 
@@ -620,11 +619,10 @@ def release_slots(state: ShardState, slots: set[int]) -> None:
         ownership.sealed.discard(slot)
     try:
         reevaluate_slots(state, skipped)
+        settle_owed(state, skipped)
     except Exception:  # a failing disk: report the move's own error, log this one
         log.exception("re-evaluating celebrities of %d released slots failed", len(skipped))
         forget_applied(state)
-    else:
-        settle_owed(state, skipped)
 
 
 async def _target_took(
@@ -674,7 +672,8 @@ async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
 
 
 async def _drop_slots(state: ShardState, slots: set[int]) -> None:
-    """Drop a copy in small batches, letting requests run between."""
+    """Drop a copy in small batches, letting requests run between. The
+    slots have left: a re-check owes them nothing any more."""
     db = state.store.db
     for slot in sorted(slots):
         while True:
@@ -688,6 +687,7 @@ async def _drop_slots(state: ShardState, slots: set[int]) -> None:
                     batch.delete(key)
             state.store.hot.clear()  # deleted around Txn: forget any copy of these keys
             await asyncio.sleep(0)
+    settle_owed(state, slots)
 
 
 async def settle_at_start(state: ShardState, peers: PeerShards) -> None:

@@ -1200,3 +1200,55 @@ def test_the_applied_mark_comes_back_once_a_failed_move_re_checked_its_slots(pai
     assert record_on(source.state, star).user.celebrity  # re-checked on release
     assert celebrity.vouched_threshold(source.state) == 5
     assert not source.reopen().state.threshold_unapplied
+
+
+def threshold_of(threshold: int) -> shard_pb2.UpdateSettingsRequest:
+    return shard_pb2.UpdateSettingsRequest(celebrity_threshold=threshold)
+
+
+def test_a_failed_re_check_back_to_the_owed_threshold_is_not_marked_applied(
+    pair, monkeypatch
+) -> None:
+    """The threshold goes 5 (while a slot is sealed: its re-check is owed),
+    10,000, then 5 again with a re-check that fails, all while the source
+    drops the handed-over slot; settling that slot must not mark 5 applied,
+    since a user of another slot was never checked under it."""
+    source, _target, peers = pair
+    # threshold 5 set on both shards while the star's slot is sealed: owed = (5, {S})
+    star, slots = star_of_a_moving_slot(source, peers)
+    other = next(
+        u for u in users_in_source_slots(source, 3, stem="o") if slot_for_user(u) not in slots
+    )
+    make_famous(source.state, other, 50)
+    real_drop = migration._drop_slots
+    real_reevaluate = celebrity.reevaluate_slots
+    done = [False]
+
+    async def drop_with_settings_meanwhile(state, slots_):
+        # UpdateSettings calls served while the source drops its copy
+        # (the drop yields to the loop between batches)
+        if not done[0]:
+            done[0] = True
+            for servicer in (source.servicer, peers.servicer):
+                await servicer.UpdateSettings(threshold_of(10_000), PeerContext())  # succeeds
+            await peers.servicer.UpdateSettings(threshold_of(5), PeerContext())
+
+            def disk_error(*_a, **_k):
+                raise OSError("disk error")
+
+            monkeypatch.setattr(celebrity, "reevaluate_slots", disk_error)
+            with pytest.raises(grpc.aio.AioRpcError):  # the source's re-check fails
+                await source.servicer.UpdateSettings(threshold_of(5), PeerContext())
+            monkeypatch.setattr(celebrity, "reevaluate_slots", real_reevaluate)
+            assert celebrity.vouched_threshold(source.state) is None
+        await real_drop(state, slots_)
+
+    monkeypatch.setattr(migration, "_drop_slots", drop_with_settings_meanwhile)
+    asyncio.run(run_move(source.state, peers, move_request(slots)))
+    peers.on_assign = None
+
+    assert source.state.settings.celebrity_threshold == 5
+    assert not record_on(source.state, other).user.celebrity  # never re-checked under 5
+    assert celebrity.vouched_threshold(source.state) is None, (
+        "the source vouches for threshold 5 though its re-check under 5 failed"
+    )
