@@ -1,15 +1,17 @@
 """``make soak``: the mixed workload for N minutes on the real graph, with a
-random kill -9 every minute and slots moving between the shards every 15
-seconds, then the oracle comparison.
+random kill -9 every minute, slots moving between the shards every 15
+seconds and the celebrity threshold changing every 40, then the oracle
+comparison.
 
     python -m tests.faults.soak [--minutes 10] [--edges 20000] [--move-every 15]
-                                [--out soak.json]
+                                [--flip-every 40] [--out soak.json]
 
-Reports operations, errors by code, kills survived, slot moves (done, and cut
-short by a kill), acknowledged writes lost (must be 0), whether every slot
-ended with one owner, the consistency check's findings (must be none), and
-each process's resident memory at the start and the end. Everything runs on
-loopback and stops by itself.
+Reports operations, errors by code, kills survived, slot moves and threshold
+changes (done, and cut short by a kill), acknowledged writes lost (must be
+0), whether every slot ended with one owner, the consistency check's
+findings and the users whose celebrity flag the last threshold does not
+allow (both must be none), and each process's resident memory at the start
+and the end. Everything runs on loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from client import MurmurClient, NotFound
 from client.admin_client import AdminClient
 from murmur.slots import SLOT_COUNT
 from tests.datasets import load_edges, load_texts
-from tests.faults.slot_shuffle import KillWindows, SlotShuffler, slot_holders
+from tests.faults.operators import (
+    KillWindows,
+    OperatorLoop,
+    SlotShuffler,
+    ThresholdFlipper,
+    slot_holders,
+    wrong_statuses,
+)
 from tests.faults.workload import Workload, verify
 from tests.integration.cluster import LocalCluster, eventually
 from tests.timeline.oracle import JoinOracle
@@ -78,6 +87,28 @@ def one_owner_each(cluster: LocalCluster) -> None:
     assert not wrong, f"{len(wrong)} slots without exactly one owner: {list(wrong.items())[:5]}"
 
 
+def celebrity_flags(client: MurmurClient, users: list[int]) -> dict[int, tuple[bool, int]]:
+    """User id -> (celebrity flag, followers), read 16 at a time."""
+
+    def flag(user_id: int) -> tuple[bool, int]:
+        user = client.get_user(user_id=user_id)
+        return user.celebrity, user.follower_count
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(zip(users, pool.map(flag, users), strict=True))
+
+
+def stop_operators(operators: list[OperatorLoop]) -> None:
+    """Stop them; the soak fails if one failed or (running) never succeeded."""
+    for operator in operators:
+        operator.stop()
+    for operator in operators:
+        if operator.failure:
+            raise SystemExit(f"soak failed: {operator.failure}")
+        if operator.every_s > 0 and not operator.outcomes[operator.done]:
+            raise SystemExit(f"soak failed: {type(operator).__name__} never succeeded")
+
+
 def lost_tweets(client: MurmurClient, tweet_ids: list[int]) -> int:
     """Acknowledged tweets the cluster no longer serves. Read 16 at a time:
     one by one, the ~60k tweets of a 10-minute run took longer than the run."""
@@ -102,6 +133,12 @@ def main() -> None:
     parser.add_argument(
         "--move-every", type=float, default=15.0, help="seconds between slot moves (0: none)"
     )
+    parser.add_argument(
+        "--flip-every",
+        type=float,
+        default=40.0,
+        help="seconds between celebrity threshold changes, 200 <-> 120 (0: none)",
+    )
     parser.add_argument("--out", default="bench/results/soak.json")
     args = parser.parse_args()
     rng = random.Random(11)
@@ -120,13 +157,18 @@ def main() -> None:
             workload.start()
             kill_windows = KillWindows()
             shuffler = SlotShuffler(lambda: cluster.target, TOKEN, args.move_every, kill_windows)
-            if args.move_every > 0:
-                shuffler.start()
+            flipper = ThresholdFlipper(
+                lambda: cluster.target, TOKEN, args.flip_every, kill_windows, thresholds=(200, 120)
+            )
+            operators: list[OperatorLoop] = [shuffler, flipper]
+            for operator in operators:
+                if operator.every_s > 0:
+                    operator.start()
             kills: list[str] = []
             end = time.monotonic() + args.minutes * 60
             while time.monotonic() < end:
                 time.sleep(min(args.kill_every, max(0.0, end - time.monotonic())))
-                if time.monotonic() >= end or workload.failure or shuffler.failure:
+                if time.monotonic() >= end or workload.failure or any(o.failure for o in operators):
                     break
                 with kill_windows.down():
                     if rng.random() < 0.25:
@@ -141,15 +183,11 @@ def main() -> None:
                         kills.append(f"shard {victim}")
                 print(
                     f"{len(kills)} kills, ops {dict(workload.ops)}, "
-                    f"slot moves {dict(shuffler.outcomes)}",
+                    f"slot moves {dict(shuffler.outcomes)}, thresholds {dict(flipper.outcomes)}",
                     flush=True,
                 )
-            shuffler.stop()
+            stop_operators(operators)
             workload.stop()
-            if shuffler.failure:
-                raise SystemExit(f"soak failed: {shuffler.failure}")
-            if args.move_every > 0 and not shuffler.outcomes["moved"]:
-                raise SystemExit(f"soak failed: no slot move completed ({dict(shuffler.outcomes)})")
             rss_end = memory(cluster)
             eventually(lambda: one_owner_each(cluster), timeout=60, interval=1)
             with MurmurClient(cluster.target, timeout=30) as client:
@@ -159,8 +197,10 @@ def main() -> None:
                     interval=2,
                 )
                 lost = lost_tweets(client, list(oracle.tweets))
-            with AdminClient(cluster.target, TOKEN, timeout=120) as admin:
-                consistency = admin.check_consistency()
+                with AdminClient(cluster.target, TOKEN, timeout=120) as admin:
+                    consistency = admin.check_consistency()
+                    threshold = flipper.settle(admin)
+                wrong_flags = wrong_statuses(celebrity_flags(client, users), threshold)
             report = {
                 "minutes": args.minutes,
                 "users": len(users),
@@ -171,6 +211,9 @@ def main() -> None:
                 "slot_moves": dict(shuffler.outcomes),
                 "slots_moved": shuffler.slots_moved,
                 "one_owner_per_slot": True,
+                "threshold_changes": dict(flipper.outcomes),
+                "final_threshold": threshold,
+                "wrong_celebrity_flags": len(wrong_flags),
                 "consistency": {
                     "one_sided_edges": consistency.one_sided_edges,
                     "wrong_counters": consistency.wrong_counters,
@@ -187,7 +230,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    clean = not (consistency.one_sided_edges or consistency.wrong_counters)
+    clean = not (consistency.one_sided_edges or consistency.wrong_counters or wrong_flags)
     sys.exit(0 if report["data_lost"] == 0 and clean else 1)
 
 

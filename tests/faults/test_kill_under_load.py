@@ -13,7 +13,7 @@ from murmur.slots import SLOT_COUNT
 from murmur.v1 import admin_pb2, admin_pb2_grpc
 from server.slot_moves import CHUNK
 from tests.faults.conftest import TOKEN, settled
-from tests.faults.slot_shuffle import slot_holders
+from tests.faults.operators import slot_holders
 from tests.faults.workload import Workload, verify
 from tests.integration.cluster import eventually
 

@@ -1,10 +1,12 @@
-"""Slot moves on a timer while a fault test or the soak runs, and the check
-that every slot ended with exactly one owner.
+"""What operators do to a running cluster while a fault test or the soak
+runs (slot moves, celebrity threshold changes, each on a timer), and the
+checks of what they were promised afterwards.
 
-A move that a kill cuts short fails with a retryable code and is counted;
-what must hold afterwards is what the operator was promised: each slot is
-owned by one shard, each chunk wholly moved or wholly left, and no
-acknowledged write lost (the caller's oracle checks that part).
+An action that a kill cuts short fails with a retryable code and is
+counted; what must hold afterwards: each slot is owned by one shard, each
+chunk wholly moved or wholly left, every user's celebrity flag agrees with
+the last threshold, and no acknowledged write is lost (the caller's oracle
+checks that part).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from client.admin_client import AdminClient
 from client.errors import MurmurError
 from server.slot_moves import CHUNK
+from shard.settings import is_celebrity
 
-# codes a move may end with when a process it needs is killed under it
+# codes an action may end with when a process it needs is killed under it
 INTERRUPTED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 # ...and the refusal a source gives while a hand-over that a kill interrupted
 # is still being settled (it retries until the target answers)
@@ -83,15 +86,17 @@ def owned_slots(admin: AdminClient) -> dict[int, list[int]]:
     }
 
 
-class SlotShuffler:
-    """Every ``every_s`` seconds, moves one or two chunks of random slots from
-    a random shard to another, through the router's Admin API.
+class OperatorLoop:
+    """Every ``every_s`` seconds, one operator action (``act``) through the
+    router's Admin API, on its own thread.
 
-    Runs on its own thread; ``stop`` lets the move in progress finish (or
-    fail) first. ``outcomes`` counts "moved" and each failure's code; a
-    failure that no kill in ``kills`` overlapped, or of a kind no kill
-    explains (``interrupted``), or any other exception, is recorded in
-    ``failure`` and stops the shuffling."""
+    ``stop`` lets the action in progress finish (or fail) first.
+    ``outcomes`` counts each success (under ``done``) and each failure's
+    code; a failure that no kill in ``kills`` overlapped, or of a kind no
+    kill explains (``interrupted``), or any other exception, is recorded in
+    ``failure`` and stops the loop."""
+
+    done = "done"
 
     def __init__(
         self,
@@ -107,13 +112,16 @@ class SlotShuffler:
         self.kills = kills
         self.rng = random.Random(seed)
         self.outcomes: Counter = Counter()
-        self.slots_moved = 0
         self.failure: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> SlotShuffler:
-        self._thread = threading.Thread(target=self._run, name="slot-shuffler", daemon=True)
+    def act(self, admin: AdminClient) -> None:
+        raise NotImplementedError
+
+    def start(self) -> OperatorLoop:
+        name = type(self).__name__
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         return self
 
@@ -122,22 +130,33 @@ class SlotShuffler:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                self.failure = f"a slot move was still running {timeout:.0f} s after the stop"
+                self.failure = f"{self.done}: still running {timeout:.0f} s after the stop"
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s) and self.failure is None:
             started = time.monotonic()
             try:
                 with AdminClient(self.target(), self.token, timeout=10.0) as admin:
-                    self._move_once(admin)
+                    self.act(admin)
+                self.outcomes[self.done] += 1
             except MurmurError as exc:
                 self.outcomes[exc.code.name] += 1
                 if not (interrupted(exc) and self.kills.overlap(started, time.monotonic())):
-                    self.failure = f"a slot move failed with {exc.code.name}: {exc}"
-            except Exception as exc:  # a bug of the shuffler itself must not pass unseen
-                self.failure = f"the slot shuffler failed: {exc!r}"
+                    self.failure = f"{type(self).__name__} failed with {exc.code.name}: {exc}"
+            except Exception as exc:  # a bug of the loop itself must not pass unseen
+                self.failure = f"{type(self).__name__} failed: {exc!r}"
 
-    def _move_once(self, admin: AdminClient) -> None:
+
+class SlotShuffler(OperatorLoop):
+    """Moves one or two chunks of random slots from a random shard to another."""
+
+    done = "moved"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots_moved = 0
+
+    def act(self, admin: AdminClient) -> None:
         owned = owned_slots(admin)
         sources = [shard for shard, slots in owned.items() if len(slots) >= CHUNK]
         source = self.rng.choice(sources)
@@ -146,5 +165,40 @@ class SlotShuffler:
         slots = self.rng.sample(owned[source], count)
         for _ in admin.move_slots(slots, target):
             pass
-        self.outcomes["moved"] += 1
         self.slots_moved += count
+
+
+class ThresholdFlipper(OperatorLoop):
+    """Sets the celebrity threshold to each of ``thresholds`` in turn, so
+    that re-checks run while slots move and processes die."""
+
+    done = "changed"
+
+    def __init__(self, *args: Any, thresholds: tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.thresholds = thresholds
+        self.threshold = thresholds[0]  # the last one asked for
+
+    def act(self, admin: AdminClient) -> None:
+        self.threshold = self.thresholds[
+            (self.thresholds.index(self.threshold) + 1) % len(self.thresholds)
+        ]
+        admin.update_settings(celebrity_threshold=self.threshold)
+
+    def settle(self, admin: AdminClient) -> int:
+        """Repeat the last threshold until every shard took it (one that was
+        down may have missed it); returns it."""
+        admin.update_settings(celebrity_threshold=self.threshold)
+        return self.threshold
+
+
+def wrong_statuses(users: dict[int, tuple[bool, int]], threshold: int) -> list[int]:
+    """Users whose celebrity flag no threshold rule allows, from user id ->
+    (flag, followers): a celebrity under the demotion line, or an ordinary
+    account at or over the threshold (in between, either may hold: the
+    hysteresis)."""
+    return [
+        user
+        for user, (celebrity, followers) in users.items()
+        if celebrity != is_celebrity(celebrity, followers, threshold)
+    ]
