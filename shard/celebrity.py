@@ -72,9 +72,9 @@ def reevaluate_all(state: ShardState, batch: int = 500) -> int:
     is set, no move vouches for its slots' users (``vouched_threshold``)."""
     ownership = state.ownership
     owned = [s for s in range(SLOT_COUNT) if ownership.owned[s]]
-    unmark(state)
-    flips = reevaluate_slots(state, [s for s in owned if s not in ownership.sealed], batch)
     skipped = {s for s in owned if s in ownership.sealed}
+    unmark(state)
+    flips = reevaluate_slots(state, [s for s in owned if s not in skipped], batch)
     if skipped:
         state.recheck_owed = (state.settings.celebrity_threshold, skipped)
     else:

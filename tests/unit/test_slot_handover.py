@@ -171,6 +171,13 @@ async def run_move(
     return steps
 
 
+def queue_records(monkeypatch, state: ShardState, peek: Callable[[int], list]) -> None:
+    """The source's outbox holds what ``peek`` returns, and every record in
+    it reads the moving slots: stands for fan-out a move must wait out."""
+    monkeypatch.setattr(state.outbox, "peek", peek)
+    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+
+
 async def settled(state: ShardState, timeout_s: float = 5.0) -> None:
     """Let background work of the move (the source's deletion) finish."""
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -720,8 +727,7 @@ def test_a_long_wait_for_parked_fanout_leaves_the_freeze_its_own_time(pair, monk
         return [(1, None)] if time.monotonic() - held["frozen_from"] < 0.3 else []
 
     monkeypatch.setattr(source.state.parked, "needs", needs)
-    monkeypatch.setattr(source.state.outbox, "peek", peek)
-    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+    queue_records(monkeypatch, source.state, peek)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
@@ -862,8 +868,7 @@ class TimedFanout:
     def install(self, monkeypatch) -> None:
         monkeypatch.setattr(self.state.parked, "needs", self.needs)
         monkeypatch.setattr(self.state.parked, "destinations", lambda: [2])
-        monkeypatch.setattr(self.state.outbox, "peek", self.peek)
-        monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+        queue_records(monkeypatch, self.state, self.peek)
 
 
 def test_a_round_that_parks_late_in_a_freeze_leaves_the_parked_wait_its_time(
@@ -1092,8 +1097,7 @@ def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
         frozen_while_queued.append(any(slot in ownership.frozen for slot in slots))
         return [(1, None)]
 
-    monkeypatch.setattr(source.state.outbox, "peek", peek)
-    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+    queue_records(monkeypatch, source.state, peek)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
@@ -1120,8 +1124,7 @@ def test_writes_taken_during_the_served_waits_are_sent_before_the_freeze(pair, m
             fill(source.state, slot, 6_000)
         return [(1, None)]
 
-    monkeypatch.setattr(source.state.outbox, "peek", peek)
-    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+    queue_records(monkeypatch, source.state, peek)
     sent_frozen = [0]
     real = LocalStub.ImportEntries
 
@@ -1162,8 +1165,7 @@ def test_draining_the_queue_before_the_freeze_leaves_the_later_rounds_their_time
             return [(2, None)]  # a round that outlasts the 0.3 s freeze
         return []
 
-    monkeypatch.setattr(source.state.outbox, "peek", peek)
-    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+    queue_records(monkeypatch, source.state, peek)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
