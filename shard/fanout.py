@@ -581,7 +581,7 @@ class FanoutWorker:
 
     def _unrefreshed(self, op: shard_pb2.DeliveryOp, slot: int) -> shard_pb2.DeliveryOp:
         """A slot move waits until no parked op and no queued record reads
-        its slot (``ParkedQueues.needs``, ``migration.outbox_needs``), so this
+        its slot (``ParkedQueues.needs``, ``Outbox.queued_for``), so this
         shard holds what it rebuilds ops from; should it not (a store
         restored from an older backup), the op goes as it was parked, in its
         queue's order, and the log says so."""

@@ -26,18 +26,17 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
 
 from murmur.errors import ServiceError, invalid
-from murmur.slots import describe_slots, slot_for_user
+from murmur.slots import describe_slots
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.celebrity import forget_applied, reevaluate_slots, settle_owed, vouched_threshold
-from shard.delivery_ops import source_slot
 from shard.fanout import DELIVER_TIMEOUT_S
 from shard.peers import PeerShards
 from shard.state import ShardState
@@ -67,18 +66,6 @@ IMPORT_TIMEOUT_S = 60.0
 
 def slot_range(slot: int) -> bytes:
     return keys.slot_prefix(slot)
-
-
-def outbox_needs(record: shard_pb2.OutboxRecord, slots: set[int], slot_of) -> bool:
-    """Does delivering this record read local data of ``slots``?"""
-    kind = record.WhichOneof("work")
-    if kind == "tweet_fanout":
-        return slot_of(record.tweet_fanout.tweet.user_id) in slots
-    if kind == "status_sync":
-        return slot_of(record.status_sync.followee_id) in slots
-    if kind == "direct":  # a follow's far side, rebuilt from the follower's edge if parked
-        return source_slot(record.direct) in slots
-    return False
 
 
 Changes = list[tuple[bytes, bytes | None]]
@@ -352,20 +339,18 @@ class SlotMigrator:
         """Why a freeze ended without draining, for the log and the error."""
         if outcome == "parked":
             return f"was parked for shard(s) {self._parked_for()} while they were frozen"
-        queued = sum(1 for _ in self._needing(slots))
+        queued = len(self._needing(slots))
         return f"had not drained {FREEZE_WAIT_S:.0f}s into the freeze ({queued} records queued)"
 
     def _parked_for(self) -> str:
         return ", ".join(str(d) for d in self.state.parked.destinations())
 
-    def _needing(self, slots: set[int]) -> Iterator[int]:
-        """Sequence numbers of the queued records that read ``slots``, oldest
-        first, read lazily: most polls need only the first one."""
-        queued = self.state.outbox.peek(1_000_000)
-        return (seq for seq, record in queued if outbox_needs(record, slots, slot_for_user))
+    def _needing(self, slots: set[int]) -> set[int]:
+        """Sequence numbers of the queued records that read ``slots``."""
+        return self.state.outbox.queued_for(slots)
 
     def _oldest_needing(self, slots: set[int]) -> int | None:
-        return next(self._needing(slots), None)
+        return min(self._needing(slots), default=None)
 
     def _newest_needing(self, slots: set[int]) -> int | None:
         return max(self._needing(slots), default=None)
@@ -440,11 +425,12 @@ class SlotMigrator:
         """Poll ``outcome`` until it answers (None: not yet), and return that;
         past ``deadline`` raise ``failure()``.
 
-        ``outcome`` may scan the outbox, which takes ~5 µs a record: behind a
-        backlog of thousands a poll every ``interval`` would hold the event
-        loop (and the fan-out that drains the backlog) most of the time, so
-        polls are spaced to keep them to about a tenth of it (a third at
-        worst, behind ~100,000 records, where the gap stops growing)."""
+        ``outcome`` gathers the moving slots' queued records from the
+        outbox's index: microseconds, unless the slots themselves have
+        tens of thousands queued. Polls are spaced to ~9x what the last one
+        took, so even then they keep to about a tenth of the event loop
+        (and of the fan-out that drains the backlog).
+        """
         while True:
             began = time.monotonic()
             answer = outcome()

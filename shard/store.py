@@ -210,6 +210,9 @@ class Txn:
         self.writes: dict[bytes, bytes | None] = {}
         self.hot_keys: list[bytes] = []
         self.relisted: list[bytes] = []
+        # run once the batch has landed, never if it fails: memory that must
+        # mirror what is on disk exactly (the outbox's index) follows it here
+        self.on_commit: list[Callable[[], None]] = []
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
@@ -277,3 +280,7 @@ class Txn:
             self.relisted.clear()
         self.writes.clear()
         self.hot_keys.clear()
+        if self.on_commit:
+            for hook in self.on_commit:
+                hook()
+            self.on_commit.clear()

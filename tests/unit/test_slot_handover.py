@@ -36,6 +36,7 @@ from shard.migration import (
     seal_pending_handover,
     settle_at_start,
 )
+from shard.outbox import add_follower_record
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
 from shard.state import ShardState
@@ -171,11 +172,10 @@ async def run_move(
     return steps
 
 
-def queue_records(monkeypatch, state: ShardState, peek: Callable[[int], list]) -> None:
-    """The source's outbox holds what ``peek`` returns, and every record in
-    it reads the moving slots: stands for fan-out a move must wait out."""
-    monkeypatch.setattr(state.outbox, "peek", peek)
-    monkeypatch.setattr(migration, "outbox_needs", lambda record, slots, slot_of: True)
+def queue_records(monkeypatch, state: ShardState, queued: Callable[[], set[int]]) -> None:
+    """The source's outbox holds the records ``queued`` names, all reading
+    the moving slots: stands for fan-out a move must wait out."""
+    monkeypatch.setattr(state.outbox, "queued_for", lambda slots: queued())
 
 
 async def settled(state: ShardState, timeout_s: float = 5.0) -> None:
@@ -651,7 +651,7 @@ class ParkedWhileFrozen:
         return self.parked and bool(slots & self.slots)
 
     def destinations(self) -> list[int]:
-        return [2] if self.parked else []
+        return [2] if self.parked else set()
 
 
 def test_fanout_parked_while_frozen_opens_the_slots_until_it_drains(pair, monkeypatch) -> None:
@@ -720,14 +720,14 @@ def test_a_long_wait_for_parked_fanout_leaves_the_freeze_its_own_time(pair, monk
         held.setdefault("parked_from", time.monotonic())
         return time.monotonic() - held["parked_from"] < 0.4
 
-    def peek(_limit: int) -> list:  # queued for 0.3 s once frozen
+    def queued() -> set[int]:  # queued for 0.3 s once frozen
         if not any(slot in ownership.frozen for slot in slots):
-            return []
+            return set()
         held.setdefault("frozen_from", time.monotonic())
-        return [(1, None)] if time.monotonic() - held["frozen_from"] < 0.3 else []
+        return {1} if time.monotonic() - held["frozen_from"] < 0.3 else set()
 
     monkeypatch.setattr(source.state.parked, "needs", needs)
-    queue_records(monkeypatch, source.state, peek)
+    queue_records(monkeypatch, source.state, queued)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
@@ -859,8 +859,8 @@ class TimedFanout:
             self.first_frozen = time.monotonic()
         return -1.0 if self.first_frozen is None else time.monotonic() - self.first_frozen
 
-    def peek(self, _limit: int) -> list:
-        return [(1, None)] if 0 <= self.elapsed() < self.queued_s else []
+    def queued(self) -> set[int]:
+        return {1} if 0 <= self.elapsed() < self.queued_s else set()
 
     def needs(self, _slots: set[int]) -> bool:
         return self.queued_s <= self.elapsed() < self.parked_s
@@ -868,7 +868,7 @@ class TimedFanout:
     def install(self, monkeypatch) -> None:
         monkeypatch.setattr(self.state.parked, "needs", self.needs)
         monkeypatch.setattr(self.state.parked, "destinations", lambda: [2])
-        queue_records(monkeypatch, self.state, self.peek)
+        queue_records(monkeypatch, self.state, self.queued)
 
 
 def test_a_round_that_parks_late_in_a_freeze_leaves_the_parked_wait_its_time(
@@ -1078,6 +1078,40 @@ def test_polls_behind_a_slow_scan_are_spaced_to_a_tenth_of_the_loop(pair, monkey
     assert slept == pytest.approx([migration.MAX_POLL_GAP_S])
 
 
+def test_a_move_waits_on_its_slots_queued_records_and_not_on_others(pair) -> None:
+    """The outbox's own records, not a stand-in: fan-out for another slot
+    does not hold the move; fan-out for a moving slot holds it, served,
+    until it is delivered."""
+    source, _target, peers = pair
+    mover, other = users_in_source_slots(source, 2)
+    slots = {slot_for_user(mover)}
+    outbox = source.state.outbox
+    ownership = source.state.ownership
+    txn = source.state.store.txn()
+    elsewhere = outbox.append(txn, add_follower_record(followee=1, follower=other))
+    mine = outbox.append(txn, add_follower_record(followee=1, follower=mover))
+    txn.commit()
+    frozen_while_queued: list[bool] = []
+
+    async def deliver_later() -> None:
+        await asyncio.sleep(0.3)
+        frozen_while_queued.append(any(slot in ownership.frozen for slot in slots))
+        outbox.finish([mine], {})
+
+    async def scenario() -> list[str]:
+        delivery = asyncio.create_task(deliver_later())
+        steps = await run_move(source.state, peers, move_request(slots))
+        await delivery
+        return steps
+
+    began = time.monotonic()
+    steps = asyncio.run(scenario())
+
+    assert steps[-1] == "moved 1 slots to shard 1"
+    assert time.monotonic() - began >= 0.3 and frozen_while_queued == [False]
+    assert outbox.queued_for({slot_for_user(other)}) == {elsewhere}
+
+
 def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
     pair, monkeypatch
 ) -> None:
@@ -1091,13 +1125,13 @@ def test_fanout_queued_before_the_freeze_is_waited_for_with_the_slots_served(
     began = time.monotonic()
     frozen_while_queued: list[bool] = []
 
-    def peek(_limit: int) -> list:
+    def queued() -> set[int]:
         if time.monotonic() - began >= 0.3:
-            return []
+            return set()
         frozen_while_queued.append(any(slot in ownership.frozen for slot in slots))
-        return [(1, None)]
+        return {1}
 
-    queue_records(monkeypatch, source.state, peek)
+    queue_records(monkeypatch, source.state, queued)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
@@ -1116,15 +1150,15 @@ def test_writes_taken_during_the_served_waits_are_sent_before_the_freeze(pair, m
     began = time.monotonic()
     wrote = [False]
 
-    def peek(_limit: int) -> list:
+    def queued() -> set[int]:
         if time.monotonic() - began >= 0.3:
-            return []
+            return set()
         if not wrote[0]:  # the slot keeps taking writes while served
             wrote[0] = True
             fill(source.state, slot, 6_000)
-        return [(1, None)]
+        return {1}
 
-    queue_records(monkeypatch, source.state, peek)
+    queue_records(monkeypatch, source.state, queued)
     sent_frozen = [0]
     real = LocalStub.ImportEntries
 
@@ -1155,17 +1189,17 @@ def test_draining_the_queue_before_the_freeze_leaves_the_later_rounds_their_time
     began = time.monotonic()
     first_frozen: list[float] = []
 
-    def peek(_limit: int) -> list:
+    def queued() -> set[int]:
         now = time.monotonic()
         if not first_frozen and any(slot in ownership.frozen for slot in slots):
             first_frozen.append(now)
         if now - began < 0.8:
-            return [(1, None)]  # queued before the move froze anything
+            return {1}  # queued before the move froze anything
         if first_frozen and now - first_frozen[0] < 0.9:
-            return [(2, None)]  # a round that outlasts the 0.3 s freeze
-        return []
+            return {2}  # a round that outlasts the 0.3 s freeze
+        return set()
 
-    queue_records(monkeypatch, source.state, peek)
+    queue_records(monkeypatch, source.state, queued)
 
     steps = asyncio.run(run_move(source.state, peers, move_request(slots)))
 
