@@ -10,7 +10,10 @@ parked (``shard/parked.py``) because it did not answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
+
+from google.protobuf.message import DecodeError
 
 from murmur.ids import now_ms
 from murmur.slots import slot_for_user
@@ -22,6 +25,7 @@ from shard.store import Store, Txn
 # Every this many reads, one starts from the front of the range instead of
 # the floor: a safety net should a record ever commit below the floor.
 FULL_SCAN_EVERY = 256
+log = logging.getLogger("murmur.shard.outbox")
 
 
 class Outbox:
@@ -45,16 +49,13 @@ class Outbox:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.wakeup = asyncio.Event()
-        prefix = keys.outbox_prefix()
-        last = next(self.store.scan(prefix, include_value=False, reverse=True), None)
-        self.next_seq = keys.last_u64(last) + 1 if last is not None else 1
-        first = next(self.store.scan(prefix, include_value=False), None)
-        self.floor = keys.last_u64(first) if first is not None else self.next_seq
         self._reads = 0
         self._slot_of: dict[int, int | None] = {}  # every queued record: the slot it reads
         self._by_slot: dict[int, set[int]] = {}  # slot: its queued records
-        for key, raw in self.store.scan(prefix):
-            self._track(keys.last_u64(key), record_slot(shard_pb2.OutboxRecord.FromString(raw)))
+        for key, raw in self.store.scan(keys.outbox_prefix()):
+            self._track(keys.last_u64(key), stored_record_slot(keys.last_u64(key), raw))
+        self.next_seq = max(self._slot_of, default=0) + 1
+        self.floor = min(self._slot_of, default=self.next_seq)
 
     def append(self, txn: Txn, record: shard_pb2.OutboxRecord) -> int:
         """Queue a record in ``txn``; the worker wakes when it commits."""
@@ -135,9 +136,21 @@ def record_slot(record: shard_pb2.OutboxRecord) -> int | None:
         return slot_for_user(record.tweet_fanout.tweet.user_id)
     if kind == "status_sync":
         return slot_for_user(record.status_sync.followee_id)
-    if kind == "direct":
+    if kind == "direct" and record.direct.WhichOneof("op") is not None:
         return source_slot(record.direct)
     return None
+
+
+def stored_record_slot(seq: int, raw: bytes) -> int | None:
+    """``record_slot`` of a record read back at start-up. One this version
+    cannot read (written by a newer one before a roll-back, or damaged)
+    reads no slot it knows of: the shard still starts, and the fan-out
+    worker reports the record when it reaches it."""
+    try:
+        return record_slot(shard_pb2.OutboxRecord.FromString(raw))
+    except DecodeError:
+        log.error("outbox record %d cannot be read by this version; it holds no slot", seq)
+        return None
 
 
 def add_follower_record(followee: int, follower: int) -> shard_pb2.OutboxRecord:

@@ -270,6 +270,10 @@ class Txn:
             for hook in self.store.on_failed_commit:
                 hook()
             raise
+        if self.on_commit:
+            for hook in self.on_commit:
+                hook()
+            self.on_commit.clear()
         for capture in self.store.captures:  # only what landed travels with a slot move
             capture.changes.extend(
                 (key, value) for key, value in writes.items() if key[:2] in capture.prefixes
@@ -280,7 +284,3 @@ class Txn:
             self.relisted.clear()
         self.writes.clear()
         self.hot_keys.clear()
-        if self.on_commit:
-            for hook in self.on_commit:
-                hook()
-            self.on_commit.clear()

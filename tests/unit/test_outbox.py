@@ -166,3 +166,20 @@ def test_the_index_always_matches_the_records_on_disk(tmp_path_factory, steps) -
             }
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([2 << 3 | 2, 2, 7 << 3 | 2, 0]),  # a direct op of a kind a newer version added
+        b"\xff\xff\xff",  # not a record at all
+    ],
+)
+def test_a_record_this_version_cannot_read_does_not_stop_the_shard_starting(
+    store: Store, raw: bytes
+) -> None:
+    """It is counted, reads no known slot, and the fan-out worker reports it
+    when it gets there; the shard must still open."""
+    store.db.put(keys.outbox(1), raw)
+    outbox = Outbox(store)
+    assert outbox.backlog() == 1 and outbox.next_seq == 2

@@ -1091,24 +1091,29 @@ def test_a_move_waits_on_its_slots_queued_records_and_not_on_others(pair) -> Non
     elsewhere = outbox.append(txn, add_follower_record(followee=1, follower=other))
     mine = outbox.append(txn, add_follower_record(followee=1, follower=mover))
     txn.commit()
-    frozen_while_queued: list[bool] = []
+    seen: dict[str, Any] = {}
 
     async def deliver_later() -> None:
         await asyncio.sleep(0.3)
-        frozen_while_queued.append(any(slot in ownership.frozen for slot in slots))
+        seen["owned"] = all(ownership.owned[slot] for slot in slots)
+        seen["frozen"] = any(slot in ownership.frozen for slot in slots)
+        seen["delivered_at"] = time.monotonic()
         outbox.finish([mine], {})
 
     async def scenario() -> list[str]:
         delivery = asyncio.create_task(deliver_later())
         steps = await run_move(source.state, peers, move_request(slots))
+        seen["moved_at"] = time.monotonic()
         await delivery
         return steps
 
-    began = time.monotonic()
     steps = asyncio.run(scenario())
 
     assert steps[-1] == "moved 1 slots to shard 1"
-    assert time.monotonic() - began >= 0.3 and frozen_while_queued == [False]
+    assert seen["owned"] and not seen["frozen"], (
+        "the slot left (or froze) while its record was queued"
+    )
+    assert seen["moved_at"] > seen["delivered_at"]
     assert outbox.queued_for({slot_for_user(other)}) == {elsewhere}
 
 
