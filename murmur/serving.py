@@ -3,6 +3,7 @@ checking, reflection, and a graceful stop on SIGTERM / SIGINT."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -75,6 +76,24 @@ def _text_value(value: object) -> str:
     """key=value stays one token: a value with spaces or '=' is quoted."""
     text = str(value)
     return json.dumps(text) if (not text or any(c in text for c in ' ="')) else text
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_logging_flags(parser: argparse.ArgumentParser, of: str = "") -> None:
+    """--log-level and --log-format, checked when parsed: a level logging
+    does not know is a usage error, not a traceback at start-up."""
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help=f"{of}(INFO; any case)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help=f"{of}(text)"
+    )
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,23 +20,44 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from murmur import tls
+from murmur.serving import add_logging_flags
+from murmur.setting_limits import setting_flag
+from server.main import cache_ms
+
+MAX_SHARDS = 64  # processes on one machine; a real cluster runs shards on many
+
+
+def shard_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"{value} shards; it must be 1-{MAX_SHARDS}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-cluster", description=__doc__)
-    parser.add_argument("--shards", type=int, default=4, help="number of shard processes")
-    parser.add_argument("--port", type=int, default=50051, help="the router's port")
+    parser.add_argument(
+        "--shards", type=shard_count, default=4, help="number of shard processes (4)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=50051, help="the router's port; shard i takes port + 1 + i"
+    )
     parser.add_argument("--data-dir", default="./data", help="one sub-folder per shard")
     parser.add_argument(
         "--celebrity-threshold",
-        type=int,
+        type=setting_flag("celebrity_threshold"),
         default=None,
         help="followers at which an account is pulled at read time (default 10000)",
     )
-    parser.add_argument("--inbox-cap", type=int, default=None, help="entries per inbox (800)")
+    parser.add_argument(
+        "--inbox-cap",
+        type=setting_flag("inbox_cap"),
+        default=None,
+        help="entries per inbox (800; 1 to 100000)",
+    )
     parser.add_argument(
         "--celebrity-cache-ms",
-        type=float,
+        type=cache_ms,
         default=None,
         help="how long the router reuses a celebrity's pulled tweets (50; 0 = off)",
     )
@@ -53,10 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("MURMUR_ADMIN_TOKEN"),
         help="operator token passed to the router (or MURMUR_ADMIN_TOKEN)",
     )
-    parser.add_argument("--log-level", default="INFO", help="of every process (INFO)")
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="of every process"
-    )
+    add_logging_flags(parser, of="of every process ")
     return parser.parse_args(argv)
 
 
@@ -123,11 +142,45 @@ def wait_serving(address: str, child: subprocess.Popen, timeout_s: float = 60.0)
     raise SystemExit(f"{address} did not start serving within {timeout_s:.0f}s")
 
 
+def check_ports_free(host: str, ports: list[int]) -> None:
+    """Refuse to start on a port something else holds: the health checks
+    would be answered by that server (another cluster, say) and report this
+    cluster serving while its own processes fail to listen."""
+    for port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SystemExit(
+                    f"port {port} on {host} is taken ({exc.strerror}): is another cluster "
+                    "running? Stop it or pick another --port"
+                ) from None
+
+
+def check_data_folder(data_dir: Path, shards: int) -> None:
+    """A data folder from a bigger cluster holds slots on shards this start
+    would leave out, whose users would get UNAVAILABLE: refuse, naming them."""
+    extra = sorted(
+        int(folder.name.removeprefix("shard-"))
+        for folder in data_dir.glob("shard-*")
+        if folder.name.removeprefix("shard-").isdigit()
+        and int(folder.name.removeprefix("shard-")) >= shards
+    )
+    if extra:
+        raise SystemExit(
+            f"{data_dir} holds shard(s) {', '.join(map(str, extra))}, beyond --shards {shards}: "
+            f"start with --shards {extra[-1] + 1} (to shrink a cluster, drain and remove "
+            "shards with murmur-admin), or use another --data-dir"
+        )
+
+
 def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     """Start shards, then the router, appending each child to ``children`` at
     once so that a failure part-way still stops everything already started."""
     shard_addresses = []
     data_dir = Path(args.data_dir)
+    check_data_folder(data_dir, args.shards)
+    check_ports_free(args.host, [args.port + i for i in range(args.shards + 1)])
     data_dir.mkdir(parents=True, exist_ok=True)
     for index in range(args.shards):
         address = f"{args.host}:{args.port + 1 + index}"

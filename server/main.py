@@ -13,7 +13,8 @@ from murmur import tls
 from murmur.errors import ServiceError
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import ServingProcess, install_event_loop, setup_logging
+from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
+from murmur.setting_limits import setting_flag
 from murmur.v1 import admin_pb2, murmur_pb2, shard_pb2
 from server.admin import AdminServicer
 from server.celebrity_cache import DEFAULT_TTL_S, CelebrityTimelines
@@ -25,12 +26,19 @@ log = logging.getLogger("murmur.router")
 SETTINGS_TIMEOUT_S = 60.0  # a new threshold re-evaluates every user on each shard
 
 
-def count(text: str) -> int:
-    """A whole number 0 or more: the shards keep these settings unsigned, so
-    a negative one must be a usage error here, not a traceback later."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; it must be 0 or more")
+MAX_CACHE_MS = 3_600_000.0
+
+
+def cache_ms(text: str) -> float:
+    """--celebrity-cache-ms, checked when parsed (before the router reaches
+    any shard): a copy kept for a negative, infinite or NaN time is no
+    setting anyone means."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= MAX_CACHE_MS:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text} must be 0-{MAX_CACHE_MS:.0f} ms")
     return value
 
 
@@ -43,17 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--celebrity-threshold",
-        type=count,
+        type=setting_flag("celebrity_threshold"),
         default=None,
         help="if given, set on every shard at start (cluster-wide setting); a shard that "
-        "is down misses it with a warning naming it, and the router serves on; a value "
-        "the shards refuse stops the start",
+        "is down misses it with a warning naming it, and the router serves on",
     )
     parser.add_argument(
         "--inbox-cap",
-        type=count,
+        type=setting_flag("inbox_cap"),
         default=None,
-        help="if given, set on every shard at start, like --celebrity-threshold",
+        help="if given (1 to 100000), set on every shard at start, like --celebrity-threshold",
     )
     parser.add_argument(
         "--admin-token",
@@ -69,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--celebrity-cache-ms",
-        type=float,
+        type=cache_ms,
         default=DEFAULT_TTL_S * 1000,
         help="how long the router reuses a celebrity's pulled tweets for home reads "
         "(a new celebrity tweet may take this long to show; 0 turns the copies off)",
@@ -81,8 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
     )
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    add_logging_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -142,8 +148,6 @@ async def serve(args: argparse.Namespace) -> None:
     serve_metrics(args.host, args.metrics_port, "router")
     murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
-    if args.celebrity_cache_ms < 0:
-        raise SystemExit(f"--celebrity-cache-ms must be 0 or more; got {args.celebrity_cache_ms}")
     copies = CelebrityTimelines(ttl_s=args.celebrity_cache_ms / 1000)
     add_service(process.server, MurmurServicer(table, pool, copies), murmur_service)
     add_service(process.server, AdminServicer(pool, args.admin_token), admin_service)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from collections.abc import Callable
 
 import plyvel
 
 from murmur import tls
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import ServingProcess, install_event_loop, setup_logging
+from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
+from murmur.setting_limits import setting_flag
 from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
@@ -21,7 +21,7 @@ from shard.metrics import register as register_metrics
 from shard.migration import seal_pending_handover, settle_at_start, stop_background
 from shard.peers import PeerShards
 from shard.servicer import ShardServicer
-from shard.settings import ShardSettings, check_value
+from shard.settings import ShardSettings
 from shard.state import ShardState
 from shard.store import DEFAULT_WRITE_BUFFER_MB
 
@@ -38,14 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--celebrity-threshold",
-        type=setting("celebrity_threshold"),
+        type=setting_flag("celebrity_threshold"),
         default=None,
         help="followers at which an account is pulled at read time (default 10000, "
         "or the value stored by UpdateSettings); stored like UpdateSettings",
     )
     parser.add_argument(
         "--inbox-cap",
-        type=setting("inbox_cap"),
+        type=setting_flag("inbox_cap"),
         default=None,
         help="entries per home inbox (800; 1 to 100000); stored like UpdateSettings",
     )
@@ -69,28 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
     )
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    add_logging_flags(parser)
     return parser.parse_args(argv)
-
-
-def setting(name: str) -> Callable[[str], int]:
-    """An argparse type for a runtime setting: a flag's value is stored as
-    UpdateSettings would store it, so it is held to the same limits (a bad
-    one would otherwise outlive the flag, or fail after the store opened)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        try:
-            check_value(name, value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return value
-
-    return parse
 
 
 def shard_id(text: str) -> int:

@@ -1,12 +1,12 @@
-"""Runtime settings of a shard and the celebrity rule they imply."""
+"""Runtime settings of a shard and the celebrity rule they imply (the values
+they may take: ``murmur/setting_limits.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from murmur.setting_limits import check_value
 from murmur.v1 import shard_pb2
-
-NEVER = (1 << 63) - 1  # a celebrity threshold no account reaches
 
 
 @dataclass
@@ -52,21 +52,6 @@ def apply_update(settings: ShardSettings, update: shard_pb2.UpdateSettingsReques
             setattr(settings, name, getattr(update, name))
             changed.append(name)
     return changed
-
-
-LIMITS = {
-    "celebrity_threshold": (0, NEVER),
-    "inbox_cap": (1, 100_000),  # 0 would trim every inbox away: fan-out on read by stealth
-    "backfill_limit": (0, 10_000),
-}
-"""The values each setting may take, from UpdateSettings or a start-up flag alike."""
-
-
-def check_value(name: str, value: int) -> None:
-    """Reject a value that would break the service, naming the setting."""
-    low, high = LIMITS[name]
-    if not low <= value <= high:
-        raise ValueError(f"{name} is {value}; it must be {low}-{high}")
 
 
 def check_update(update: shard_pb2.UpdateSettingsRequest) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from murmur.setting_limits import NEVER
 from murmur.v1 import shard_pb2
 from shard.main import MAX_SHARD_ID, parse_args
-from shard.settings import NEVER, check_update, is_celebrity
+from shard.settings import check_update, is_celebrity
 
 
 @pytest.mark.parametrize(

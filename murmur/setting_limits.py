@@ -1,0 +1,42 @@
+"""The values each runtime setting may take: one table for the shards'
+UpdateSettings, every program's start-up flags and murmur-admin, so a bad
+value is refused by the first thing that reads it, with the same message."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+NEVER = (1 << 63) - 1  # a celebrity threshold no account reaches
+
+LIMITS = {
+    "celebrity_threshold": (0, NEVER),
+    "inbox_cap": (1, 100_000),  # 0 would trim every inbox away: fan-out on read by stealth
+    "backfill_limit": (0, 10_000),
+}
+
+
+def check_value(name: str, value: int) -> None:
+    """Reject a value that would break the service, naming the setting."""
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise ValueError(f"{name} is {value}; it must be {low}-{high}")
+
+
+def setting_flag(name: str) -> Callable[[str], int]:
+    """An argparse type for a setting's start-up flag: held to the limits
+    UpdateSettings keeps (a bad value would otherwise outlive the flag, or
+    fail after the store opened or the cluster started)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        try:
+            check_value(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
