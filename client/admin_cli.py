@@ -27,6 +27,7 @@ from tqdm import tqdm
 from client.admin_client import AdminClient
 from client.cli import (
     SECRET_TEXT,
+    TARGET,
     TEXT,
     TIMEOUT,
     TLS_CA_PATH,
@@ -38,22 +39,15 @@ from client.cli import (
     to_dict,
 )
 from client.client import DEFAULT_TARGET
+from murmur.setting_limits import LIMITS, check_value
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
 
 SLOT_COUNT = 4096
 MAX_UINT32 = (1 << 32) - 1
-MAX_UINT64 = (1 << 64) - 1
 SHARD_ID = click.IntRange(min=0, max=MAX_UINT32)
 MB = 1024 * 1024
 TABLE_RANGES = 4  # slot ranges shown per shard in the status table before "…"
-
-# setting name -> largest value its proto field can hold (the server checks the real limits)
-SETTINGS: dict[str, int] = {
-    "celebrity_threshold": MAX_UINT64,
-    "inbox_cap": MAX_UINT32,
-    "backfill_limit": MAX_UINT32,
-}
 
 _RANGE_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
@@ -103,22 +97,22 @@ def parse_setting(text: str) -> tuple[str, int]:
     key, sep, value = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep:
-        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="SETTINGS")
-    if key not in SETTINGS:
-        known = ", ".join(SETTINGS)
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+    if key not in LIMITS:
+        known = ", ".join(LIMITS)
         raise click.BadParameter(
-            f"unknown setting {key!r}; known settings: {known}", param_hint="SETTINGS"
+            f"unknown setting {key!r}; known settings: {known}", param_hint="KEY=VALUE"
         )
     value = value.strip()
     if not re.fullmatch(r"[0-9]+", value):
         raise click.BadParameter(
-            f"{key} must be a non-negative integer, not {value!r}", param_hint="SETTINGS"
+            f"{key} must be a non-negative integer, not {value!r}", param_hint="KEY=VALUE"
         )
     number = int(value)
-    if number > SETTINGS[key]:
-        raise click.BadParameter(
-            f"{key} must be at most {SETTINGS[key]}, not {number}", param_hint="SETTINGS"
-        )
+    try:
+        check_value(key, number)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from None
     return key, number
 
 
@@ -323,7 +317,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
     default=DEFAULT_TARGET,
     show_default=True,
     metavar="HOST:PORT",
-    type=TEXT,
+    type=TARGET,
     help="Router address.",
 )
 @click.option(
@@ -552,7 +546,7 @@ def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
     if session.as_json:
         emit_json(to_dict(reply))
         return
-    click.echo(kv_table((name, getattr(reply, name)) for name in SETTINGS))
+    click.echo(kv_table((name, getattr(reply, name)) for name in LIMITS))
     if reply.disagreeing_shards:
         shards = ", ".join(str(s) for s in reply.disagreeing_shards)
         click.echo(

@@ -29,10 +29,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from client.client import DEFAULT_TARGET, MAX_TIMEOUT_S, MurmurClient
 from client.errors import MurmurError
 from murmur import page_tokens
+from murmur.ids import MAX_ID
 from murmur.page_tokens import TokenKind
 from murmur.v1 import murmur_pb2 as pb
 
-MAX_UINT64 = (1 << 64) - 1
 MAX_PAGE_SIZE = 200  # the server caps page_size here; asking for more is pointless
 _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and other digits
 _NEGATIVE = re.compile(r"-[0-9]+")
@@ -143,8 +143,8 @@ class UserRefType(click.ParamType):
             user_id = int(text)
             if user_id == 0:
                 self.fail("0 is not a user id (ids start at 1)", param, ctx)
-            if user_id > MAX_UINT64:
-                self.fail(f"{text} is too large for a user id", param, ctx)
+            if user_id > MAX_ID:
+                self.fail(f"{text} is too large for a user id (1 to {MAX_ID})", param, ctx)
             return UserRef(user_id=user_id)
         if _NEGATIVE.fullmatch(text):
             self.fail(f"{text} is not a user id (ids are positive)", param, ctx)
@@ -155,7 +155,26 @@ class UserRefType(click.ParamType):
 
 
 USER = UserRefType()
-ID = click.IntRange(min=1, max=MAX_UINT64)
+
+
+class TargetType(click.ParamType):
+    """A server address as gRPC takes it (HOST:PORT, dns:///HOST:PORT,
+    unix:PATH): one that is empty or holds white space is a usage error
+    here, not gRPC's resolver logging at the first call."""
+
+    name = "target"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = TEXT.convert(str(value), param, ctx)
+        if not text:
+            self.fail("the address is empty; give HOST:PORT", param, ctx)
+        if any(c.isspace() for c in text):
+            self.fail(f"{text!r} holds white space; give HOST:PORT", param, ctx)
+        return text
+
+
+TARGET = TargetType()
+ID = click.IntRange(min=1, max=MAX_ID)
 
 
 def _strip_at(handle: str) -> str:
@@ -261,6 +280,14 @@ class MurmurGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            if exc.option_name and _NEGATIVE.fullmatch(exc.option_name):
+                raise click.UsageError(
+                    f"{exc.option_name} is not an option, nor an id (ids are positive); "
+                    "text that starts with '-' goes after --",
+                    ctx=exc.ctx,
+                ) from None
+            raise
         except MurmurError as exc:
             raise RpcFailed(exc) from exc
         except UnicodeError as exc:
@@ -432,7 +459,7 @@ def emit_ok(session: Session, message: str) -> None:
     default=DEFAULT_TARGET,
     show_default=True,
     metavar="HOST:PORT",
-    type=TEXT,
+    type=TARGET,
     help="Router address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")

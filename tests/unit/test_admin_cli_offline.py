@@ -197,3 +197,22 @@ def test_parked_ops_read_per_destination() -> None:
 
     assert _parked({}) == "none" and _parked({3: 0}) == "none"
     assert _parked({7: 12, 2: 1204}) == "for shard 2: 1,204; for shard 7: 12"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("inbox_cap=0", "inbox_cap is 0; it must be 1-100000"),
+        ("backfill_limit=10001", "backfill_limit is 10001; it must be 0-10000"),
+        ("foo=1", "unknown setting 'foo'"),
+    ],
+)
+def test_a_setting_outside_the_shards_limits_is_refused_before_any_call(
+    fake: FakeAdmin, setting: str, message: str
+) -> None:
+    """The CLI used to check only what the proto field holds, so inbox_cap=0
+    reached the server (exit 1) while foo=1 was a usage error (exit 2)."""
+    result = run(fake, "settings", setting)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for KEY=VALUE" in result.stderr and message in result.stderr
+    assert fake.calls["UpdateSettings"] == 0

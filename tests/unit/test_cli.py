@@ -498,3 +498,30 @@ def test_render_table_aligns_and_right_aligns_numbers() -> None:
         "   7  a     x",
         "1234  日本  long text",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["user", "show", "-5"], "-5 is not an option, nor an id (ids are positive)"),
+        (["tweet", "show", "-7"], "-7 is not an option, nor an id"),
+        (["tweet", "show", str(1 << 63)], f"is not in the range 1<=x<={(1 << 63) - 1}"),
+        (["user", "show", str(1 << 63)], f"too large for a user id (1 to {(1 << 63) - 1})"),
+    ],
+)
+def test_ids_out_of_range_are_usage_errors_naming_the_range(
+    fake: FakeMurmur, args: list[str], message: str
+) -> None:
+    """Negative ids used to read as unknown options ("No such option '-5'"),
+    and ids past 2^63-1 reached the server as INVALID_ARGUMENT (exit 1)."""
+    result = run(fake, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(("target", "message"), [("", "the address is empty"), ("a b:1", "white")])
+def test_an_unusable_target_is_a_usage_error(target: str, message: str) -> None:
+    """An empty one used to reach gRPC's resolver, which logged to stderr."""
+    result = CliRunner().invoke(cli, ["--target", target, "ping"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--target'" in result.stderr and message in result.stderr

@@ -185,7 +185,7 @@ def test_a_negative_setting_is_a_usage_error(flag: str, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(["--shards", "127.0.0.1:9", flag, "-1"])
     assert info.value.code == 2
-    assert f"{flag}: -1 is negative" in capsys.readouterr().err
+    assert f"{flag}: {flag[2:].replace('-', '_')} is -1; it must be " in capsys.readouterr().err
 
 
 def test_start_up_settings_that_timed_out_may_have_been_taken(caplog) -> None:
