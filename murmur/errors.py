@@ -48,3 +48,11 @@ def wrong_slot(shard_id: int, slot: int) -> ServiceError:
         f"shard {shard_id} does not own slot {slot}",
         ((WRONG_SLOT_METADATA, str(slot)),),
     )
+
+
+class StorageFailed(Exception):
+    """A shard's storage refused a write for good: one write (or fsync) to
+    LevelDB failed, and LevelDB 1.22 may then have left a torn record in
+    its log, which a restart reads as corruption, silently dropping every
+    write after it. So the shard takes no more writes until it restarts.
+    Reaches callers as UNAVAILABLE, the text following the shard's name."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 import plyvel
 
-from murmur.errors import ServiceError
+from murmur.errors import ServiceError, StorageFailed
 from murmur.observability import observe_call
 from murmur.registration import Unparseable
 from murmur.validation import InvalidInput
@@ -98,6 +98,9 @@ def _unexpected(exc: Exception, component: str, method: str) -> tuple[grpc.Statu
     Storage failures are UNAVAILABLE (RESOURCE_EXHAUSTED when the disk is
     full) so that callers retry elsewhere or later; anything else is a bug,
     INTERNAL, and the message sends the operator to the log."""
+    if isinstance(exc, StorageFailed):  # the shard's storage fence (shard/storage_fence.py)
+        log.error("%s: %s: %s", component, method, exc)
+        return grpc.StatusCode.UNAVAILABLE, f"{component} {exc}"
     if isinstance(exc, plyvel.Error | OSError):
         reason = storage_reason(exc)
         log.error("%s: storage failure in %s: %s", component, method, reason)

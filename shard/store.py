@@ -16,6 +16,7 @@ import plyvel
 
 from shard.keys import prefix_end
 from shard.retired_logs import RetiredLogs
+from shard.storage_fence import FencedDB, sync_failed
 
 
 class ChangeCapture:
@@ -153,13 +154,15 @@ class Store:
         # the commit (the inbox tallies) must be rebuilt from disk
         self.on_failed_commit: list[Callable[[], None]] = []
         os.makedirs(path, exist_ok=True)
-        self.db = plyvel.DB(
-            path,
-            create_if_missing=True,
-            write_buffer_size=write_buffer_mb << 20,
-            lru_cache_size=64 << 20,
-            bloom_filter_bits=10,
-            compression="snappy" if compress_tables else None,
+        self.db = FencedDB(
+            plyvel.DB(
+                path,
+                create_if_missing=True,
+                write_buffer_size=write_buffer_mb << 20,
+                lru_cache_size=64 << 20,
+                bloom_filter_bits=10,
+                compression="snappy" if compress_tables else None,
+            )
         )
         self.retired_logs = RetiredLogs(path)
 
@@ -195,7 +198,11 @@ class Store:
         of LevelDB's log, and of any log it has retired unsynced since the
         last one (``retired_logs``)."""
         self.db.write_batch(sync=True).write()
-        self.retired_logs.sync_new()
+        try:
+            self.retired_logs.sync_new()
+        except OSError as exc:
+            self.db.close_fence(exc)
+            raise sync_failed(exc) from exc
 
     def close(self) -> None:
         self.db.close()

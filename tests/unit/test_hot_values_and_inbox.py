@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import plyvel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from shard.inbox_tally import InboxTallies, Tally
 from shard.migration import _drop_slots, import_entries
 from shard.settings import ShardSettings
 from shard.state import ShardState
+from shard.storage_fence import FencedDB
 from shard.store import MISSING, ChangeCapture, HotValues, Store
 
 OWNER = 1_234_567
@@ -84,7 +86,7 @@ def test_a_failed_commit_leaves_memory_as_it_was(store: Store) -> None:
     with pytest.raises(RuntimeError):
         txn.commit(sync=False)
     assert store.hot.lookup(b"k") is MISSING
-    store.db = type(store.db)(store.path)  # reopen for the fixture's close
+    store.db = FencedDB(plyvel.DB(store.path))  # reopen for the fixture's close
 
 
 def test_a_failed_commit_sends_nothing_with_a_slot_move(store: Store) -> None:
@@ -98,7 +100,7 @@ def test_a_failed_commit_sends_nothing_with_a_slot_move(store: Store) -> None:
     store.close()
     with pytest.raises(RuntimeError):
         txn.commit(sync=False)
-    store.db = type(store.db)(store.path)  # reopen for the fixture's close
+    store.db = FencedDB(plyvel.DB(store.path))  # reopen for the fixture's close
     assert capture.take() == []
     txn = store.txn()
     txn.put(keys.user(5, 43), b"landed")
