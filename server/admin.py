@@ -1,8 +1,11 @@
 """The ``murmur.v1.Admin`` service on the router: one RPC per operator verb.
 
 Map changes (moves, adding and removing shards) are serialized by one lock
-per router and versioned on the shards, which refuse a map that is not newer,
-so two routers cannot interleave two different histories.
+per router and versioned on the shards, which refuse a map that is not newer
+(or another map under their own version). Two routers changing the map at
+once can still both make version N+1 for different shards; each change first
+learns the newest map and mends such a divergence from the slots each shard
+owns (``server/map_reconcile.py``), so no change is built on half the story.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
+from server.map_reconcile import diverged, reconciled_map
 from server.shard_pool import ShardPool, shard_timeout
 from server.slot_map import fetch_infos, newest_info
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
@@ -139,10 +143,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "shard %d did not take map version %d: %s", shard_id, new_map.version, result
                 )
 
-    async def _adopt_newest_map(self) -> None:
+    async def _adopt_newest_map(self, strict: bool = True) -> None:
         """Learn the newest map the shards hold and make every shard hold it
         (also when this router already has it: a refresh on a wrong-slot
-        answer may have installed it here before the other shards had it).
+        answer may have installed it here before the other shards had it),
+        mending maps that diverged under one version.
 
         No shard answering is the operator's outage, not the router's: it is
         reported as UNAVAILABLE and the router keeps serving."""
@@ -153,10 +158,35 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot learn the newest slot map from the shards: {exc.message}",
             ) from None
+        if diverged(infos):
+            await self._mend_divergence(infos, strict)
+            return
         newest = newest_info(infos).slot_map
         behind = any(info.map_version < newest.version for info in infos.values())
         if newest.version > self.table.version or behind:
             await self._publish(newest)
+
+    async def _mend_divergence(self, infos: dict[str, shard_pb2.ShardInfo], strict: bool) -> None:
+        """Two map changes took one version (``server/map_reconcile.py``):
+        publish the map the shards' own slots describe, before anything is
+        built on either. Not mendable yet (a shard silent, a hand-over half
+        done): a change about to be made is refused naming the slots
+        (``strict``); after a move, the move stands and the log says so."""
+        try:
+            merged = reconciled_map(infos)
+        except ServiceError as exc:
+            if strict:
+                raise
+            log.warning("%s", exc.message)
+            return
+        log.warning(
+            "shards held different slot maps under version %d (map changes made at once "
+            "through different routers); publishing version %d, built from the slots each "
+            "shard owns",
+            merged.version - 1,
+            merged.version,
+        )
+        await self._publish(merged)
 
     async def _move(
         self, slots: list[int], target: int, done: int, total: int
@@ -181,6 +211,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         copied_before = 0
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
+                await self._adopt_newest_map()  # build on every change made meanwhile
                 new_map = self._next_map()
                 for slot in chunk:
                     new_map.owners[slot] = target
@@ -201,7 +232,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         )
                 finally:
                     # also when the caller cancels: the hand-over may have happened
-                    await self._adopt_newest_map()
+                    await self._adopt_newest_map(strict=False)
                 copied_before += copied
                 done += len(chunk)
                 yield admin_pb2.MoveProgress(
@@ -327,6 +358,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     grpc.StatusCode.UNAVAILABLE, f"no shard answers at {address}: {exc.code().name}"
                 ) from exc
         async with self._map_lock:
+            await self._adopt_newest_map()
             known = self.table.addresses.get(info.shard_id)
             if known == address:
                 return admin_pb2.AddShardResponse(
@@ -378,6 +410,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def RemoveShard(self, request, context):
         self._require_shard(request.shard_id)
         async with self._map_lock:
+            await self._adopt_newest_map()
             held = owned_by(self.table.owners).get(request.shard_id, [])
             if held:
                 raise ServiceError(

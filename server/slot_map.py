@@ -18,6 +18,7 @@ from murmur.errors import ServiceError
 from murmur.ids import slot_of_tweet
 from murmur.slots import SLOT_COUNT, even_assignment, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
+from server.map_reconcile import diverged, reconciled_map
 
 log = logging.getLogger("murmur.router.slots")
 
@@ -127,8 +128,22 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
         owners = even_assignment(sorted(by_id))
         return shard_pb2.SlotMap(version=1, addresses=by_id, owners=owners), True
     slot_map = shard_pb2.SlotMap()
-    slot_map.CopyFrom(newest.slot_map)
-    changed = False
+    if diverged(infos):
+        try:
+            slot_map.CopyFrom(reconciled_map(infos))
+        except ServiceError as exc:  # serve on; the next map change mends it
+            log.warning("%s", exc.message)
+            slot_map.CopyFrom(newest.slot_map)
+            return slot_map, False
+        log.warning(
+            "shards held different slot maps under version %d; pushing version %d, built "
+            "from the slots each shard owns",
+            newest.map_version,
+            slot_map.version,
+        )
+    else:
+        slot_map.CopyFrom(newest.slot_map)
+    changed = slot_map.version != newest.map_version
     for shard_id, address in by_id.items():
         if shard_id not in set(slot_map.owners):
             log.warning("shard %d at %s owns no slots; migrate slots to it", shard_id, address)
@@ -138,11 +153,14 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     missing = set(slot_map.owners) - set(by_id)
     if missing:
         log.warning("slot owners %s were not given in --shards; using stored addresses", missing)
-    stale = any(info.map_version != newest.map_version for info in infos.values())
-    if changed or stale:
-        slot_map.version += 1
+    if changed:
+        if slot_map.version == newest.map_version:
+            slot_map.version += 1
         return slot_map, True
-    return slot_map, False
+    # shards behind take the newest map as it is: a new version made from it
+    # here could collide with a move in flight that makes the same one
+    stale = any(info.map_version != newest.map_version for info in infos.values())
+    return slot_map, stale
 
 
 async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:

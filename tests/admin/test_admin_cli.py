@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from client.admin_client import AdminClient
 from client.client import MurmurClient
+from client.errors import MurmurError
 from murmur.slots import slot_for_handle
 from tests.admin.launcher import Processes, Server
 
@@ -153,15 +155,17 @@ def test_settings_show_change_and_refuse(cluster: Cluster) -> None:
         (["inbox_cap=many"], "inbox_cap must be a non-negative integer, not 'many'"),
         (["inbox_cap=-5"], "inbox_cap must be a non-negative integer"),
         (["inbox_cap"], "'inbox_cap' is not KEY=VALUE"),
-        (["inbox_cap=99999999999"], "inbox_cap must be at most 4294967295"),
+        (["inbox_cap=99999999999"], "inbox_cap is 99999999999; it must be 1-100000"),
+        (["inbox_cap=0"], "inbox_cap is 0; it must be 1-100000"),  # the shards' own limits
     ]:
         refused = cluster.run("settings", *args)
         assert refused.code == 2, refused
         assert message in refused.err, refused.err
-    server_side = cluster.run("settings", "inbox_cap=0")
-    assert server_side.code == 1
-    assert server_side.err.startswith("error: INVALID_ARGUMENT: ")
-    assert "inbox_cap" in server_side.err
+    with AdminClient(cluster.router.address, token=cluster.token) as admin:  # past the CLI
+        with pytest.raises(MurmurError) as server_side:
+            admin.update_settings(inbox_cap=0)
+    assert server_side.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inbox_cap is 0; it must be 1-100000" in server_side.value.details
 
 
 def test_check(cluster: Cluster) -> None:

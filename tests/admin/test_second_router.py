@@ -9,6 +9,7 @@ re-reads the map) and send those users to their new shard.
 from __future__ import annotations
 
 import secrets
+import threading
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from client.admin_client import AdminClient
 from client.client import MurmurClient
 from client.errors import Unavailable
-from murmur.slots import slot_for_user
+from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from tests.admin.launcher import Processes, eventually
 
@@ -62,3 +63,59 @@ def test_a_router_finds_the_new_owner_of_a_removed_shards_slots(tmp_path) -> Non
         finally:
             client.close()
             admin.close()
+
+
+def test_moves_made_at_once_through_two_routers_leave_one_map_and_lose_nothing(
+    tmp_path,
+) -> None:
+    """Each router made its move as "its map + 1": two different maps under
+    one version, each pair of shards holding one; the next move then built
+    on one of them handed the other's slots back to a shard that had
+    deleted them (a user and tweet gone, the handle free again). Now the
+    divergence is mended from what each shard owns before anything builds
+    on it."""
+    token = secrets.token_hex(16)
+    with Processes(tmp_path) as procs:
+        shards = [procs.shard(i) for i in range(4)]
+        addresses = [shard.address for shard in shards]
+        routers = [procs.router(addresses, token, name=f"router-{n}") for n in (1, 2)]
+        owners = _slot_owners(addresses[0])
+        moves = [
+            (routers[0], [s for s in range(SLOT_COUNT) if owners[s] == 0][:64], 2),
+            (routers[1], [s for s in range(SLOT_COUNT) if owners[s] == 1][:64], 3),
+        ]
+        with MurmurClient(routers[0].address, timeout=10) as client:
+            written = []
+            for n, (_router, slots, _target) in enumerate(moves):
+                handle = next(
+                    f"u{n}x{i}" for i in range(100_000) if slot_for_handle(f"u{n}x{i}") in slots
+                )
+                user = client.create_user(handle).user_id
+                written.append((handle, user, client.post_tweet(user, f"kept {n}").tweet_id))
+        failures: list[BaseException] = []
+
+        def move(router, slots: list[int], target: int) -> None:
+            try:
+                with AdminClient(router.address, token=token, timeout=120) as admin:
+                    list(admin.move_slots(slots, target))
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=move, args=m) for m in moves]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures
+        with AdminClient(routers[0].address, token=token, timeout=120) as admin:
+            list(admin.move_slots([s for s in range(SLOT_COUNT) if owners[s] == 3][:8], 0))
+
+        maps = [_slot_owners(address) for address in addresses]
+        assert all(m == maps[0] for m in maps), "the shards hold different slot maps"
+        for _router, slots, target in moves:
+            assert {maps[0][s] for s in slots} == {target}
+        for router in routers:
+            with MurmurClient(router.address, timeout=10) as client:
+                for handle, user, tweet in written:
+                    assert client.get_user(handle=handle).user_id == user
+                    assert client.get_tweet(tweet).tweet_id == tweet
