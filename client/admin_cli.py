@@ -434,7 +434,8 @@ def add_shard(session: AdminSession, address: str) -> None:
     if session.as_json:
         emit_json(to_dict(reply))
     else:
-        click.echo(f"shard {reply.shard_id} at {address} joined; map version {reply.map_version}")
+        joined = "was already in the cluster" if reply.already_member else "joined"
+        click.echo(f"shard {reply.shard_id} at {address} {joined}; map version {reply.map_version}")
 
 
 @cli.command("remove-shard")

@@ -88,7 +88,10 @@ def check_id(field: str, value: int) -> int:
 def page_size(requested: int) -> int:
     """0 means the default (20); above 200 means 200; negative is an error."""
     if requested < 0:
-        raise InvalidInput(f"page_size is {requested}; it must be 0-{MAX_PAGE_SIZE}")
+        raise InvalidInput(
+            f"page_size is {requested}; it must be 0 or more "
+            f"(0 means {DEFAULT_PAGE_SIZE}, above {MAX_PAGE_SIZE} means {MAX_PAGE_SIZE})"
+        )
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)

@@ -362,7 +362,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             known = self.table.addresses.get(info.shard_id)
             if known == address:
                 return admin_pb2.AddShardResponse(
-                    shard_id=info.shard_id, map_version=self.table.version
+                    shard_id=info.shard_id, map_version=self.table.version, already_member=True
                 )
             if known is not None:
                 raise ServiceError(

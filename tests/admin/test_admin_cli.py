@@ -238,6 +238,8 @@ def test_shard_lifecycle(cluster: Cluster) -> None:
     extra = cluster.procs.shard(2)
     joined = cluster.ok("add-shard", extra.address).out
     assert joined.startswith(f"shard 2 at {extra.address} joined; map version ")
+    again = cluster.ok("add-shard", extra.address).out  # a retry after a lost answer
+    assert again.startswith(f"shard 2 at {extra.address} was already in the cluster; map version")
     plan = cluster.ok("rebalance", "--dry-run").out
     assert "would move" in plan and "to shard 2" in plan
     balanced = cluster.ok("--progress", "rebalance")

@@ -309,7 +309,8 @@ def test_page_size(requested: int, expected: int) -> None:
 
 @pytest.mark.parametrize("requested", [-1, -20, -(2**31)])
 def test_negative_page_size_rejected(requested: int) -> None:
-    with pytest.raises(InvalidInput, match="page_size"):
+    rule = r"it must be 0 or more \(0 means 20, above 200 means 200\)"
+    with pytest.raises(InvalidInput, match=rf"page_size is {requested}; {rule}"):
         validation.page_size(requested)
 
 
