@@ -289,6 +289,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
         ("one_sided_edges", report.one_sided_edges),
         ("wrong_counters", report.wrong_counters),
         ("stale_outbox_records", report.stale_outbox_records),
+        ("ghost_inbox_copies", report.ghost_inbox_copies),
     ]
     if repair:
         pairs.append(("repaired", report.repaired))
@@ -297,7 +298,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
         click.echo("findings:")
         for line in report.findings:
             click.echo(f"  {line}")
-    problems = report.one_sided_edges + report.wrong_counters
+    problems = report.one_sided_edges + report.wrong_counters + report.ghost_inbox_copies
     if not problems:
         click.echo("consistent")
     elif repair:
@@ -570,7 +571,8 @@ def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
 )
 @pass_session
 def check(session: AdminSession, repair: bool, slots: list[int] | None) -> None:
-    """Find one-sided follow edges, wrong counters and stale outbox records."""
+    """Find one-sided follow edges, wrong counters, stale outbox records, and
+    inbox copies of tweets that no longer exist (left by a restore)."""
     chosen = slots or []
     if repair:
         report = session.client.repair(chosen)

@@ -11,6 +11,8 @@ there after the move's last capture would be deleted with the source's copy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from murmur.ids import now_ms
 from murmur.slots import SLOT_COUNT, describe_slots, slot_for_user
 from murmur.v1 import shard_pb2
@@ -20,6 +22,7 @@ from shard.state import ShardState
 
 STALE_OUTBOX_MS = 60_000
 MAX_FINDINGS = 100
+DROP_BATCH = 10_000
 
 
 def _count(state: ShardState, prefix: bytes) -> int:
@@ -35,9 +38,9 @@ def check_slots(
     if sealed:
         response.findings.append(skipped_finding(sealed))
     txn = state.store.txn()
-    for slot in slots:
-        if not state.ownership.owned[slot] or slot in state.ownership.sealed:
-            continue
+    inbox_tweets: set[int] = set()
+    for slot in checkable(state, slots):
+        inbox_tweets.update(keys.last_inverted(key) for key, _owner in inbox_keys(state, slot))
         for _key, raw in state.store.scan(keys.slot_prefix(slot) + keys.USER):
             record = shard_pb2.UserRecord.FromString(raw)
             _check_counters(state, record, response, request.repair, txn)
@@ -47,6 +50,7 @@ def check_slots(
         for key in state.store.scan(keys.slot_prefix(slot) + keys.FOLLOWERS, include_value=False):
             followee, follower = keys.read_u64(key, 3), keys.read_u64(key, 11)
             response.follower_edges.add(follower_id=follower, followee_id=followee)
+    response.inbox_tweet_ids.extend(sorted(inbox_tweets))
     if request.repair:
         txn.commit()
     cutoff = now_ms() - STALE_OUTBOX_MS
@@ -54,6 +58,41 @@ def check_slots(
         1 for _seq, record in state.outbox.peek(1_000_000) if record.created_ms < cutoff
     )
     return response
+
+
+def checkable(state: ShardState, slots) -> list[int]:
+    """The slots a check or repair may touch: owned, and not sealed for a
+    hand-over (a repair written there would be deleted with the source's
+    copy)."""
+    ownership = state.ownership
+    return [s for s in slots if ownership.owned[s] and s not in ownership.sealed]
+
+
+def inbox_keys(state: ShardState, slot: int) -> Iterator[tuple[bytes, int]]:
+    """Every inbox entry's key in ``slot``, with the inbox's owner."""
+    for key in state.store.scan(keys.slot_prefix(slot) + keys.INBOX, include_value=False):
+        yield key, keys.read_u64(key, 3)
+
+
+def drop_inbox_copies(
+    state: ShardState, request: shard_pb2.DropInboxCopiesRequest
+) -> shard_pb2.DropInboxCopiesResponse:
+    """Remove the inbox copies of ``request.tweet_ids`` (tweets that no longer
+    exist) through ``InboxStore.remove``, so the inboxes' counts follow."""
+    doomed = set(request.tweet_ids)
+    txn = state.store.txn()
+    removed = 0
+    for slot in checkable(state, request.slots):
+        for key, owner in inbox_keys(state, slot):
+            tweet_id = keys.last_inverted(key)
+            if tweet_id in doomed:
+                state.inbox.remove(txn, owner, tweet_id)
+                removed += 1
+                if removed % DROP_BATCH == 0:  # bounded write batches
+                    txn.commit()
+                    txn = state.store.txn()
+    txn.commit()
+    return shard_pb2.DropInboxCopiesResponse(removed=removed)
 
 
 def skipped_finding(slots: list[int]) -> str:

@@ -22,7 +22,7 @@ from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
 from shard.celebrity import adopt_map, consistent_slots, reevaluate_all
-from shard.consistency import check_edges, check_slots
+from shard.consistency import check_edges, check_slots, drop_inbox_copies
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
@@ -418,5 +418,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     @rpc
     async def CheckEdges(self, request, context):
         response = check_edges(self.state, request)
+        await self.commits.durable()
+        return response
+
+    @rpc
+    async def DropInboxCopies(self, request, context):
+        response = drop_inbox_copies(self.state, request)
         await self.commits.durable()
         return response

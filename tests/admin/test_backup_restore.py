@@ -307,3 +307,62 @@ def test_backup_streams_and_restores_identically(cluster: Cluster, tmp_path: Pat
         cluster.restart(shard_id)
     status = admin.get_cluster_status()
     assert all(s.health == "SERVING" for s in status.shards)
+
+
+def test_copies_of_tweets_a_restore_lost_are_found_and_repair_removes_them(tmp_path: Path) -> None:
+    """A tweet posted after the backup is gone from its author's restored
+    shard, but its copy stayed in a follower's inbox on the other shard:
+    shown in home timelines, NOT_FOUND on GetTweet, and beyond its author's
+    reach. check names it; repair removes the copy and nothing else."""
+    token = secrets.token_hex(16)
+    with Processes(tmp_path / "cluster") as procs:
+        shards = {i: procs.shard(i) for i in (0, 1)}
+        router = procs.router([s.address for s in shards.values()], token)
+        with (
+            MurmurClient(router.address, timeout=20) as client,
+            AdminClient(router.address, token) as admin,
+        ):
+            owners = admin_owners(admin)
+            made = [client.create_user(f"r{i}").user_id for i in range(40)]
+            author = next(u for u in made if owners[slot_for_user(u)] == 0)
+            reader = next(u for u in made if owners[slot_for_user(u)] == 1)
+            client.follow(reader, author)
+            kept = client.post_tweet(author, "before the backup").tweet_id
+            eventually(lambda: _settled(admin), timeout=30)
+            backup = tmp_path / "backup-0"
+            list(admin.backup_shard(0, str(backup)))
+            lost = client.post_tweet(author, "after the backup").tweet_id
+
+            def home() -> list[int]:
+                return [t.tweet_id for t in client.home_timeline(reader).tweets]
+
+            eventually(lambda: _shows(home(), lost), timeout=20)
+            shards[0].stop()
+            procs.data_dir(0).rename(tmp_path / "shard-0-before-restore")
+            backup.rename(procs.data_dir(0))
+            shards[0] = procs.restart(shards[0])
+            eventually(lambda: _serving(admin, 0), timeout=20)
+            with pytest.raises(NotFound):
+                client.get_tweet(lost)
+
+            found = admin.check_consistency()
+            assert found.ghost_inbox_copies == 1, found
+            assert f"tweet {lost} no longer exists, but shard 1's inboxes hold a copy" in (
+                found.findings
+            )
+            repaired = admin.repair()
+            assert repaired.ghost_inbox_copies == 1 and repaired.repaired >= 1, repaired
+            assert home() == [kept]
+            assert admin.check_consistency().ghost_inbox_copies == 0
+
+
+def admin_owners(admin: AdminClient) -> list[int]:
+    owners = [0] * 4096
+    for status in admin.get_cluster_status().shards:
+        for run in status.slots:
+            owners[run.start : run.end + 1] = [status.shard_id] * (run.end - run.start + 1)
+    return owners
+
+
+def _shows(tweet_ids: list[int], tweet_id: int) -> None:
+    assert tweet_id in tweet_ids, tweet_ids
