@@ -265,14 +265,8 @@ class Txn:
         if not self.writes:
             return
         writes = self.writes
-        try:  # transaction=True: a batch that fails part-way writes nothing
-            with self.store.db.write_batch(sync=sync, transaction=True) as batch:
-                put, delete = batch.put, batch.delete
-                for key, value in writes.items():
-                    if value is None:
-                        delete(key)
-                    else:
-                        put(key, value)
+        try:  # one atomic batch: a batch that fails part-way writes nothing
+            self.store.db.write_all(writes, sync)
         except BaseException:
             for hook in self.store.on_failed_commit:
                 hook()

@@ -15,6 +15,7 @@ from murmur.slots import slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.outbox import Outbox, add_follower_record, record_slot
+from shard.storage_fence import FencedDB
 from shard.store import Store
 
 
@@ -97,9 +98,9 @@ def test_a_record_whose_commit_never_came_or_failed_is_not_queued(
     outbox.append(store.txn(), fanout_record(author))  # dropped uncommitted
     txn = store.txn()
     outbox.append(txn, fanout_record(author))
-    monkeypatch.setattr(store, "db", FullDisk(store.db))
+    monkeypatch.setattr(store, "db", FencedDB(FullDisk(store.db._db)))
     with pytest.raises(plyvel.IOError):
-        txn.commit()
+        txn.commit(sync=False)  # handlers commit so, then wait for the group fsync
     monkeypatch.undo()
 
     assert outbox.queued_for({slot_for_user(author)}) == set()

@@ -44,6 +44,13 @@ class Flaky:
                 flaky._maybe_fail()
                 inner.write()
 
+            def __enter__(self) -> Batch:
+                return self
+
+            def __exit__(self, exc_type: Any, *_: Any) -> None:
+                if exc_type is None:
+                    self.write()
+
         return Batch()
 
     def put(self, key: bytes, value: bytes, sync: bool = False) -> None:
