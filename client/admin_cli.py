@@ -550,14 +550,19 @@ def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
         return
     click.echo(kv_table((name, getattr(reply, name)) for name in LIMITS))
     if reply.disagreeing_shards:
-        shards = ", ".join(str(s) for s in reply.disagreeing_shards)
-        click.echo(
-            f"warning: shards {shards} have other settings; repeat the update to align them",
-            err=True,
+        shards = shards_named(reply.disagreeing_shards)
+        other = (
+            "has other settings" if len(reply.disagreeing_shards) == 1 else "have other settings"
         )
+        click.echo(f"warning: {shards} {other}; repeat the update to align them", err=True)
     if reply.unreachable_shards:
-        shards = ", ".join(str(s) for s in reply.unreachable_shards)
-        click.echo(f"warning: shards {shards} did not answer", err=True)
+        click.echo(f"warning: {shards_named(reply.unreachable_shards)} did not answer", err=True)
+
+
+def shards_named(ids: Iterable[int]) -> str:
+    """ "shard 7" or "shards 1, 2"."""
+    listed = [str(i) for i in ids]
+    return f"shard {listed[0]}" if len(listed) == 1 else f"shards {', '.join(listed)}"
 
 
 @cli.command()

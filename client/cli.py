@@ -22,6 +22,7 @@ from datetime import UTC
 from typing import Any, TypeVar
 
 import click
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -233,15 +234,28 @@ class RpcFailed(click.ClickException):
 
     exit_code = 1
 
-    def __init__(self, error: MurmurError) -> None:
+    def __init__(self, error: MurmurError, hint: str = "") -> None:
         super().__init__(error.details)
         self.error = error
+        self.hint = hint
 
     def format_message(self) -> str:
-        return f"{self.error.code.name}: {self.error.details}"
+        return f"{self.error.code.name}: {self.error.details}{self.hint}"
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+def hint_for(error: MurmurError, target: str | None, tls_ca: str | None) -> str:
+    """What gRPC's bare words usually mean here: an address that is not a
+    router answers "Method not found"; a TLS server spoken to in plain text
+    closes the socket."""
+    details = error.details or ""
+    if error.code == grpc.StatusCode.UNIMPLEMENTED and "Method not found" in details:
+        return f" (is {target} a Murmur router? the server there does not serve this call)"
+    if error.code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in details and not tls_ca:
+        return " (if the server speaks TLS, pass --tls-ca)"
+    return ""
 
 
 class LocalFailure(click.ClickException):
@@ -289,7 +303,8 @@ class MurmurGroup(click.Group):
                 ) from None
             raise
         except MurmurError as exc:
-            raise RpcFailed(exc) from exc
+            params = ctx.params
+            raise RpcFailed(exc, hint_for(exc, params.get("target"), params.get("tls_ca"))) from exc
         except UnicodeError as exc:
             raise unicode_failure(exc) from exc
 

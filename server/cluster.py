@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         start_cluster(args, children)
         print(
             f"murmur cluster serving on {args.host}:{args.port} "
-            f"({args.shards} shards, data in {os.path.abspath(args.data_dir)})",
+            f"({args.shards} shard{'s' if args.shards > 1 else ''}, "
+            f"data in {os.path.abspath(args.data_dir)})",
             flush=True,
         )
         while all(child.poll() is None for child in children):

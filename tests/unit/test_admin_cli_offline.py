@@ -216,3 +216,25 @@ def test_a_setting_outside_the_shards_limits_is_refused_before_any_call(
     assert result.exit_code == 2, result.output
     assert "Invalid value for KEY=VALUE" in result.stderr and message in result.stderr
     assert fake.calls["UpdateSettings"] == 0
+
+
+def test_the_data_cli_pointed_at_a_server_without_the_api_says_what_is_likely_wrong(
+    fake: FakeAdmin,
+) -> None:
+    """gRPC's own words were "Method not found!" alone."""
+    from client.cli import cli as murmur_cli
+
+    result = CliRunner().invoke(murmur_cli, ["--target", fake.target, "ping"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: UNIMPLEMENTED: ")
+    assert f"(is {fake.target} a Murmur router?" in result.stderr
+
+
+def test_a_closed_socket_without_tls_suggests_tls() -> None:
+    from client.cli import hint_for
+    from client.errors import Unavailable
+
+    closed = Unavailable("failed to connect to all addresses; last error: Socket closed")
+    assert hint_for(closed, "h:1", None) == " (if the server speaks TLS, pass --tls-ca)"
+    assert hint_for(closed, "h:1", "ca.pem") == ""
+    assert hint_for(Unavailable("shard 2 is not answering"), "h:1", None) == ""
