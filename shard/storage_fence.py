@@ -62,20 +62,16 @@ class FencedDB:
     def write_all(self, writes: dict[bytes, bytes | None], sync: bool) -> None:
         """Write ``writes`` (None: delete) as one atomic batch: the commit
         path, without a ``FencedBatch`` in between (~2 µs a commit)."""
-        self.check()
-        try:
-            with self._db.write_batch(sync=sync, transaction=True) as batch:
-                put, delete = batch.put, batch.delete
-                for key, value in writes.items():
-                    if value is None:
-                        delete(key)
-                    else:
-                        put(key, value)
-        except STORAGE_ERRORS as exc:
-            self.close_fence(exc)
-            if sync:
-                raise sync_failed(exc) from exc
-            raise
+        self._write(self._write_all, sync, writes, sync)
+
+    def _write_all(self, writes: dict[bytes, bytes | None], sync: bool) -> None:
+        with self._db.write_batch(sync=sync, transaction=True) as batch:
+            put, delete = batch.put, batch.delete
+            for key, value in writes.items():
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
 
     def check(self) -> None:
         """Refuse a write once the fence is closed."""
