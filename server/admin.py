@@ -144,11 +144,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "shard %d did not take map version %d: %s", shard_id, new_map.version, result
                 )
 
-    async def _adopt_newest_map(self, strict: bool = True) -> None:
+    async def _adopt_newest_map(self, strict: bool = True) -> bool:
         """Learn the newest map the shards hold and make every shard hold it
         (also when this router already has it: a refresh on a wrong-slot
         answer may have installed it here before the other shards had it),
-        mending maps that diverged under one version.
+        mending maps that diverged under one version. False if a divergence
+        could not be mended yet (only when not ``strict``, which raises).
 
         No shard answering is the operator's outage, not the router's: it is
         reported as UNAVAILABLE and the router keeps serving."""
@@ -160,14 +161,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f"cannot learn the newest slot map from the shards: {exc.message}",
             ) from None
         if diverged(infos):
-            await self._mend_divergence(infos, strict)
-            return
+            return await self._mend_divergence(infos, strict)
         newest = newest_info(infos).slot_map
         behind = any(info.map_version < newest.version for info in infos.values())
         if newest.version > self.table.version or behind:
             await self._publish(newest)
+        return True
 
-    async def _mend_divergence(self, infos: dict[str, shard_pb2.ShardInfo], strict: bool) -> None:
+    async def _mend_divergence(self, infos: dict[str, shard_pb2.ShardInfo], strict: bool) -> bool:
         """Two map changes took one version (``server/map_reconcile.py``):
         publish the map the shards' own slots describe, before anything is
         built on either. Not mendable yet (a shard silent, a hand-over half
@@ -179,7 +180,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             if strict:
                 raise
             log.warning("%s", exc.message)
-            return
+            return False
         log.warning(
             "shards held different slot maps under version %d (map changes made at once "
             "through different routers); publishing version %d, built from the slots each "
@@ -188,6 +189,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             merged.version,
         )
         await self._publish(merged)
+        return True
 
     async def _move(
         self, slots: list[int], target: int, done: int, total: int
@@ -210,9 +212,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
             return
         copied_before = 0
+        settled = True  # the callers learned the newest map just before
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
-                await self._adopt_newest_map()  # build on every change made meanwhile
+                if not settled:  # a divergence the last chunk left: mended, or refused
+                    await self._adopt_newest_map()
                 new_map = self._next_map()
                 for slot in chunk:
                     new_map.owners[slot] = target
@@ -233,7 +237,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         )
                 finally:
                     # also when the caller cancels: the hand-over may have happened
-                    await self._adopt_newest_map(strict=False)
+                    settled = await self._adopt_newest_map(strict=False)
                 copied_before += copied
                 done += len(chunk)
                 yield admin_pb2.MoveProgress(
