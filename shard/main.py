@@ -9,6 +9,7 @@ import os
 import plyvel
 
 from murmur import tls
+from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
 from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
@@ -113,7 +114,7 @@ def open_state(args: argparse.Namespace, overrides: dict[str, int]) -> ShardStat
             compress_tables=args.compress_tables,
             write_buffer_mb=args.write_buffer_mb,
         )
-    except plyvel.Error as exc:
+    except (plyvel.Error, StorageFailed) as exc:
         raise SystemExit(f"cannot open the LevelDB in {args.data_dir}: {exc}") from None
 
 

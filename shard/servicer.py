@@ -8,6 +8,7 @@ concurrent writes sharing the fsync: see ``group_commit``) before the reply.
 
 from __future__ import annotations
 
+import logging
 from contextlib import aclosing
 
 import grpc
@@ -33,7 +34,10 @@ from shard.outbox import add_follower_record, remove_follower_record
 from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
+from shard.storage_fence import WRITE_FAILURES
 from shard.users import timestamp_ms
+
+log = logging.getLogger("murmur.shard.servicer")
 
 MAX_PULL_AUTHORS = 100_000
 
@@ -206,9 +210,18 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             self._queue_fanout(txn, shard_pb2.FANOUT_PUT, tweet)
         txn.commit(sync=False)
         if own_inbox_size > trim_threshold(state.settings.inbox_cap):
-            state.inbox.trim(author, state.settings.inbox_cap)
+            self._trim_own_inbox(author)
         await self.commits.durable()
         return tweet
+
+    def _trim_own_inbox(self, author: int) -> None:
+        """Best effort: the post has landed, so a failing disk here must not
+        tell the caller it did not (``durable`` says what it can); a later
+        post or delivery trims again."""
+        try:
+            self.state.inbox.trim(author, self.state.settings.inbox_cap)
+        except WRITE_FAILURES as exc:
+            log.warning("trimming the inbox of user %d after a post failed: %s", author, exc)
 
     def _retried_post(self, txn, tweet_id: int, request_id: str) -> murmur_pb2.Tweet:
         tweet = self.state.tweets.get(txn, tweet_id)

@@ -29,6 +29,7 @@ from murmur.rpc_errors import storage_reason
 
 log = logging.getLogger("murmur.shard.storage")
 STORAGE_ERRORS = (plyvel.Error, OSError)
+WRITE_FAILURES = (StorageFailed, *STORAGE_ERRORS)  # a write that failed, or was refused
 
 
 class FencedDB:
@@ -80,6 +81,14 @@ class FencedDB:
                 f"refuses writes: a write to its storage failed ({self.failure}), after which "
                 "LevelDB may drop later writes; make room if the disk is full, then restart it"
             )
+
+    def failure_error(self) -> StorageFailed:
+        """The fence's cause, for messages about writes caught behind it."""
+        return StorageFailed(f"an earlier write failed: {self.failure}")
+
+    @property
+    def closed(self) -> bool:
+        return self.failure is not None
 
     def close_fence(self, exc: BaseException) -> None:
         if self.failure is None:

@@ -196,7 +196,11 @@ class Store:
     def sync(self) -> None:
         """Make every earlier write durable against power loss: one fsync
         of LevelDB's log, and of any log it has retired unsynced since the
-        last one (``retired_logs``)."""
+        last one (``retired_logs``). Behind a closed storage fence the
+        writes waiting for it are in LevelDB's log, ahead of the failure, or
+        were refused: the caller hears that it cannot know which."""
+        if self.db.failure is not None:
+            raise sync_failed(self.db.failure_error())
         self.db.write_batch(sync=True).write()
         try:
             self.retired_logs.sync_new()

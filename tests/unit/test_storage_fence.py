@@ -14,6 +14,7 @@ import pytest
 
 from murmur.errors import StorageFailed
 from murmur.rpc_errors import _unexpected
+from murmur.v1 import murmur_pb2
 from shard.group_commit import GroupCommit
 from shard.storage_fence import FencedDB
 from shard.store import Store
@@ -22,14 +23,15 @@ from shard.store import Store
 class Flaky:
     """A LevelDB whose next ``failures`` writes fail as a full disk does."""
 
-    def __init__(self, db: plyvel.DB, failures: int = 1) -> None:
+    def __init__(self, db: plyvel.DB, failures: int = 1, after: int = 0) -> None:
         self.db = db
         self.failures = failures
+        self.after = after  # writes that succeed before the failures begin
         self.writes = 0
 
     def _maybe_fail(self) -> None:
         self.writes += 1
-        if self.failures > 0:
+        if self.writes > self.after and self.failures > 0:
             self.failures -= 1
             raise plyvel.IOError(b"IO error: 000003.log: No space left on device")
 
@@ -68,8 +70,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-def flaky(store: Store, failures: int = 1) -> Flaky:
-    inner = Flaky(store.db._db, failures)
+def flaky(store: Store, failures: int = 1, after: int = 0) -> Flaky:
+    inner = Flaky(store.db._db, failures, after)
     store.db = FencedDB(inner)  # type: ignore[arg-type]
     return inner
 
@@ -90,10 +92,11 @@ def test_after_a_failed_write_nothing_more_reaches_leveldb(store: Store) -> None
         lambda: commit(store, b"after"),
         lambda: store.db.put(b"after", b"v", sync=True),
         lambda: store.db.delete(b"before"),
-        store.sync,
     ):
         with pytest.raises(StorageFailed, match="refuses writes: a write to its storage failed"):
             write()
+    with pytest.raises(StorageFailed, match="an earlier write failed: IO error.*may or may not"):
+        store.sync()  # for writes committed before the failure, waiting on the group fsync
     assert inner.writes == writes, "a write reached LevelDB past the fence"
     assert store.get(b"before") == b"v" and store.get(b"after") is None  # reads go on
 
@@ -119,6 +122,7 @@ def test_the_writes_waiting_on_a_failed_fsync_and_after_it_all_fail(store: Store
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(outcome, StorageFailed) for outcome in outcomes), outcomes
+    assert all("may or may not have been applied" in str(outcome) for outcome in outcomes)
 
 
 def test_a_transaction_batch_whose_block_raised_is_not_written(store: Store) -> None:
@@ -141,3 +145,38 @@ def test_callers_hear_unavailable_naming_the_shard_and_the_restart(store: Store)
     assert code == grpc.StatusCode.UNAVAILABLE
     assert message.startswith("shard 3 refuses writes: a write to its storage failed (IO error")
     assert "restart it" in message
+
+
+def test_a_fenced_store_skips_storing_inbox_sizes_so_stop_and_backup_go_on(store: Store) -> None:
+    """A clean stop and a backup both store the counted inbox sizes first;
+    behind the fence they leave them marked, to be counted at the next load."""
+    from shard.inbox import InboxStore
+
+    inbox = InboxStore(store)
+    flaky(store)
+    with pytest.raises(plyvel.IOError):
+        commit(store, b"failed")
+    assert inbox.store_tallies() == 0
+
+
+def test_a_post_whose_own_inbox_trim_fails_says_its_outcome_is_unknown(tmp_path: Path) -> None:
+    """The post's batch landed, then its inbox trim hit the full disk. The
+    caller used to hear RESOURCE_EXHAUSTED ("not applied", not retried) for
+    a post that was kept and fanned out; now the group fsync behind the
+    closed fence answers that it may or may not have been applied."""
+    from shard.settings import ShardSettings
+    from tests.unit.test_shard_servicer import Shard
+
+    shard = Shard(tmp_path / "shard", ShardSettings(inbox_cap=1))
+    try:
+        author = shard.create_user("carol")
+        for n in range(2):  # the next post makes 3 entries, past the cap's trim line (2)
+            shard.post(author, f"post {n}")
+        flaky(shard.state.store, failures=1, after=1)  # the post's batch lands, the trim's fails
+        request = murmur_pb2.PostTweetRequest(user_id=author, text="kept")
+        details = shard.fails("PostTweet", request, grpc.StatusCode.UNAVAILABLE)
+        assert "may or may not have been applied" in details
+        reopened = shard.reopen()
+        assert reopened.user(author).user.tweet_count == 3
+    finally:
+        shard.close()
