@@ -78,6 +78,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             status.health = f"{exc.code.name}: {exc.message}"
             return status, None
         status.health = "SERVING"
+        if stats.writes_refused:  # the shard's storage fence is closed
+            status.health = (
+                f"SERVING READS; WRITES REFUSED since a write failed ({stats.writes_refused}): "
+                "make room if the disk is full, then restart the shard"
+            )
         status.key_counts.update(stats.key_counts)
         status.disk_bytes = stats.disk_bytes
         return status, stats

@@ -93,6 +93,7 @@ async def local_stats(state: ShardState, worker, commits) -> shard_pb2.LocalStat
         synced_writes=commits.synced_writes,
         frozen_slots=sorted(state.ownership.frozen),
         parked_ops={d: n for d, n in state.parked.counts.items() if n},
+        writes_refused=state.store.db.failure or "",
     )
 
 

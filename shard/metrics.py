@@ -132,6 +132,11 @@ class ShardCollector(Collector):
             "murmur_slots_frozen", "Slots in the last step of a move", len(state.ownership.frozen)
         )
         yield gauge(
+            "murmur_storage_writes_refused",
+            "1 once a write to the shard's storage failed: it refuses writes until restarted",
+            1 if state.store.db.closed else 0,
+        )
+        yield gauge(
             "murmur_leveldb_bytes",
             "Bytes of the shard's LevelDB folder",
             disk_bytes(state.store.path),

@@ -14,7 +14,7 @@ import pytest
 
 from murmur.errors import StorageFailed
 from murmur.rpc_errors import _unexpected
-from murmur.v1 import murmur_pb2
+from murmur.v1 import murmur_pb2, shard_pb2
 from shard.group_commit import GroupCommit
 from shard.storage_fence import FencedDB
 from shard.store import Store
@@ -178,5 +178,41 @@ def test_a_post_whose_own_inbox_trim_fails_says_its_outcome_is_unknown(tmp_path:
         assert "may or may not have been applied" in details
         reopened = shard.reopen()
         assert reopened.user(author).user.tweet_count == 3
+    finally:
+        shard.close()
+
+
+def test_a_fenced_shard_says_so_in_its_stats_and_metrics(tmp_path: Path) -> None:
+    """Health stays SERVING (reads go on); the stats (and from them the
+    router's status) and a gauge name the refusal."""
+    from types import SimpleNamespace
+
+    from shard.fanout import FanoutStats
+    from shard.metrics import ShardCollector
+    from shard.settings import ShardSettings
+    from tests.unit.test_shard_servicer import Shard
+
+    shard = Shard(tmp_path / "shard", ShardSettings())
+    shard.servicer.worker = SimpleNamespace(stats=FanoutStats())  # no fan-out worker here
+    try:
+        author = shard.create_user("dora")
+
+        def refused() -> tuple[str, float]:
+            stats = shard.ok("GetStats", shard_pb2.GetStatsRequest())
+            collector = ShardCollector(shard.state, shard.servicer.worker, shard.servicer.commits)
+            gauge = next(
+                m for m in collector.collect() if m.name == "murmur_storage_writes_refused"
+            )
+            return stats.writes_refused, gauge.samples[0].value
+
+        assert refused() == ("", 0)
+        flaky(shard.state.store)
+        shard.fails(
+            "PostTweet",
+            murmur_pb2.PostTweetRequest(user_id=author, text="x"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+        reason, gauge = refused()
+        assert "No space left on device" in reason and gauge == 1
     finally:
         shard.close()
