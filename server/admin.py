@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
+from server.consistency_check import ConsistencyCheck
 from server.map_reconcile import diverged, reconciled_map
 from server.shard_pool import ShardPool, shard_timeout
 from server.slot_map import fetch_infos, newest_info
@@ -35,7 +36,6 @@ MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
 PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
-EXISTS_BATCH = 5_000  # tweet ids per GetTweets when a check asks which still exist
 
 
 def caller_bound(context: Any, limit_s: float, share: float = 1.0) -> float:
@@ -528,115 +528,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         slots = sorted(set(request.slots))  # a slot named twice is checked once
         if any(s >= SLOT_COUNT for s in slots):
             raise invalid(f"slots must be 0-{SLOT_COUNT - 1}")
-        report = admin_pb2.ConsistencyReport()
-        shards = sorted(set(self.table.owners[s] for s in slots) if slots else self.table.addresses)
-        local = await asyncio.gather(
-            *(
-                self.pool.direct(
-                    shard_id,
-                    "CheckSlots",
-                    shard_pb2.CheckSlotsRequest(
-                        slots=[s for s in slots if self.table.owners[s] == shard_id], repair=repair
-                    ),
-                    MOVE_TIMEOUT_S,
-                )
-                for shard_id in shards
-            )
-        )
-        following_by_shard: dict[int, list] = defaultdict(list)
-        followers_by_shard: dict[int, list] = defaultdict(list)
-        copies = {
-            shard_id: reply.inbox_tweet_ids for shard_id, reply in zip(shards, local, strict=True)
-        }
-        for reply in local:
-            report.wrong_counters += reply.wrong_counters
-            report.repaired += reply.repaired
-            report.stale_outbox_records += reply.stale_outbox_records
-            report.findings.extend(reply.findings[: 100 - len(report.findings)])
-            for edge in reply.following_edges:
-                following_by_shard[self.table.shard_for_user(edge.followee_id)].append(edge)
-            for edge in reply.follower_edges:
-                followers_by_shard[self.table.shard_for_user(edge.follower_id)].append(edge)
-        for groups, side in (
-            (following_by_shard, shard_pb2.FOLLOWERS),
-            (followers_by_shard, shard_pb2.FOLLOWING),
-        ):
-            for shard_id, edges in groups.items():
-                reply = await self.pool.direct(
-                    shard_id,
-                    "CheckEdges",
-                    shard_pb2.CheckEdgesRequest(edges=edges, side=side, repair=repair),
-                    MOVE_TIMEOUT_S,
-                )
-                report.one_sided_edges += len(reply.missing)
-                report.repaired += reply.repaired
-                for edge in reply.missing[: max(0, 100 - len(report.findings))]:
-                    where = "followers" if side == shard_pb2.FOLLOWERS else "following"
-                    report.findings.append(
-                        f"edge {edge.follower_id} -> {edge.followee_id} has no {where} side"
-                    )
-        await self._check_inbox_copies(copies, slots, repair, report)
-        return report
-
-    async def _check_inbox_copies(
-        self,
-        copies: dict[int, Iterable[int]],
-        slots: list[int],
-        repair: bool,
-        report: admin_pb2.ConsistencyReport,
-    ) -> None:
-        """Inbox copies of tweets their author's shard no longer holds (a
-        shard restored from an older backup lost them): counted, named, and
-        with repair removed from each holder's inboxes."""
-        gone = await self._gone_tweets({t for ids in copies.values() for t in ids}, report)
-        for holder, ids in sorted(copies.items()):
-            ghosts = sorted(gone.intersection(ids))
-            if not ghosts:
-                continue
-            report.ghost_inbox_copies += len(ghosts)
-            for tweet_id in ghosts[: max(0, 100 - len(report.findings))]:
-                report.findings.append(
-                    f"tweet {tweet_id} no longer exists, but shard {holder}'s inboxes hold a copy"
-                )
-            if repair:
-                checked = slots or range(SLOT_COUNT)  # the shard skips slots it does not own
-                held = [s for s in checked if self.table.owners[s] == holder]
-                reply = await self.pool.direct(
-                    holder,
-                    "DropInboxCopies",
-                    shard_pb2.DropInboxCopiesRequest(slots=held, tweet_ids=ghosts),
-                    MOVE_TIMEOUT_S,
-                )
-                report.repaired += reply.removed
-
-    async def _gone_tweets(
-        self, tweet_ids: set[int], report: admin_pb2.ConsistencyReport
-    ) -> set[int]:
-        """The tweets among ``tweet_ids`` their shards answer they do not hold,
-        asked in batches; a shard that cannot answer (down, or its slots
-        moving) is named in a finding and its tweets are taken as present."""
-        by_owner: dict[int, list[int]] = defaultdict(list)
-        for tweet_id in sorted(tweet_ids):
-            by_owner[self.table.shard_for_tweet(tweet_id)].append(tweet_id)
-        gone: set[int] = set()
-        for owner, ids in sorted(by_owner.items()):
-            for start in range(0, len(ids), EXISTS_BATCH):
-                batch = ids[start : start + EXISTS_BATCH]
-                try:
-                    reply = await self.pool.direct(
-                        owner,
-                        "GetTweets",
-                        shard_pb2.GetTweetsRequest(tweet_ids=batch),
-                        STATS_TIMEOUT_S,
-                    )
-                except ServiceError as exc:
-                    report.findings.append(
-                        f"could not ask shard {owner} whether {len(ids) - start} tweets held in "
-                        f"inboxes still exist ({exc.message}); check again later"
-                    )
-                    break
-                gone.update(set(batch) - {tweet.tweet_id for tweet in reply.tweets})
-        return gone
+        return await ConsistencyCheck(self.pool, slots, repair).run()
 
     @operator_only
     @rpc

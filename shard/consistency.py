@@ -11,6 +11,7 @@ there after the move's last capture would be deleted with the source's copy.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from murmur.ids import now_ms
@@ -37,8 +38,14 @@ def check_slots(
     sealed = [s for s in slots if state.ownership.owned[s] and s in state.ownership.sealed]
     if sealed:
         response.findings.append(skipped_finding(sealed))
+    elsewhere = [s for s in slots if not state.ownership.owned[s]]
+    if elsewhere:
+        response.findings.append(
+            f"slots {describe_slots(elsewhere)} skipped: shard {state.shard_id} does not own "
+            "them (the router's slot map is behind); check them again"
+        )
     txn = state.store.txn()
-    inbox_tweets: set[int] = set()
+    inbox_tweets: Counter[int] = Counter()
     for slot in checkable(state, slots):
         inbox_tweets.update(keys.last_inverted(key) for key, _owner in inbox_keys(state, slot))
         for _key, raw in state.store.scan(keys.slot_prefix(slot) + keys.USER):
@@ -50,7 +57,9 @@ def check_slots(
         for key in state.store.scan(keys.slot_prefix(slot) + keys.FOLLOWERS, include_value=False):
             followee, follower = keys.read_u64(key, 3), keys.read_u64(key, 11)
             response.follower_edges.add(follower_id=follower, followee_id=followee)
-    response.inbox_tweet_ids.extend(sorted(inbox_tweets))
+    held = sorted(inbox_tweets)
+    response.inbox_tweet_ids.extend(held)
+    response.inbox_tweet_copies.extend(inbox_tweets[t] for t in held)
     if request.repair:
         txn.commit()
     cutoff = now_ms() - STALE_OUTBOX_MS

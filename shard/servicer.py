@@ -245,7 +245,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             self.state.ownership.check(slot_of_tweet(tweet_id))
             tweet = self.state.tweets.get(txn, tweet_id)
             if tweet is not None:
-                found.append(tweet)
+                found.append(murmur_pb2.Tweet(tweet_id=tweet_id) if request.ids_only else tweet)
         return shard_pb2.GetTweetsResponse(tweets=found)
 
     @rpc
