@@ -1,16 +1,18 @@
 """The ``murmur.v1.Admin`` service on the router: one RPC per operator verb.
 
 Map changes (moves, adding and removing shards) are serialized by one lock
-per router and versioned on the shards, which refuse a map that is not newer
-(or another map under their own version). Two routers changing the map at
-once can still both make version N+1 for different shards; each change first
-learns the newest map and mends such a divergence from the slots each shard
-owns (``server/map_reconcile.py``), so no change is built on half the story.
+per router and, across routers, by the map-change lease on the coordinator
+shard (``server/map_change_lease.py``); they are versioned on the shards,
+which refuse a map that is not newer (or another map under their own
+version). Each change first learns the newest map, and mends maps that
+diverged under one version anyway (a change made while the lease expired)
+from the slots each shard owns (``server/map_reconcile.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import defaultdict
@@ -26,6 +28,7 @@ from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
 from server.admin_auth import operator_only
 from server.consistency_check import ConsistencyCheck
+from server.map_change_lease import MapChangeLease
 from server.map_reconcile import diverged, reconciled_map
 from server.shard_pool import ShardPool, shard_timeout
 from server.slot_map import fetch_infos, newest_info
@@ -56,6 +59,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.table = pool.table
         self.admin_token = admin_token
         self._map_lock = asyncio.Lock()
+        self._lease = MapChangeLease(pool, self._learn_map)
+
+    @contextlib.asynccontextmanager
+    async def _changing_map(self) -> AsyncIterator[None]:
+        """One map change at a time: this router's, then the cluster's lease."""
+        async with self._map_lock, self._lease.held():
+            yield
+
+    async def _learn_map(self) -> None:
+        """Install the newest map the shards hold, publishing nothing."""
+        infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        newest = newest_info(infos).slot_map
+        if newest.version > self.table.version:
+            self.table.install(newest)
 
     # status -------------------------------------------------------------------
     async def _shard_status(
@@ -220,6 +237,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         settled = True  # the callers learned the newest map just before
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
+                self._lease.require()
                 if not settled:  # a divergence the last chunk left: mended, or refused
                     await self._adopt_newest_map()
                 new_map = self._next_map()
@@ -309,7 +327,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             bad = [s for s in request.slots if s >= SLOT_COUNT]
             if bad or not request.slots:
                 raise invalid(f"slots must be 1 or more of 0-{SLOT_COUNT - 1}; got {bad or 'none'}")
-            async with self._map_lock:
+            async with self._changing_map():
                 await self._adopt_newest_map()  # plan from where the slots really are
                 async for progress in self._run_plan(
                     [(sorted(set(request.slots)), request.target_shard)], False
@@ -322,7 +340,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @operator_only
     async def Rebalance(self, request, context):
         async def run():
-            async with self._map_lock:
+            async with self._changing_map():
                 await self._adopt_newest_map()  # plan from where the slots really are
                 plan = rebalance_plan(self.table.owners, sorted(self.table.addresses))
                 async for progress in self._run_plan(plan, request.dry_run):
@@ -335,7 +353,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def DrainShard(self, request, context):
         async def run():
             self._require_shard(request.shard_id)
-            async with self._map_lock:
+            async with self._changing_map():
                 await self._adopt_newest_map()  # plan from where the slots really are
                 try:
                     plan = drain_plan(
@@ -367,7 +385,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 raise ServiceError(
                     grpc.StatusCode.UNAVAILABLE, f"no shard answers at {address}: {exc.code().name}"
                 ) from exc
-        async with self._map_lock:
+        async with self._changing_map():
             await self._adopt_newest_map()
             known = self.table.addresses.get(info.shard_id)
             if known == address:
@@ -419,7 +437,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def RemoveShard(self, request, context):
         self._require_shard(request.shard_id)
-        async with self._map_lock:
+        async with self._changing_map():
             await self._adopt_newest_map()
             held = owned_by(self.table.owners).get(request.shard_id, [])
             if held:

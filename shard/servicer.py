@@ -28,6 +28,7 @@ from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
 from shard.group_commit import GroupCommit
 from shard.maintenance import compact, local_stats
+from shard.map_lease import MapLeases
 from shard.metrics import INBOX_SIZE
 from shard.migration import SlotMigrator, import_entries, refuse_while_dropping
 from shard.outbox import add_follower_record, remove_follower_record
@@ -55,6 +56,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.state = state
         self.applier = applier
         self.commits = GroupCommit(state.store)
+        self.map_leases = MapLeases(state.store, state.ownership)
         self.batch_streams = BatchStreams(self)
         self.worker = worker
         self.peers = peers
@@ -433,6 +435,14 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         response = check_edges(self.state, request)
         await self.commits.durable()
         return response
+
+    @rpc
+    async def AcquireMapLease(self, request, context):
+        return self.map_leases.acquire(request.holder, request.ttl_ms)
+
+    @rpc
+    async def ReleaseMapLease(self, request, context):
+        return self.map_leases.release(request.holder)
 
     @rpc
     async def DropInboxCopies(self, request, context):

@@ -16,7 +16,7 @@ import pytest
 
 from client.admin_client import AdminClient
 from client.client import MurmurClient
-from client.errors import Unavailable
+from client.errors import FailedPrecondition, Unavailable
 from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from tests.admin.launcher import Processes, eventually
@@ -65,24 +65,28 @@ def test_a_router_finds_the_new_owner_of_a_removed_shards_slots(tmp_path) -> Non
             admin.close()
 
 
-def test_moves_made_at_once_through_two_routers_leave_one_map_and_lose_nothing(
-    tmp_path,
+@pytest.mark.parametrize("chained", [False, True], ids=["disjoint", "chained"])
+def test_moves_made_at_once_through_two_routers_take_turns_and_lose_nothing(
+    tmp_path, chained: bool
 ) -> None:
     """Each router made its move as "its map + 1": two different maps under
     one version, each pair of shards holding one; the next move then built
     on one of them handed the other's slots back to a shard that had
-    deleted them (a user and tweet gone, the handle free again). Now the
-    divergence is mended from what each shard owns before anything builds
-    on it."""
+    deleted them (a user and tweet gone, the handle free again). When one
+    move's target was the other's source, the source dropped its copy and
+    kept claiming the slots. Now a router takes the cluster's map-change
+    lease first: a move started while the other runs is refused, naming the
+    other router, and goes through when retried."""
     token = secrets.token_hex(16)
     with Processes(tmp_path) as procs:
         shards = [procs.shard(i) for i in range(4)]
         addresses = [shard.address for shard in shards]
         routers = [procs.router(addresses, token, name=f"router-{n}") for n in (1, 2)]
         owners = _slot_owners(addresses[0])
+        second_source = 2 if chained else 1  # chained: the first move's target moves too
         moves = [
             (routers[0], [s for s in range(SLOT_COUNT) if owners[s] == 0][:64], 2),
-            (routers[1], [s for s in range(SLOT_COUNT) if owners[s] == 1][:64], 3),
+            (routers[1], [s for s in range(SLOT_COUNT) if owners[s] == second_source][:64], 3),
         ]
         with MurmurClient(routers[0].address, timeout=10) as client:
             written = []
@@ -92,12 +96,17 @@ def test_moves_made_at_once_through_two_routers_leave_one_map_and_lose_nothing(
                 )
                 user = client.create_user(handle).user_id
                 written.append((handle, user, client.post_tweet(user, f"kept {n}").tweet_id))
+        refused: list[tuple] = []
         failures: list[BaseException] = []
 
         def move(router, slots: list[int], target: int) -> None:
             try:
                 with AdminClient(router.address, token=token, timeout=120) as admin:
                     list(admin.move_slots(slots, target))
+            except FailedPrecondition as exc:
+                if "is changing the slot map" not in exc.details:
+                    failures.append(exc)
+                refused.append((router, slots, target))
             except BaseException as exc:  # reported below
                 failures.append(exc)
 
@@ -107,8 +116,9 @@ def test_moves_made_at_once_through_two_routers_leave_one_map_and_lose_nothing(
         for thread in threads:
             thread.join()
         assert not failures, failures
-        with AdminClient(routers[0].address, token=token, timeout=120) as admin:
-            list(admin.move_slots([s for s in range(SLOT_COUNT) if owners[s] == 3][:8], 0))
+        for router, slots, target in refused:  # the other's change is done: the retry goes
+            with AdminClient(router.address, token=token, timeout=120) as admin:
+                list(admin.move_slots(slots, target))
 
         maps = [_slot_owners(address) for address in addresses]
         assert all(m == maps[0] for m in maps), "the shards hold different slot maps"

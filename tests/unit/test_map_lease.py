@@ -1,0 +1,133 @@
+"""The slot map's change lease (shard/map_lease.py on the coordinator,
+server/map_change_lease.py on routers): one router changes the map at a
+time, a lease outlives a coordinator restart, and one a router stops
+renewing expires."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from murmur.errors import ServiceError
+from murmur.slots import even_assignment
+from murmur.v1 import shard_pb2
+from server import map_change_lease
+from server.map_change_lease import MapChangeLease
+from server.slot_map import RoutingTable
+from shard.map_lease import MapLeases
+from shard.ownership import SlotOwnership
+from shard.store import Store
+
+
+def leases_on(path: Path, shard_id: int = 0) -> tuple[MapLeases, Store]:
+    store = Store(str(path))
+    ownership = SlotOwnership(store, shard_id)
+    if not ownership.assigned:
+        ownership.adopt(
+            shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=even_assignment([0, 1]))
+        )
+    return MapLeases(store, ownership), store
+
+
+def test_one_holder_at_a_time_until_release_or_expiry(tmp_path: Path) -> None:
+    leases, store = leases_on(tmp_path / "db")
+    try:
+        assert leases.acquire("router-a", 30_000, now_ms=1_000).granted
+        other = leases.acquire("router-b", 30_000, now_ms=2_000)
+        assert not other.granted and other.holder == "router-a"
+        assert other.expires_in_ms == 29_000
+        assert leases.acquire("router-a", 30_000, now_ms=20_000).granted  # renewed
+        assert not leases.acquire("router-b", 30_000, now_ms=40_000).granted
+        assert leases.acquire("router-b", 30_000, now_ms=50_001).granted  # a's expired
+        assert leases.release("router-a", now_ms=50_002).holder == "router-b"  # not a's to give
+        assert leases.release("router-b", now_ms=50_003).holder == ""
+        assert leases.acquire("router-a", 30_000, now_ms=50_004).granted
+    finally:
+        store.close()
+
+
+def test_a_lease_outlives_a_restart_of_the_coordinator(tmp_path: Path) -> None:
+    leases, store = leases_on(tmp_path / "db")
+    assert leases.acquire("router-a", 30_000, now_ms=1_000).granted
+    store.close()
+    again, store = leases_on(tmp_path / "db")
+    try:
+        assert not again.acquire("router-b", 30_000, now_ms=2_000).granted
+    finally:
+        store.close()
+
+
+def test_only_the_coordinator_by_its_own_map_grants(tmp_path: Path) -> None:
+    leases, store = leases_on(tmp_path / "db", shard_id=1)
+    try:
+        with pytest.raises(ServiceError) as refused:
+            leases.acquire("router-a", 30_000)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "shard 1 does not hold the map lease" in refused.value.message
+        assert "shard 0 does" in refused.value.message
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("holder", "ttl_ms"), [("", 1000), ("r", 0), ("r", 600_001)])
+def test_a_lease_request_without_holder_or_with_a_bad_ttl_is_refused(
+    tmp_path: Path, holder: str, ttl_ms: int
+) -> None:
+    leases, store = leases_on(tmp_path / "db")
+    try:
+        with pytest.raises(ServiceError, match="needs a holder and a ttl_ms of 1-600000"):
+            leases.acquire(holder, ttl_ms)
+    finally:
+        store.close()
+
+
+class LeasePool:
+    """A ShardPool stand-in whose coordinator is a real MapLeases."""
+
+    def __init__(self, leases: MapLeases) -> None:
+        self.leases = leases
+        self.table = RoutingTable(leases.ownership.slot_map)
+
+    async def direct(self, shard_id: int, method: str, request: Any, timeout: float) -> Any:
+        if method == "AcquireMapLease":
+            return self.leases.acquire(request.holder, request.ttl_ms)
+        return self.leases.release(request.holder)
+
+
+def test_a_router_refused_the_lease_names_the_holder_and_one_that_loses_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases, store = leases_on(tmp_path / "db")
+    monkeypatch.setattr(map_change_lease, "RENEW_EVERY_S", 0.01)
+
+    async def refresh() -> None:
+        return None
+
+    async def scenario() -> None:
+        pool = LeasePool(leases)
+        first, second = MapChangeLease(pool, refresh), MapChangeLease(pool, refresh)  # type: ignore[arg-type]
+        async with first.held():
+            with pytest.raises(ServiceError) as refused:
+                async with second.held():
+                    pytest.fail("two routers held the map lease at once")
+            assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"another router ({first.holder}) is changing the slot map" in (
+                refused.value.message
+            )
+            leases.holder, leases.expires_ms = "someone else", 2**62  # taken over
+            await asyncio.sleep(0.05)
+            with pytest.raises(ServiceError, match="change lease was lost"):
+                first.require()
+        leases.release("someone else")
+        async with second.held():  # given back at the end of a change
+            second.require()
+        assert leases.holder == ""
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
