@@ -54,12 +54,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     component = "router admin"
     service_name = "Admin"
 
-    def __init__(self, pool: ShardPool, admin_token: str | None) -> None:
+    def __init__(
+        self, pool: ShardPool, admin_token: str | None, identity: str | None = None
+    ) -> None:
         self.pool = pool
         self.table = pool.table
         self.admin_token = admin_token
         self._map_lock = asyncio.Lock()
-        self._lease = MapChangeLease(pool, self._learn_map)
+        self._lease = MapChangeLease(pool, self._learn_map, identity)
 
     @contextlib.asynccontextmanager
     async def _changing_map(self) -> AsyncIterator[None]:

@@ -24,16 +24,28 @@ from murmur.v1 import shard_pb2
 from server.shard_pool import ShardPool
 
 log = logging.getLogger("murmur.router.lease")
-LEASE_TTL_MS = 30_000
-RENEW_EVERY_S = 10.0
+LEASE_TTL_MS = 15_000
+RENEW_EVERY_S = 5.0
 LEASE_CALL_TIMEOUT_S = 5.0
 
 
 class MapChangeLease:
-    def __init__(self, pool: ShardPool, refresh_map: Callable[[], Awaitable[None]]) -> None:
+    """``holder`` names the router. Given as its host and port, a router
+    restarted where it listened before takes over the lease its previous
+    process held (a change cut short by the kill is over), instead of
+    waiting for it to expire."""
+
+    def __init__(
+        self,
+        pool: ShardPool,
+        refresh_map: Callable[[], Awaitable[None]],
+        holder: str | None = None,
+    ) -> None:
         self.pool = pool
         self.refresh_map = refresh_map  # learn the newest map (another coordinator, maybe)
-        self.holder = f"router on {socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        self.holder = holder or (
+            f"router on {socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        )
         self.lost: str | None = None
 
     @contextlib.asynccontextmanager
