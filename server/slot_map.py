@@ -127,22 +127,7 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     if newest.map_version == 0:
         owners = even_assignment(sorted(by_id))
         return shard_pb2.SlotMap(version=1, addresses=by_id, owners=owners), True
-    slot_map = shard_pb2.SlotMap()
-    if diverged(infos):
-        try:
-            slot_map.CopyFrom(reconciled_map(infos))
-        except ServiceError as exc:  # serve on; the next map change mends it
-            log.warning("%s", exc.message)
-            slot_map.CopyFrom(newest.slot_map)
-            return slot_map, False
-        log.warning(
-            "shards held different slot maps under version %d; pushing version %d, built "
-            "from the slots each shard owns",
-            newest.map_version,
-            slot_map.version,
-        )
-    else:
-        slot_map.CopyFrom(newest.slot_map)
+    slot_map, mendable = start_map(infos, newest)
     changed = slot_map.version != newest.map_version
     for shard_id, address in by_id.items():
         if shard_id not in set(slot_map.owners):
@@ -153,6 +138,8 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     missing = set(slot_map.owners) - set(by_id)
     if missing:
         log.warning("slot owners %s were not given in --shards; using stored addresses", missing)
+    if not mendable:
+        return slot_map, False
     if changed:
         if slot_map.version == newest.map_version:
             slot_map.version += 1
@@ -161,6 +148,31 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     # here could collide with a move in flight that makes the same one
     stale = any(info.map_version != newest.map_version for info in infos.values())
     return slot_map, stale
+
+
+def start_map(
+    infos: dict[str, shard_pb2.ShardInfo], newest: shard_pb2.ShardInfo
+) -> tuple[shard_pb2.SlotMap, bool]:
+    """The newest map, or the mended one if maps diverged under one version
+    (``server/map_reconcile.py``); False if they cannot be mended yet (then
+    the router serves the newest and pushes nothing: a map change mends it)."""
+    slot_map = shard_pb2.SlotMap()
+    if not diverged(infos):
+        slot_map.CopyFrom(newest.slot_map)
+        return slot_map, True
+    try:
+        slot_map.CopyFrom(reconciled_map(infos))
+    except ServiceError as exc:
+        log.warning("%s", exc.message)
+        slot_map.CopyFrom(newest.slot_map)
+        return slot_map, False
+    log.warning(
+        "shards held different slot maps under version %d; pushing version %d, built from "
+        "the slots each shard owns",
+        newest.map_version,
+        slot_map.version,
+    )
+    return slot_map, True
 
 
 async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:

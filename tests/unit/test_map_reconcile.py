@@ -91,3 +91,16 @@ def test_start_up_gives_lagging_shards_the_newest_map_as_it_is() -> None:
 def test_start_up_with_every_shard_current_pushes_nothing() -> None:
     slot_map, push = plan_map({ADDRESSES[i]: info(i, 5, BASE) for i in range(4)})
     assert not push and slot_map.version == 5
+
+
+def test_start_up_with_maps_it_cannot_mend_serves_at_the_given_addresses_and_pushes_nothing() -> (
+    None
+):
+    infos = two_moves_at_once()
+    del infos[ADDRESSES[3]]  # one move's target is down: its slots have no claimant
+    moved_shard = info(1, 2, moved(BASE, S2, 3))
+    infos = {**infos, "10.0.0.9:7000": moved_shard}  # shard 1 now answers at a new address
+    del infos[ADDRESSES[1]]
+    slot_map, push = plan_map(infos)
+    assert not push
+    assert slot_map.addresses[1] == "10.0.0.9:7000"
