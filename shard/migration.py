@@ -253,6 +253,13 @@ class SlotMigrator:
             assign.evaluated_threshold = vouched
             assign.evaluated_slots.extend(sorted(slots))
         await self._send(slots, target, capture.take(), reset=False)
+        if ownership.slot_map.version >= new_map.version:  # no await from here to the record
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {ownership.shard_id} took slot map version {ownership.slot_map.version} "
+                f"while moving slots to shard {target} under version {new_map.version} (another "
+                "map change); the move was rolled back: retry it",
+            )
         record = shard_pb2.MigrateSlotsRequest(
             slots=sorted(slots), target_shard=target, new_map=new_map
         )

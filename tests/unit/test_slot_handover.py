@@ -1078,6 +1078,30 @@ def test_polls_behind_a_slow_scan_are_spaced_to_a_tenth_of_the_loop(pair, monkey
     assert slept == pytest.approx([migration.MAX_POLL_GAP_S])
 
 
+def test_a_source_that_took_another_map_during_the_move_rolls_it_back(pair) -> None:
+    """Another change's map (same version, other contents) reached the source
+    while it copied: handing over would leave the source's map giving it
+    the slots it then deletes (two owners, the data gone). It rolls back."""
+    source, target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    other = move_request({(min(slots) + 1) % (SLOT_COUNT // 2)}).new_map  # version 2 too
+
+    async def another_change() -> None:
+        source.state.ownership.adopt(other)
+
+    peers.on_first_import = another_change
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(run_move(source.state, peers, move_request(slots)))
+
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "took slot map version 2 while moving slots to shard 1" in refused.value.message
+    assert all(source.state.ownership.owned[s] for s in slots)
+    assert not any(target.ownership.owned[s] for s in slots)
+    assert pending_handover(source.state) is None
+    assert not source.state.ownership.frozen and not source.state.ownership.sealed
+
+
 def test_a_move_waits_on_its_slots_queued_records_and_not_on_others(pair) -> None:
     """The outbox's own records, not a stand-in: fan-out for another slot
     does not hold the move; fan-out for a moving slot holds it, served,
