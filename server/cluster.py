@@ -148,6 +148,9 @@ def check_ports_free(host: str, ports: list[int]) -> None:
     cluster serving while its own processes fail to listen."""
     for port in ports:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # as gRPC binds: a port still in TIME_WAIT from a cluster just
+            # stopped is free, one another process listens on is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:
