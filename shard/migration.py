@@ -655,6 +655,15 @@ async def settle_handover(state: ShardState, peers: PeerShards) -> bool:
     if handed:
         if request.new_map.version > state.ownership.slot_map.version:
             state.ownership.adopt(request.new_map)
+        kept = sorted(s for s in slots if state.ownership.owned[s])
+        if kept:  # another map of the move's version (or newer) arrived meanwhile
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"slots {describe_slots(kept)} went to shard {request.target_shard}, but shard "
+                f"{state.shard_id}'s own map (version {state.ownership.slot_map.version}) "
+                "still gives them to it: its copy stays, sealed, until a map that does not "
+                "arrives (a router mends it at its next map change)",
+            )
         await _drop_slots(state, slots)
         log.info("hand-over of %d slots to shard %d completed", len(slots), request.target_shard)
     else:

@@ -154,7 +154,10 @@ class SlotOwnership:
         return self.owners[slot]
 
     def info(self) -> shard_pb2.ShardInfo:
-        owned = [slot for slot in range(SLOT_COUNT) if self.owned[slot]]
+        """Who this shard is and the slots it claims: those its map gives it,
+        less any sealed for a hand-over (once sealed they are on their way to
+        the target, which routers mending diverged maps must believe)."""
+        owned = [slot for slot in range(SLOT_COUNT) if self.owned[slot] and slot not in self.sealed]
         return shard_pb2.ShardInfo(
             shard_id=self.shard_id,
             owned=[shard_pb2.SlotRange(start=a, end=b) for a, b in slot_ranges(owned)],

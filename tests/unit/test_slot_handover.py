@@ -1102,6 +1102,45 @@ def test_a_source_that_took_another_map_during_the_move_rolls_it_back(pair) -> N
     assert not source.state.ownership.frozen and not source.state.ownership.sealed
 
 
+def test_a_source_that_takes_another_map_during_the_hand_over_keeps_its_copy_sealed(
+    pair,
+) -> None:
+    """The other map arrives while the target adopts: the hand-over happened,
+    but the source's own map still gives it the slots. It used to drop its
+    copy anyway and serve the slots empty (two owners, the data gone); now
+    it keeps the copy sealed, claims the slots no more, and drops it once a
+    map that gives them away arrives (a router's mend)."""
+    source, target, peers = pair
+    (user,) = users_in_source_slots(source, 1)
+    slots = {slot_for_user(user)}
+    other = move_request({(min(slots) + 1) % (SLOT_COUNT // 2)}).new_map  # version 2 too
+    expected = slot_keys(source.state, slots)
+
+    async def another_change() -> None:
+        source.state.ownership.adopt(other)
+
+    peers.on_assign = another_change
+
+    async def scenario() -> None:
+        with pytest.raises(ServiceError):
+            await run_move(source.state, peers, move_request(slots))
+        await asyncio.sleep(0.3)  # the settle retries in the background
+        ownership = source.state.ownership
+        assert slot_keys(source.state, slots) == expected, "the copy was dropped"
+        assert all(s in ownership.sealed for s in slots)
+        claimed = {s for r in ownership.info().owned for s in range(r.start, r.end + 1)}
+        assert not claimed & slots
+        mended = move_request(slots, version=3).new_map  # what a router's mend publishes
+        ownership.adopt(mended)
+        await settled(source.state, timeout_s=10)
+
+    asyncio.run(scenario())
+
+    assert slot_keys(source.state, slots) == {}
+    assert all(target.ownership.owned[s] for s in slots)
+    assert not any(source.state.ownership.owned[s] for s in slots)
+
+
 def test_a_move_waits_on_its_slots_queued_records_and_not_on_others(pair) -> None:
     """The outbox's own records, not a stand-in: fan-out for another slot
     does not hold the move; fan-out for a moving slot holds it, served,
