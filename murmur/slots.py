@@ -56,3 +56,11 @@ def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
 def describe_slots(slots) -> str:
     """Slots as an operator reads them in a message: "0-255,4000"."""
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in slot_ranges(list(slots)))
+
+
+def map_coordinator(owners: Iterable[int]) -> int | None:
+    """The shard that holds the slot map's change lease: the lowest id that
+    owns a slot. Not merely the lowest id in the map: a shard drained (and
+    maybe dead) or one just added owns nothing, and neither may hold up
+    every map change (removing it included)."""
+    return min(set(owners), default=None)

@@ -70,8 +70,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             yield
 
     async def _learn_map(self) -> None:
-        """Install the newest map the shards hold, publishing nothing."""
-        infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        """Install the newest map the shards hold, publishing nothing (none
+        answering: this router's own map stands, and the lease call names
+        the shard that does not answer)."""
+        try:
+            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+        except ServiceError as exc:
+            log.warning("cannot learn the newest slot map: %s", exc.message)
+            return
         newest = newest_info(infos).slot_map
         if newest.version > self.table.version:
             self.table.install(newest)
@@ -239,6 +245,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         settled = True  # the callers learned the newest map just before
         for source, source_slots in sorted(by_source.items()):
             for chunk, _ in chunked(source_slots, target):
+                await self._lease.follow()
                 self._lease.require()
                 if not settled:  # a divergence the last chunk left: mended, or refused
                     await self._adopt_newest_map()

@@ -151,7 +151,7 @@ async def serve(args: argparse.Namespace) -> None:
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     copies = CelebrityTimelines(ttl_s=args.celebrity_cache_ms / 1000)
     add_service(process.server, MurmurServicer(table, pool, copies), murmur_service)
-    identity = f"router {socket.gethostname()}:{process.port}"  # its map lease's holder
+    identity = f"router {socket.gethostname()} {args.host}:{process.port}"  # its lease holder
     add_service(process.server, AdminServicer(pool, args.admin_token, identity), admin_service)
     process.shutdown_hooks.append(pool.close)
     await process.serve("murmur-router serving on {address}")

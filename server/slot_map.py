@@ -8,15 +8,25 @@ gets an even assignment, pushed to every shard before the router serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from murmur import tls
 from murmur.errors import ServiceError
 from murmur.ids import slot_of_tweet
-from murmur.slots import SLOT_COUNT, even_assignment, slot_for_handle, slot_for_user
+from murmur.slots import (
+    SLOT_COUNT,
+    even_assignment,
+    map_coordinator,
+    slot_for_handle,
+    slot_for_user,
+)
 from murmur.v1 import shard_pb2, shard_pb2_grpc
 from server.map_reconcile import diverged, reconciled_map
 
@@ -190,10 +200,55 @@ async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
     slot_map, push = plan_map(infos)
     if len(slot_map.owners) != SLOT_COUNT:
         raise SystemExit(f"stored slot map has {len(slot_map.owners)} slots, not {SLOT_COUNT}")
-    if push:
-        for address in infos:
-            async with tls.aio_channel(address) as channel:
-                stub = shard_pb2_grpc.ShardStub(channel)
-                await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
-        log.info("slot map version %d pushed to %d shards", slot_map.version, len(addresses))
+    if push and slot_map.version > max(newest_info(infos).map_version, 1):
+        async with _start_lease(infos) as granted:  # a new version: a map change
+            if granted:
+                await _push(slot_map, infos)
+    elif push:  # a new cluster's first map, or the newest to shards behind
+        await _push(slot_map, infos)
     return RoutingTable(slot_map)
+
+
+async def _push(slot_map: shard_pb2.SlotMap, infos: dict[str, shard_pb2.ShardInfo]) -> None:
+    for address in infos:
+        async with tls.aio_channel(address) as channel:
+            stub = shard_pb2_grpc.ShardStub(channel)
+            await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
+    log.info("slot map version %d pushed to %d shards", slot_map.version, len(infos))
+
+
+@contextlib.asynccontextmanager
+async def _start_lease(infos: dict[str, shard_pb2.ShardInfo]) -> AsyncIterator[bool]:
+    """A new version made at start-up (new shard addresses, a mended map) is
+    a map change like any other: pushed only under the map-change lease
+    (``server/map_change_lease.py``). Refused or unreachable: the router
+    serves with its map and pushes nothing (logged); the next map change
+    publishes the newest map."""
+    coordinator = map_coordinator(newest_info(infos).slot_map.owners)
+    address = next((a for a, info in infos.items() if info.shard_id == coordinator), None)
+    if address is None:
+        log.warning("coordinator shard %s did not answer: the new map is not pushed", coordinator)
+        yield False
+        return
+    holder = f"router starting, pid {os.getpid()} {secrets.token_hex(4)}"
+    async with tls.aio_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardStub(channel)
+        try:
+            lease = await stub.AcquireMapLease(
+                shard_pb2.AcquireMapLeaseRequest(holder=holder, ttl_ms=30_000), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("the new map is not pushed: no map lease (%s)", exc.details())
+            yield False
+            return
+        if not lease.granted:
+            log.warning("the new map is not pushed: %s is changing the map", lease.holder)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.ReleaseMapLease(
+                    shard_pb2.ReleaseMapLeaseRequest(holder=holder), timeout=5
+                )

@@ -6,9 +6,10 @@ different routers took the same version with different contents, each pair
 of shards adopting one, and the next change built on either handed the
 other's slots back to a shard that had deleted them. So a router takes
 this lease before a change and holds it (renewing) until the change is
-published. It lives on the coordinator, the shard with the lowest id in
-the map: a shard that is not the coordinator by its own map refuses, so a
-router whose map is behind cannot take a lease nobody else respects.
+published. It lives on the coordinator, the shard with the lowest id that
+owns a slot (``map_coordinator``): a shard that is not the coordinator by
+its own map refuses, so a router whose map is behind cannot take a lease
+nobody else respects.
 The lease is stored (synced), so a coordinator that restarts still knows
 its holder, and it expires by wall-clock time unless renewed, so a router
 that dies holding it blocks changes for one lease time at most.
@@ -21,6 +22,7 @@ import time
 import grpc
 
 from murmur.errors import ServiceError
+from murmur.slots import map_coordinator
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.ownership import SlotOwnership
@@ -63,8 +65,7 @@ class MapLeases:
         return shard_pb2.MapLease(holder=self.holder, expires_in_ms=left)
 
     def _require_coordinator(self) -> None:
-        addresses = self.ownership.slot_map.addresses
-        coordinator = min(addresses) if addresses else None
+        coordinator = map_coordinator(self.ownership.slot_map.owners)
         if coordinator != self.ownership.shard_id:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -96,7 +96,20 @@ def test_moves_made_at_once_through_two_routers_take_turns_and_lose_nothing(
                 )
                 user = client.create_user(handle).user_id
                 written.append((handle, user, client.post_tweet(user, f"kept {n}").tweet_id))
-        refused: list[tuple] = []
+        with grpc.insecure_channel(addresses[0]) as channel:  # another router's change
+            coordinator = shard_pb2_grpc.ShardStub(channel)
+            held = shard_pb2.AcquireMapLeaseRequest(holder="router elsewhere", ttl_ms=60_000)
+            assert coordinator.AcquireMapLease(held, timeout=10).granted
+            with AdminClient(routers[1].address, token=token, timeout=120) as admin:
+                with pytest.raises(FailedPrecondition) as refused:
+                    list(admin.move_slots(moves[1][1], moves[1][2]))
+            assert "another router (router elsewhere) is changing the slot map" in (
+                refused.value.details
+            )
+            coordinator.ReleaseMapLease(
+                shard_pb2.ReleaseMapLeaseRequest(holder="router elsewhere"), timeout=10
+            )
+        refused_moves: list[tuple] = []
         failures: list[BaseException] = []
 
         def move(router, slots: list[int], target: int) -> None:
@@ -106,17 +119,17 @@ def test_moves_made_at_once_through_two_routers_take_turns_and_lose_nothing(
             except FailedPrecondition as exc:
                 if "is changing the slot map" not in exc.details:
                     failures.append(exc)
-                refused.append((router, slots, target))
+                refused_moves.append((router, slots, target))
             except BaseException as exc:  # reported below
                 failures.append(exc)
 
-        threads = [threading.Thread(target=move, args=m) for m in moves]
+        threads = [threading.Thread(target=move, args=m) for m in moves]  # at once
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         assert not failures, failures
-        for router, slots, target in refused:  # the other's change is done: the retry goes
+        for router, slots, target in refused_moves:  # the other's change is done: it goes
             with AdminClient(router.address, token=token, timeout=120) as admin:
                 list(admin.move_slots(slots, target))
 

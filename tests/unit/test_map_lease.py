@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from murmur.errors import ServiceError
-from murmur.slots import even_assignment
+from murmur.slots import even_assignment, map_coordinator
 from murmur.v1 import shard_pb2
 from server import map_change_lease
 from server.map_change_lease import MapChangeLease
@@ -126,6 +126,87 @@ def test_a_router_refused_the_lease_names_the_holder_and_one_that_loses_it_stops
         async with second.held():  # given back at the end of a change
             second.require()
         assert leases.holder == ""
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_the_coordinator_is_the_lowest_shard_that_owns_a_slot(tmp_path: Path) -> None:
+    """A drained (maybe dead) shard 0 must not hold up every map change,
+    removing it included."""
+    assert map_coordinator([2, 1, 1, 2]) == 1 and map_coordinator([]) is None
+    store = Store(str(tmp_path / "db"))
+    try:
+        ownership = SlotOwnership(store, 0)
+        ownership.adopt(shard_pb2.SlotMap(version=3, addresses={0: "a", 1: "b"}, owners=[1] * 4096))
+        with pytest.raises(ServiceError, match="shard 1 does; refresh the map"):
+            MapLeases(store, ownership).acquire("router-a", 30_000)
+    finally:
+        store.close()
+
+
+class TwoCoordinators(LeasePool):
+    """Shards 0 and 1, each with its own MapLeases."""
+
+    def __init__(self, first: MapLeases, second: MapLeases) -> None:
+        super().__init__(first)
+        self.by_shard = {0: first, 1: second}
+
+    async def direct(self, shard_id: int, method: str, request: Any, timeout: float) -> Any:
+        leases = self.by_shard[shard_id]
+        if method == "AcquireMapLease":
+            return leases.acquire(request.holder, request.ttl_ms)
+        return leases.release(request.holder)
+
+
+def test_a_change_that_moves_the_coordinator_takes_the_lease_there(tmp_path: Path) -> None:
+    """Draining shard 0 makes shard 1 the coordinator, where a router
+    starting up now asks: the change takes the lease there before its next
+    step (a starting router used to push a map into the middle of it)."""
+    first, first_store = leases_on(tmp_path / "s0", shard_id=0)
+    second, second_store = leases_on(tmp_path / "s1", shard_id=1)
+
+    async def refresh() -> None:
+        return None
+
+    async def scenario() -> None:
+        pool = TwoCoordinators(first, second)
+        lease = MapChangeLease(pool, refresh, "router-a")  # type: ignore[arg-type]
+        async with lease.held():
+            assert lease.coordinator == 0 and first.holder == "router-a"
+            drained = shard_pb2.SlotMap(version=2, addresses={0: "a", 1: "b"}, owners=[1] * 4096)
+            pool.table.install(drained)
+            second.ownership.adopt(drained)
+            await lease.follow()
+            lease.require()
+            assert lease.coordinator == 1 and second.holder == "router-a" and first.holder == ""
+            assert not second.acquire("router-b", 30_000).granted
+        assert second.holder == ""
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        first_store.close()
+        second_store.close()
+
+
+def test_a_router_counts_its_lease_lost_once_renewals_stop_reaching_it(tmp_path: Path) -> None:
+    """A router whose renewals fail (the coordinator out of its reach) went
+    on with its change after the lease lapsed, for another router to take."""
+    leases, store = leases_on(tmp_path / "db")
+
+    async def refresh() -> None:
+        return None
+
+    async def scenario() -> None:
+        lease = MapChangeLease(LeasePool(leases), refresh, "router-a")  # type: ignore[arg-type]
+        async with lease.held():
+            lease.require()
+            lease._granted_at -= map_change_lease.LEASE_TTL_MS / 1000  # no renewal since
+            with pytest.raises(ServiceError, match="no renewal reached the coordinator in time"):
+                lease.require()
 
     try:
         asyncio.run(scenario())
