@@ -78,7 +78,7 @@ class MapChangeLease:
             return
         sent = time.monotonic()
         try:
-            lease = await self._call(new, "AcquireMapLease")
+            lease = await self._ask(new)
         except ServiceError as exc:
             self.lost = (
                 f"the coordinator moved to shard {new}, which did not answer ({exc.message})"
@@ -116,7 +116,7 @@ class MapChangeLease:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "no shard owns a slot")
             sent = time.monotonic()
             try:
-                lease = await self._call(coordinator, "AcquireMapLease")
+                lease = await self._ask(coordinator)
             except ServiceError as exc:
                 raise ServiceError(
                     exc.code, f"cannot take the slot map's change lease: {exc.message}"
@@ -146,7 +146,7 @@ class MapChangeLease:
             coordinator = self.coordinator
             sent = time.monotonic()
             try:
-                lease = await self._call(coordinator, "AcquireMapLease")
+                lease = await self._ask(coordinator)
             except ServiceError as exc:
                 log.warning("renewing the map lease on shard %d failed: %s", coordinator, exc)
                 continue  # it lasts LEASE_TTL_MS; the next attempt may reach it
@@ -158,14 +158,13 @@ class MapChangeLease:
                 self._granted_at = sent
 
     async def _release(self, coordinator: int) -> None:
+        request = shard_pb2.ReleaseMapLeaseRequest(holder=self.holder)
         try:
-            await self._call(coordinator, "ReleaseMapLease")
+            await self.pool.direct(coordinator, "ReleaseMapLease", request, LEASE_CALL_TIMEOUT_S)
         except ServiceError as exc:  # it expires by itself
             log.warning("releasing the map lease on shard %d failed: %s", coordinator, exc)
 
-    async def _call(self, coordinator: int, method: str) -> shard_pb2.MapLease:
-        if method == "AcquireMapLease":
-            request = shard_pb2.AcquireMapLeaseRequest(holder=self.holder, ttl_ms=LEASE_TTL_MS)
-        else:
-            request = shard_pb2.ReleaseMapLeaseRequest(holder=self.holder)
-        return await self.pool.direct(coordinator, method, request, LEASE_CALL_TIMEOUT_S)
+    async def _ask(self, coordinator: int) -> shard_pb2.MapLease:
+        """Acquire or renew: the same request."""
+        request = shard_pb2.AcquireMapLeaseRequest(holder=self.holder, ttl_ms=LEASE_TTL_MS)
+        return await self.pool.direct(coordinator, "AcquireMapLease", request, LEASE_CALL_TIMEOUT_S)
