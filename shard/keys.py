@@ -184,7 +184,7 @@ def shard_meta(name: str) -> bytes:
 
 # the celebrity threshold every user this shard owns was last checked against
 THRESHOLD_APPLIED = shard_meta("threshold_applied")
-# the slot map's change lease, on the coordinator: u64 expiry (wall-clock ms) + holder
+# the slot map's change lease, on the coordinator: u64 time to live (ms) + holder
 MAP_LEASE = shard_meta("map_lease")
 
 

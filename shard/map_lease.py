@@ -11,13 +11,22 @@ owns a slot (``map_coordinator``): a shard that is not the coordinator by
 its own map refuses, so a router whose map is behind cannot take a lease
 nobody else respects.
 The lease is stored (synced), so a coordinator that restarts still knows
-its holder, and it expires by wall-clock time unless renewed, so a router
-that dies holding it blocks changes for one lease time at most.
+its holder, and it expires unless renewed, so a router that dies holding
+it blocks changes for one lease time at most.
+
+Expiry runs on the coordinator's monotonic clock, and what is stored is
+the holder and its time to live, not a moment: a restarted coordinator
+gives the stored holder one whole lease time from its start (as etcd's
+lessor does with every lease when a new leader takes over). A wall-clock
+expiry was shortened or lengthened by any step of the coordinator's
+clock, and could let a second router in while the first still changed
+the map.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -32,15 +41,19 @@ MAX_TTL_MS = 600_000
 
 
 class MapLeases:
-    def __init__(self, store: Store, ownership: SlotOwnership) -> None:
+    def __init__(
+        self, store: Store, ownership: SlotOwnership, clock: Callable[[], int] | None = None
+    ) -> None:
         self.store = store
         self.ownership = ownership
-        raw = store.get(keys.MAP_LEASE) or bytes(8)
-        self.holder = raw[8:].decode()
-        self.expires_ms = keys.read_u64(raw)
+        self.clock = clock or monotonic_ms
+        self.holder, self.ttl_ms = stored_lease(store.get(keys.MAP_LEASE))
+        self.expires_ms = self.clock() + self.ttl_ms if self.holder else 0
 
-    def acquire(self, holder: str, ttl_ms: int, now_ms: int | None = None) -> shard_pb2.MapLease:
-        """Grant (or renew) the lease to ``holder`` unless another holds it."""
+    def acquire(self, holder: str, ttl_ms: int) -> shard_pb2.MapLease:
+        """Grant (or renew) the lease to ``holder`` unless another holds it.
+        A renewal with the holder and time to live already stored writes
+        nothing: only the in-memory expiry moves."""
         self._require_coordinator()
         if not holder or not 1 <= ttl_ms <= MAX_TTL_MS:
             raise ServiceError(
@@ -48,20 +61,22 @@ class MapLeases:
                 f"a map lease needs a holder and a ttl_ms of 1-{MAX_TTL_MS}; "
                 f"got {holder!r} and {ttl_ms}",
             )
-        now_ms = wall_ms() if now_ms is None else now_ms
+        now_ms = self.clock()
         if self.holder and self.holder != holder and self.expires_ms > now_ms:
             return shard_pb2.MapLease(
                 granted=False, holder=self.holder, expires_in_ms=self.expires_ms - now_ms
             )
-        self._store(holder, now_ms + ttl_ms)
+        if (holder, ttl_ms) != (self.holder, self.ttl_ms):
+            self._store(holder, ttl_ms)
+        self.expires_ms = now_ms + ttl_ms
         return shard_pb2.MapLease(granted=True, holder=holder, expires_in_ms=ttl_ms)
 
-    def release(self, holder: str, now_ms: int | None = None) -> shard_pb2.MapLease:
-        now_ms = wall_ms() if now_ms is None else now_ms
+    def release(self, holder: str) -> shard_pb2.MapLease:
         if self.holder == holder:
             self._store("", 0)
+            self.expires_ms = 0
             return shard_pb2.MapLease()
-        left = max(0, self.expires_ms - now_ms)
+        left = max(0, self.expires_ms - self.clock())
         return shard_pb2.MapLease(holder=self.holder, expires_in_ms=left)
 
     def _require_coordinator(self) -> None:
@@ -74,11 +89,22 @@ class MapLeases:
                 "refresh the map and ask it",
             )
 
-    def _store(self, holder: str, expires_ms: int) -> None:
-        self.store.db.put(keys.MAP_LEASE, keys.u64(expires_ms) + holder.encode(), sync=True)
-        self.holder, self.expires_ms = holder, expires_ms
+    def _store(self, holder: str, ttl_ms: int) -> None:
+        self.store.db.put(keys.MAP_LEASE, keys.u64(ttl_ms) + holder.encode(), sync=True)
+        self.holder, self.ttl_ms = holder, ttl_ms
 
 
-def wall_ms() -> int:
-    """Wall-clock time: the lease must outlive a restart of the coordinator."""
-    return int(time.time() * 1000)
+def stored_lease(raw: bytes | None) -> tuple[str, int]:
+    """(holder, ttl_ms) as stored. A value above ``MAX_TTL_MS`` was written
+    by a shard that stored the wall-clock expiry instead: what is left of
+    it (none, if past) is the holder's time to live."""
+    if not raw:
+        return "", 0
+    holder, value = raw[8:].decode(), keys.read_u64(raw)
+    if value > MAX_TTL_MS:
+        value = min(MAX_TTL_MS, max(0, value - int(time.time() * 1000)))
+    return (holder, value) if holder and value else ("", 0)
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000

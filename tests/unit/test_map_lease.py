@@ -6,6 +6,7 @@ renewing expires."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +19,131 @@ from murmur.v1 import shard_pb2
 from server import map_change_lease
 from server.map_change_lease import MapChangeLease
 from server.slot_map import RoutingTable
-from shard.map_lease import MapLeases
+from shard import keys
+from shard.map_lease import MapLeases, stored_lease
 from shard.ownership import SlotOwnership
 from shard.store import Store
 
 
-def leases_on(path: Path, shard_id: int = 0) -> tuple[MapLeases, Store]:
+class FakeClock:
+    """The coordinator's monotonic clock, in ms, moved by the test."""
+
+    def __init__(self, now_ms: int = 1_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def leases_on(
+    path: Path, shard_id: int = 0, clock: FakeClock | None = None
+) -> tuple[MapLeases, Store]:
     store = Store(str(path))
     ownership = SlotOwnership(store, shard_id)
     if not ownership.assigned:
         ownership.adopt(
             shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=even_assignment([0, 1]))
         )
-    return MapLeases(store, ownership), store
+    return MapLeases(store, ownership, clock), store
 
 
 def test_one_holder_at_a_time_until_release_or_expiry(tmp_path: Path) -> None:
-    leases, store = leases_on(tmp_path / "db")
+    clock = FakeClock(1_000)
+    leases, store = leases_on(tmp_path / "db", clock=clock)
+
+    def acquire(holder: str, at_ms: int) -> shard_pb2.MapLease:
+        clock.now_ms = at_ms
+        return leases.acquire(holder, 30_000)
+
     try:
-        assert leases.acquire("router-a", 30_000, now_ms=1_000).granted
-        other = leases.acquire("router-b", 30_000, now_ms=2_000)
+        assert acquire("router-a", 1_000).granted
+        other = acquire("router-b", 2_000)
         assert not other.granted and other.holder == "router-a"
         assert other.expires_in_ms == 29_000
-        assert leases.acquire("router-a", 30_000, now_ms=20_000).granted  # renewed
-        assert not leases.acquire("router-b", 30_000, now_ms=40_000).granted
-        assert leases.acquire("router-b", 30_000, now_ms=50_001).granted  # a's expired
-        assert leases.release("router-a", now_ms=50_002).holder == "router-b"  # not a's to give
-        assert leases.release("router-b", now_ms=50_003).holder == ""
-        assert leases.acquire("router-a", 30_000, now_ms=50_004).granted
+        assert acquire("router-a", 20_000).granted  # renewed
+        assert not acquire("router-b", 40_000).granted
+        assert acquire("router-b", 50_001).granted  # a's expired
+        assert leases.release("router-a").holder == "router-b"  # not a's to give
+        assert leases.release("router-b").holder == ""
+        assert acquire("router-a", 50_004).granted
     finally:
         store.close()
 
 
-def test_a_lease_outlives_a_restart_of_the_coordinator(tmp_path: Path) -> None:
-    leases, store = leases_on(tmp_path / "db")
-    assert leases.acquire("router-a", 30_000, now_ms=1_000).granted
+def test_a_restarted_coordinator_gives_the_stored_holder_a_whole_lease_time(
+    tmp_path: Path,
+) -> None:
+    """What outlives a restart is the holder and its time to live: the
+    coordinator's new monotonic clock starts the lease afresh."""
+    leases, store = leases_on(tmp_path / "db", clock=FakeClock(1_000))
+    assert leases.acquire("router-a", 30_000).granted
     store.close()
-    again, store = leases_on(tmp_path / "db")
+    clock = FakeClock(5)  # a new process: its monotonic clock starts elsewhere
+    again, store = leases_on(tmp_path / "db", clock=clock)
     try:
-        assert not again.acquire("router-b", 30_000, now_ms=2_000).granted
+        refused = again.acquire("router-b", 30_000)
+        assert not refused.granted and refused.holder == "router-a"
+        assert refused.expires_in_ms == 30_000
+        clock.now_ms += 30_001
+        assert again.acquire("router-b", 30_000).granted
     finally:
         store.close()
+
+
+def test_a_released_lease_stays_released_across_a_restart(tmp_path: Path) -> None:
+    leases, store = leases_on(tmp_path / "db", clock=FakeClock())
+    assert leases.acquire("router-a", 30_000).granted
+    leases.release("router-a")
+    store.close()
+    again, store = leases_on(tmp_path / "db", clock=FakeClock())
+    try:
+        assert again.holder == "" and again.acquire("router-b", 30_000).granted
+    finally:
+        store.close()
+
+
+def test_a_wall_clock_step_neither_ends_nor_stretches_a_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry used to be a wall-clock moment: an NTP step forward of a
+    minute let a second router in while the first was mid-change."""
+    leases, store = leases_on(tmp_path / "db")
+    try:
+        assert leases.acquire("router-a", 30_000).granted
+        stepped = time.time() + 3600
+        monkeypatch.setattr(time, "time", lambda: stepped)
+        assert not leases.acquire("router-b", 30_000).granted
+    finally:
+        store.close()
+
+
+def test_a_renewal_by_the_holder_writes_nothing(tmp_path: Path) -> None:
+    """The router renews every 4 s; each renewal was a synced write."""
+    clock = FakeClock()
+    leases, store = leases_on(tmp_path / "db", clock=clock)
+    try:
+        assert leases.acquire("router-a", 30_000).granted
+        stored = store.get(keys.MAP_LEASE)
+        store.db.delete(keys.MAP_LEASE)  # a renewal that wrote would put it back
+        clock.now_ms += 20_000
+        assert leases.acquire("router-a", 30_000).granted
+        assert store.get(keys.MAP_LEASE) is None
+        clock.now_ms += 20_000  # renewed: 10 s left, not expired
+        assert not leases.acquire("router-b", 30_000).granted
+        store.db.put(keys.MAP_LEASE, stored)
+        assert leases.acquire("router-a", 60_000).granted  # a new time to live is stored
+        assert stored_lease(store.get(keys.MAP_LEASE)) == ("router-a", 60_000)
+    finally:
+        store.close()
+
+
+def test_a_lease_stored_as_a_wall_clock_expiry_keeps_what_is_left_of_it(tmp_path: Path) -> None:
+    """Shards before this change stored the expiry moment, not the TTL."""
+    now = int(time.time() * 1000)
+    assert stored_lease(keys.u64(now + 9_000) + b"router-a")[0] == "router-a"
+    assert 8_000 <= stored_lease(keys.u64(now + 9_000) + b"router-a")[1] <= 9_000
+    assert stored_lease(keys.u64(now - 1) + b"router-a") == ("", 0)  # lapsed
+    assert stored_lease(keys.u64(0)) == ("", 0) and stored_lease(None) == ("", 0)
 
 
 def test_only_the_coordinator_by_its_own_map_grants(tmp_path: Path) -> None:
