@@ -17,7 +17,7 @@ from shard import keys
 from shard.celebrity import recheck_celebrity
 from shard.delivery_ops import op_users
 from shard.state import ShardState
-from shard.store import Txn
+from shard.store import MISSING, Txn
 
 FollowEdge = shard_pb2.FollowEdge
 
@@ -84,25 +84,34 @@ class DeliveryApplier:
         self, txn: Txn, put: shard_pb2.InboxPut, slots: list[int]
     ) -> tuple[int, list[int]]:
         """Copy one tweet to many inboxes: the hot loop of fan-out, so the
-        tweet is serialized once and each owner's slot hashed once."""
-        tweet, author = put.tweet, put.tweet.user_id
-        raw = tweet.SerializeToString()
+        tweet is serialized once, each owner packed and hashed once, and the
+        keys built a list at a time."""
+        tweet = put.tweet
+        owners = list(put.owner_ids)
+        parts = [keys.U64.pack(owner) for owner in owners]
+        ordinary = self._ordinary_edges(txn, keys.following_keys(slots, parts, tweet.user_id))
+        copies = [
+            (owner, slot, key)
+            for owner, slot, key, keep in zip(
+                owners, slots, keys.inbox_keys(slots, parts, tweet.tweet_id), ordinary, strict=True
+            )
+            if keep
+        ]
+        grown = self.state.inbox.put_copies(txn, tweet.tweet_id, tweet.SerializeToString(), copies)
         cap = trim_threshold(self.state.settings.inbox_cap)
-        written, over_cap = 0, []
-        put_at, get_hot, parse_edge = self.state.inbox.put_at, txn.get_hot, FollowEdge.FromString
-        tweet_id, author_part = tweet.tweet_id, keys.u64(author)
-        inverted_id = keys.inverted(tweet_id)
-        for owner, slot in zip(put.owner_ids, slots, strict=True):
-            edge_key, key = keys.delivery_keys(slot, owner, author_part, inverted_id)
-            edge = get_hot(edge_key)
-            if edge is None or parse_edge(edge).celebrity:
-                continue
-            size = put_at(txn, key, tweet_id, raw, owner, slot)
-            if size:
-                written += 1
-                if size > cap:
-                    over_cap.append(owner)
-        return written, over_cap
+        return len(grown), [owner for owner, size in grown if size > cap]
+
+    def _ordinary_edges(self, txn: Txn, edge_keys: list[bytes]) -> list[bool]:
+        """For each follower's edge, whether it still follows the author as an
+        ordinary account (no edge: unfollowed; a celebrity is pulled, not
+        copied). Edges are read from memory (``HotValues``) when there: the
+        delivery's transaction is new, so none of them is written in it."""
+        known, parse = self.state.store.hot.get, FollowEdge.FromString
+        edges = [known(key, MISSING) for key in edge_keys]
+        for index, edge in enumerate(edges):
+            if edge is MISSING:
+                edges[index] = txn.get_hot(edge_keys[index])
+        return [edge is not None and not parse(edge).celebrity for edge in edges]
 
     def _add_follower(self, txn: Txn, add: shard_pb2.AddFollower) -> None:
         graph, users = self.state.graph, self.state.users

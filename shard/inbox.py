@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable
 
 from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
@@ -73,7 +74,7 @@ class InboxStore:
         size = meta.size
         if meta.counting or (raw is None and newest):
             size = sum(1 for _ in self.store.scan(prefix, include_value=False))
-        return self.tallies.add(owner, Tally(newest, size, slot, meta.counting))
+        return self.tallies.add(owner, Tally(newest, size, slot, meta.counting, floor=newest))
 
     def _mark(self, txn: Txn, owner: int, tally: Tally) -> None:
         """Note on disk, with the first change to a loaded tally, that its
@@ -86,41 +87,40 @@ class InboxStore:
         """Insert or refresh a copy. Returns the inbox's new size if the entry
         is new, else 0 (so callers know whom to trim without reading again)."""
         slot = slot_for_user(owner)
-        tweet_id = tweet.tweet_id
-        return self.put_at(
-            txn, keys.inbox(slot, owner, tweet_id), tweet_id, tweet.SerializeToString(), owner, slot
-        )
+        copy = (owner, slot, keys.inbox(slot, owner, tweet.tweet_id))
+        grown = self.put_copies(txn, tweet.tweet_id, tweet.SerializeToString(), [copy])
+        return grown[0][1] if grown else 0
 
-    def put_at(
-        self,
-        txn: Txn,
-        key: bytes,
-        tweet_id: int,
-        raw: bytes,
-        owner: int,
-        slot: int,
-    ) -> int:
-        """``put`` with the key built by the caller (fan-out builds it from
-        parts shared by the batch, see ``keys.delivery_keys``).
+    def put_copies(
+        self, txn: Txn, tweet_id: int, raw: bytes, copies: Iterable[tuple[int, int, bytes]]
+    ) -> list[tuple[int, int]]:
+        """Put one tweet (``raw``) into many inboxes, each given as (owner,
+        slot, inbox key); returns (owner, new size) for each copy that is
+        new, leaving out redeliveries (refreshed, not counted).
 
-        Fan-out nearly always brings a tweet newer than anything in the
-        inbox; the tally's ``newest_id`` tells so, and only an older tweet
-        (a redelivery, a backfill) pays a lookup of its key. The tally is
-        looked up inline rather than through ``_tally``: this runs once per
-        fan-out entry."""
-        tally = self.tallies.get(owner)
-        if tally is None:
-            tally = self._load(txn, owner, slot)
-        if tweet_id > tally.newest_id:
-            tally.newest_id = tweet_id
-        elif txn.get(key) is not None:
-            txn.put(key, raw)
-            return 0
-        txn.put(key, raw)
-        tally.size += 1
-        if not tally.marked:
-            self._mark(txn, owner, tally)
-        return tally.size
+        This is fan-out's inner loop, run once per entry, so it writes to
+        the transaction's dict and looks tallies up inline. Fan-out nearly
+        always brings a tweet newer than anything in the inbox (the tally's
+        ``newest_id`` tells so) or a little older, from another sender that
+        ran behind (its ``recent`` ids tell); only a redelivery or backfill
+        of an older one pays a lookup of its key."""
+        writes, tally_of = txn.writes, self.tallies.get
+        grown: list[tuple[int, int]] = []
+        for owner, slot, key in copies:
+            tally = tally_of(owner) or self._load(txn, owner, slot)
+            if tweet_id > tally.newest_id:
+                tally.newest_id = tweet_id
+            else:
+                held = tally.holds(tweet_id)
+                if held or (held is None and txn.get(key) is not None):
+                    writes[key] = raw
+                    continue
+            writes[key] = raw
+            tally.added(tweet_id)
+            if not tally.marked:
+                self._mark(txn, owner, tally)
+            grown.append((owner, tally.size))
+        return grown
 
     def replace(self, txn: Txn, owner: int, tweet: murmur_pb2.Tweet) -> None:
         """Update a copy after an edit, only where the copy exists."""
@@ -135,7 +135,7 @@ class InboxStore:
             return
         txn.delete(key)
         tally = self._tally(txn, owner, slot)
-        tally.size = max(0, tally.size - 1)
+        tally.removed(tweet_id)
         if not tally.marked:
             self._mark(txn, owner, tally)
 
@@ -169,8 +169,9 @@ class InboxStore:
         oldest_kept_floor = meta.exact_from
         for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
             txn.delete(key)
-            oldest_kept_floor = max(oldest_kept_floor, keys.last_inverted(key) + 1)
-            tally.size -= 1
+            tweet_id = keys.last_inverted(key)
+            oldest_kept_floor = max(oldest_kept_floor, tweet_id + 1)
+            tally.removed(tweet_id)
         meta.exact_from = oldest_kept_floor
         self._save_meta(txn, meta_key, meta, tally)
         txn.commit(sync=False)

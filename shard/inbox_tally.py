@@ -21,13 +21,22 @@ entry. A clean stop and a backup store each size and clear ``counting``.
 So a tally may be dropped at any time (evicted, its slot moved away, a
 failed transaction) at the price of one count of its keys when it is next
 loaded. The newest id is learned from the inbox's first key at load.
+
+A tally also knows, without a lookup, whether a tweet a little older than
+its newest is in the inbox already: it keeps the ids put since it was
+loaded above a ``floor`` (``recent``). Fan-out from two shards reaches an
+inbox as two streams, each in id order, merged: a copy older than the
+newest was looked up in LevelDB each time (~7 µs; 7.7% of a receiving
+shard's time in a 385,120-entry burst) only to learn it was new.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+RECENT_IDS = 16  # at most this many ids above a tally's floor (then the lower half goes)
 
 
 @dataclass(slots=True)
@@ -36,6 +45,36 @@ class Tally:
     size: int  # entries held, counting the puts of the transaction being built
     slot: int  # the owner's slot, so a slot that moves away takes its tallies along
     marked: bool  # the stored metadata has ``counting`` set
+    # every entry with an id above ``floor`` is in ``recent``; at load the
+    # floor is the newest id, so nothing is above it
+    floor: int = 0
+    recent: list[int] = field(default_factory=list)
+
+    def holds(self, tweet_id: int) -> bool | None:
+        """Whether the inbox holds ``tweet_id`` (no newer than ``newest_id``),
+        or None when only a lookup can tell (at or below the floor)."""
+        return tweet_id in self.recent if tweet_id > self.floor else None
+
+    def added(self, tweet_id: int) -> None:
+        """An entry was put: count it, and remember its id if above the floor.
+        When ``recent`` fills, its lower half goes and the floor rises to the
+        highest id dropped, keeping the rule above."""
+        self.size += 1
+        if tweet_id <= self.floor:
+            return
+        recent = self.recent
+        recent.append(tweet_id)
+        if len(recent) >= RECENT_IDS:
+            recent.sort()
+            half = len(recent) // 2
+            self.floor = recent[half - 1]
+            del recent[:half]
+
+    def removed(self, tweet_id: int) -> None:
+        """An entry was deleted: uncount it, and forget its id."""
+        self.size = max(0, self.size - 1)
+        if tweet_id > self.floor and tweet_id in self.recent:
+            self.recent.remove(tweet_id)
 
 
 class InboxTallies:

@@ -7,8 +7,10 @@ the inbox marked so that the next load counts it."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import plyvel
 import pytest
@@ -20,12 +22,12 @@ from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.graph import FollowGraph
 from shard.inbox import InboxStore
-from shard.inbox_tally import InboxTallies, Tally
+from shard.inbox_tally import RECENT_IDS, InboxTallies, Tally
 from shard.migration import _drop_slots, import_entries
 from shard.settings import ShardSettings
 from shard.state import ShardState
 from shard.storage_fence import FencedDB
-from shard.store import MISSING, ChangeCapture, HotValues, Store
+from shard.store import MISSING, ChangeCapture, HotValues, Store, Txn
 
 OWNER = 1_234_567
 AUTHOR = 7_654_321
@@ -295,6 +297,67 @@ def test_removing_the_newest_keeps_redelivery_exact(store: Store) -> None:
     txn.commit(sync=False)
     assert put(store, inbox, 200) == 2  # below newest_id, so looked up: it is new again
     assert meta(store, inbox).size == 2 == len(inbox_ids(store))
+
+
+def merged_streams(first: list[int], second: list[int], rng: random.Random) -> list[int]:
+    """Two senders' ids, each stream in order, interleaved at random."""
+    merged, a, b = [], list(first), list(second)
+    while a or b:
+        merged.append((a if a and (not b or rng.random() < 0.5) else b).pop(0))
+    return merged
+
+
+def test_two_senders_merged_streams_count_exactly_without_lookups(store: Store) -> None:
+    """Fan-out from two shards reaches an inbox as two ordered streams,
+    merged: every copy that is older than the newest, but new, was looked up
+    in LevelDB only to learn that it was new."""
+    inbox = InboxStore(store)
+    rng = random.Random(3)
+    arrivals = merged_streams(list(range(1000, 1060, 2)), list(range(1001, 1061, 2)), rng)
+    assert arrivals != sorted(arrivals)
+    with mock.patch.object(Txn, "get", side_effect=AssertionError("looked up")):
+        sizes = [put(store, inbox, t) for t in arrivals]
+    assert sizes == list(range(1, 61))
+    redelivered = [put(store, inbox, t) for t in (1059, 1041, 1000)]  # some looked up
+    assert redelivered == [0, 0, 0]
+    assert meta(store, inbox).size == 60 == len(inbox_ids(store))
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.integers(0, 50),
+    st.lists(
+        st.tuples(st.sampled_from(["put", "put", "put", "remove"]), st.integers(1, 120)),
+        max_size=200,
+    ),
+)
+def test_a_tally_knows_what_its_inbox_holds_or_says_it_cannot_tell(
+    loaded_newest: int, steps: list[tuple[str, int]]
+) -> None:
+    """``holds`` against the plain definition: the set of ids in the inbox.
+    Whenever it answers, the answer is right; above the newest it is never
+    asked (those are new by the newest id alone)."""
+    held = set(range(1, loaded_newest + 1, 3))  # what the inbox held at load
+    tally = Tally(max(held, default=0), len(held), slot=0, marked=False, floor=max(held, default=0))
+    for action, tweet_id in steps:
+        if action == "put":
+            if tweet_id > tally.newest_id:
+                tally.newest_id = tweet_id
+                new = True
+            else:
+                known = tally.holds(tweet_id)
+                if known is not None:
+                    assert known == (tweet_id in held)
+                new = tweet_id not in held
+            if new:
+                held.add(tweet_id)
+                tally.added(tweet_id)
+        elif tweet_id in held:
+            held.discard(tweet_id)
+            tally.removed(tweet_id)
+        assert tally.size == len(held)
+        assert len(tally.recent) < RECENT_IDS
+        assert {t for t in held if t > tally.floor} == set(tally.recent)
 
 
 def test_a_loaded_inbox_learns_its_newest_id_from_its_first_key(store: Store) -> None:

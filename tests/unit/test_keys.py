@@ -219,8 +219,13 @@ def test_prefix_end_of_only_ff_raises(prefix: bytes) -> None:
 def test_delivery_keys_are_the_keys_fan_out_touches(
     slot: int, owner: int, author: int, tweet_id: int
 ) -> None:
-    built = keys.delivery_keys(slot, owner, keys.u64(author), keys.inverted(tweet_id))
-    assert built == (
+    parts = [keys.u64(owner), keys.u64(owner + 1)]
+    slots_ = [slot, (slot + 1) % SLOT_COUNT]
+    assert keys.following_keys(slots_, parts, author) == [
         keys.following(slot, owner, author),
+        keys.following(slots_[1], owner + 1, author),
+    ]
+    assert keys.inbox_keys(slots_, parts, tweet_id) == [
         keys.inbox(slot, owner, tweet_id),
-    )
+        keys.inbox(slots_[1], owner + 1, tweet_id),
+    ]
