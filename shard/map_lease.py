@@ -47,8 +47,11 @@ class MapLeases:
         self.store = store
         self.ownership = ownership
         self.clock = clock or monotonic_ms
-        self.holder, self.ttl_ms = stored_lease(store.get(keys.MAP_LEASE))
+        raw = store.get(keys.MAP_LEASE)
+        self.holder, self.ttl_ms = stored_lease(raw)
         self.expires_ms = self.clock() + self.ttl_ms if self.holder else 0
+        if raw and keys.read_u64(raw) > MAX_TTL_MS:  # an expiry moment: store the new form now
+            self._store(self.holder, self.ttl_ms)
 
     def acquire(self, holder: str, ttl_ms: int) -> shard_pb2.MapLease:
         """Grant (or renew) the lease to ``holder`` unless another holds it.

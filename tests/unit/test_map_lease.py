@@ -144,6 +144,16 @@ def test_a_lease_stored_as_a_wall_clock_expiry_keeps_what_is_left_of_it(tmp_path
     assert 8_000 <= stored_lease(keys.u64(now + 9_000) + b"router-a")[1] <= 9_000
     assert stored_lease(keys.u64(now - 1) + b"router-a") == ("", 0)  # lapsed
     assert stored_lease(keys.u64(0)) == ("", 0) and stored_lease(None) == ("", 0)
+    leases, store = leases_on(tmp_path / "db")
+    try:
+        store.db.put(keys.MAP_LEASE, keys.u64(now + 15_000) + b"router-a")
+        converted = MapLeases(store, leases.ownership)
+        assert converted.holder == "router-a"
+        # stored in the new form at once: a renewal with an equal ttl writes nothing
+        assert stored_lease(store.get(keys.MAP_LEASE)) == ("router-a", converted.ttl_ms)
+        assert keys.read_u64(store.get(keys.MAP_LEASE)) <= 15_000
+    finally:
+        store.close()
 
 
 def test_only_the_coordinator_by_its_own_map_grants(tmp_path: Path) -> None:
