@@ -72,6 +72,9 @@ def test_a_move_while_no_shard_answers_is_unavailable_and_the_router_lives(monke
     assert all(details.startswith(expected) for _, details in got), got
 
 
+CALLER_DEADLINE_S = 2.5
+
+
 class HungShard(shard_pb2_grpc.ShardServicer):
     async def GetStats(self, request: Any, context: Any) -> Any:
         await asyncio.Event().wait()  # a stopped process, a frozen host
@@ -85,7 +88,9 @@ class HealthyShard(shard_pb2_grpc.ShardServicer):
 @pytest.mark.parametrize("method", ["GetClusterStatus", "GetShardStats"])
 def test_a_hung_shard_is_named_within_the_callers_deadline(method: str) -> None:
     """Not a bare DEADLINE_EXCEEDED after the router's own 30 s per shard:
-    the answer comes in time, naming the hung shard, with the others' status."""
+    the answer comes in time, naming the hung shard, with the others' status.
+    The caller allows 2.5 s, so the router keeps its full 0.25 s margin to
+    answer (with 1 s it kept 0.1 s, which a loaded 2-core box overran once)."""
 
     async def scenario() -> tuple[list[tuple[int, str, int]], float]:
         shards, addresses = [], {}
@@ -102,7 +107,9 @@ def test_a_hung_shard_is_named_within_the_callers_deadline(method: str) -> None:
                 started = time.monotonic()
                 if method == "GetClusterStatus":
                     reply = await stub.GetClusterStatus(
-                        admin_pb2.GetClusterStatusRequest(), metadata=TOKEN, timeout=1.0
+                        admin_pb2.GetClusterStatusRequest(),
+                        metadata=TOKEN,
+                        timeout=CALLER_DEADLINE_S,
                     )
                     statuses = list(reply.shards)
                 else:
@@ -111,7 +118,7 @@ def test_a_hung_shard_is_named_within_the_callers_deadline(method: str) -> None:
                         reply = await stub.GetShardStats(
                             admin_pb2.GetShardStatsRequest(shard_id=shard_id),
                             metadata=TOKEN,
-                            timeout=1.0,
+                            timeout=CALLER_DEADLINE_S,
                         )
                         statuses.append(reply.status)
                 took = time.monotonic() - started
