@@ -50,7 +50,7 @@ class MapLeases:
         raw = store.get(keys.MAP_LEASE)
         self.holder, self.ttl_ms = stored_lease(raw)
         self.expires_ms = self.clock() + self.ttl_ms if self.holder else 0
-        if raw and keys.read_u64(raw) > MAX_TTL_MS:  # an expiry moment: store the new form now
+        if raw and in_wall_clock_form(raw):  # store the new form now
             self._store(self.holder, self.ttl_ms)
 
     def acquire(self, holder: str, ttl_ms: int) -> shard_pb2.MapLease:
@@ -104,9 +104,15 @@ def stored_lease(raw: bytes | None) -> tuple[str, int]:
     if not raw:
         return "", 0
     holder, value = raw[8:].decode(), keys.read_u64(raw)
-    if value > MAX_TTL_MS:
+    if in_wall_clock_form(raw):
         value = min(MAX_TTL_MS, max(0, value - int(time.time() * 1000)))
     return (holder, value) if holder and value else ("", 0)
+
+
+def in_wall_clock_form(raw: bytes) -> bool:
+    """Whether a stored lease holds an expiry moment (before ef6e886): no
+    time to live is that long."""
+    return keys.read_u64(raw) > MAX_TTL_MS
 
 
 def monotonic_ms() -> int:
