@@ -693,20 +693,27 @@ class Bench:
         return out
 
     # strategies -------------------------------------------------------------------
-    def probe_targets(self, system: System, count: int, celebrities_ok: bool = True):
-        """(author, watcher, followers) over follower-count buckets."""
+    def probe_targets(
+        self, system: System, count: int, extra_big: list[tuple[int, int, int]] | None = None
+    ) -> list[tuple[int, int, int]]:
+        """(author, watcher, followers) over follower-count buckets, taken
+        in turn from each bucket (``probes.interleaved``); ``extra_big``
+        (the 9,000-follower account's probes) spread among the biggest."""
         graph = self.graph
         buckets = [(1, 9), (10, 99), (100, 999), (1000, 10**9)]
         rng = random.Random(self.args.seed + 5)
-        chosen: list[tuple[int, int, int]] = []
+        groups: list[list[tuple[int, int, int]]] = []
         per = max(1, count // len(buckets))
         for low, high in buckets:
             nodes = [n for n in graph.nodes if low <= graph.in_degree.get(n, 0) <= high]
             rng.shuffle(nodes)
+            groups.append([])
             for node in nodes[:per]:
                 watcher = max(system.ids[f] for f in graph.followers_of(node))
-                chosen.append((system.ids[node], watcher, graph.in_degree[node]))
-        return chosen
+                groups[-1].append((system.ids[node], watcher, graph.in_degree[node]))
+        if extra_big:
+            groups[-1] = probes.interleaved([groups[-1], extra_big])
+        return probes.interleaved(groups)
 
     async def strategy(self, system: System, label: str, threshold: int) -> dict:
         c = self.plan.post_concurrency
@@ -793,9 +800,10 @@ class Bench:
             out["mix_peak"] = await self.own_mix_peak(system)
             peak = out["mix_peak"]["throughput"]
         mega = await self.add_mega(system)
-        targets = self.probe_targets(system, plan.probes)
+        mega_probes = []
         if mega:
-            targets += [(mega[0], mega[1], min(plan.mega_followers, len(self.graph.nodes)))] * 4
+            mega_probes = [(mega[0], mega[1], min(plan.mega_followers, len(self.graph.nodes)))] * 4
+        targets = self.probe_targets(system, plan.probes, mega_probes)
         top = self.graph.top_followed(plan.burst_authors)
         burst_authors = [
             (
