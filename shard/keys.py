@@ -135,14 +135,19 @@ def following_keys(slots: list[int], owner_parts: list[bytes], author: int) -> l
     """``following(slot, owner, author)`` for many owners of one author's
     delivery, from each owner's ``u64`` packed once (``owner_parts``): fan-out
     builds millions of them, and a Python call per key showed in its profile."""
-    heads, author_part = _FOLLOWING_HEADS, u64(author)
-    return [heads[slot] + part + author_part for slot, part in zip(slots, owner_parts, strict=True)]
+    return _per_owner(_FOLLOWING_HEADS, slots, owner_parts, u64(author))
 
 
 def inbox_keys(slots: list[int], owner_parts: list[bytes], tweet_id: int) -> list[bytes]:
     """``inbox(slot, owner, tweet_id)`` for many owners, as ``following_keys``."""
-    heads, id_part = _INBOX_HEADS, inverted(tweet_id)
-    return [heads[slot] + part + id_part for slot, part in zip(slots, owner_parts, strict=True)]
+    return _per_owner(_INBOX_HEADS, slots, owner_parts, inverted(tweet_id))
+
+
+def _per_owner(
+    heads: list[bytes], slots: list[int], owner_parts: list[bytes], tail: bytes
+) -> list[bytes]:
+    """head of each owner's slot + owner + the ``tail`` they all share."""
+    return [heads[slot] + part + tail for slot, part in zip(slots, owner_parts, strict=True)]
 
 
 def inbox_prefix(slot: int, owner: int) -> bytes:
