@@ -25,13 +25,30 @@ from murmur.tls import TlsFiles
 # wait for its turn and end by its own deadline instead: the queue limits
 # are raised far past any concurrency a caller can reach.
 MAX_PENDING_CALLS = 50_000
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.so_reuseport", 0),
-    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-]
+
+KEEPALIVE_FLOOR_MS = 10_000
+"""Servers accept a caller's keepalive pings this often. gRPC's own floor
+is 5 minutes, counted between pings with no data sent: the shards' callers
+ping every 30 s (``murmur.shard_stubs``), so an idle cluster's streams
+collected strikes and the shards cut them with GOAWAY "too_many_pings" a few
+minutes after start-up, failing a fan-out delivery to a healthy shard."""
+
+
+def server_options(keepalive_floor_ms: int = KEEPALIVE_FLOOR_MS) -> list[tuple[str, int]]:
+    """Every server's gRPC options (``keepalive_floor_ms`` is for tests)."""
+    return [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive_floor_ms),
+        # callers that keep idle channels warm (other services' clients) too
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+SERVER_OPTIONS = server_options()
 GRACE_S = 5.0
 
 

@@ -11,12 +11,15 @@ import grpc
 
 from murmur import tls
 from murmur.execute_stream import ShardStream
+from murmur.serving import KEEPALIVE_FLOOR_MS
 from murmur.v1 import shard_pb2_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
+    # finds a dead connection under an idle stream; servers accept a ping
+    # every KEEPALIVE_FLOOR_MS (murmur.serving), a third of this
+    ("grpc.keepalive_time_ms", 3 * KEEPALIVE_FLOOR_MS),
     # gRPC's reconnect backoff grows to 120 s by default: a shard back after
     # a minute's outage went unused for another ~35 s. Few channels ever
     # point at one shard (one per router and per peer shard), so retrying
