@@ -402,8 +402,8 @@ def emit_json(doc: Any) -> None:
 
 def first(items: Iterator[_T], limit: int) -> tuple[list[_T], bool]:
     """The first ``limit`` of ``items`` and whether there were more. The
-    caller lets the iterator run to ``limit + 1``: one extra item is the only
-    way to know, since a last page can still carry a next_page_token."""
+    caller lets the iterator run to ``limit + 1``: one extra item says so
+    for any server (routers before 2026-12 gave a full last page a token)."""
     taken = list(items)
     return taken[:limit], len(taken) > limit
 

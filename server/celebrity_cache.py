@@ -48,7 +48,9 @@ SERVED_FROM_COPY = LOOKUPS.labels("copy")
 PULLED = LOOKUPS.labels("pulled")
 
 DEFAULT_TTL_S = 0.05
-DEFAULT_DEPTH = 20  # the largest first page served from copies (the default page size)
+# the largest first page served from copies: the default page size, read one
+# deeper to learn whether a next page exists
+DEFAULT_DEPTH = 21
 DEFAULT_CAPACITY = 4_096  # celebrities kept; the oldest copies go first
 
 

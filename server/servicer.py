@@ -48,10 +48,13 @@ def decode_token(kind: TokenKind, token: str) -> int:
 def with_token(
     page: murmur_pb2.TimelineResponse, kind: TokenKind, limit: int
 ) -> murmur_pb2.TimelineResponse:
-    """Fill in the token that continues after a full page (none after a
-    short one: that was the last)."""
+    """Cut a page read ``limit + 1`` deep to ``limit`` and fill in the token
+    that continues after it. Only a page that had the extra tweet gets one:
+    the proto promises an empty token on the last page, and a full last
+    page with a token cost every caller a read that came back empty."""
     tweets = page.tweets
-    if len(tweets) == limit:
+    if len(tweets) > limit:
+        del tweets[limit:]
         page.next_page_token = page_tokens.encode(kind, tweets[-1].tweet_id)
     return page
 
@@ -304,7 +307,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             user_id,
             "PullTimelines",
             shard_pb2.PullTimelinesRequest(
-                author_ids=[user_id], before_id=before, limit=limit, require_authors=True
+                author_ids=[user_id], before_id=before, limit=limit + 1, require_authors=True
             ),
             context,
         )
@@ -319,21 +322,22 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         limit = page_size(request.page_size)
         before = decode_token(TokenKind.HOME_TIMELINE, request.page_token)
         copies = self.celebrity_copies
+        deep = limit + 1  # the extra tweet says whether a next page exists
         request = shard_pb2.ReadInboxRequest(
             user_id=reader,
             before_id=before,
-            limit=limit,
-            skip_local_celebrities=copies is not None and copies.serves(before, limit),
+            limit=deep,
+            skip_local_celebrities=copies is not None and copies.serves(before, deep),
             raw_page=True,
         )
         inbox = await self._user_call(reader, "ReadInbox", request, context)
         try:
-            page = await merge_home(self.pool, inbox, before, limit, self._timeout(context), copies)
+            page = await merge_home(self.pool, inbox, before, deep, self._timeout(context), copies)
         except WrongSlot:  # a pulled celebrity's slot moved: re-learn the map, once
             await self._refresh(context)
             try:
                 page = await merge_home(
-                    self.pool, inbox, before, limit, self._timeout(context), copies
+                    self.pool, inbox, before, deep, self._timeout(context), copies
                 )
             except WrongSlot as exc:
                 raise still_moving(exc) from None

@@ -610,6 +610,27 @@ def test_user_timeline_is_newest_first(client: MurmurClient) -> None:
     assert not page.next_page_token
 
 
+@pytest.mark.parametrize("which", ["user", "home"])
+def test_a_full_last_page_has_no_token(client: MurmurClient, which: str) -> None:
+    """The proto promises an empty token on the last page; a full last page
+    used to carry one that led to an empty page."""
+    author = new_user(client, prefix="full")
+    posted = ids(client.post_tweet(author.user_id, f"t{i}") for i in range(4))
+    read = client.user_timeline if which == "user" else client.home_timeline
+    newest_first = list(reversed(posted))
+
+    def whole_page():
+        page = read(author.user_id, page_size=4)
+        assert ids(page.tweets) == newest_first  # a home timeline fills by fan-out
+        return page
+
+    assert not eventually(whole_page).next_page_token
+    first = read(author.user_id, page_size=2)
+    assert ids(first.tweets) == newest_first[:2] and first.next_page_token
+    last = read(author.user_id, page_size=2, page_token=first.next_page_token)
+    assert ids(last.tweets) == newest_first[2:] and not last.next_page_token
+
+
 @pytest.fixture(scope="module")
 def prolific(cluster: LocalCluster) -> tuple[pb.User, list[int]]:
     """A user with 205 tweets (their home timeline holds them too)."""

@@ -83,7 +83,9 @@ class Model:
             got = [(t.tweet_id, t.user_id, t.text) for t in response.tweets]
             want = self.oracle.home(reader, before, size)
             assert got == want, f"reader {reader} page {page}: got {got[:5]}... want {want[:5]}..."
-            if not response.next_page_token:
-                assert len(want) < size or not self.oracle.home(reader, want[-1][0], 1)
+            more = bool(want) and bool(self.oracle.home(reader, want[-1][0], 1))
+            # a token exactly when older tweets remain, even after a full page
+            assert bool(response.next_page_token) == more, f"reader {reader} page {page}"
+            if not more:
                 return
             token, before = response.next_page_token, got[-1][0]
