@@ -356,6 +356,18 @@ def test_repeated_request_id_returns_the_first_tweet_and_counts_once(
     assert len(timeline_ids(client, author.user_id)) == 4
 
 
+def test_a_retried_post_whose_tweet_was_deleted_is_not_found(client: MurmurClient) -> None:
+    """The retry must neither bring the tweet back nor post it again."""
+    author = new_user(client, prefix="rdel")
+    first = client.post_tweet(author.user_id, "soon gone", request_id="gone-1")
+    client.delete_tweet(first.tweet_id, author.user_id)
+    with pytest.raises(errors.NotFound) as caught:
+        client.post_tweet(author.user_id, "soon gone", request_id="gone-1")
+    assert str(first.tweet_id) in caught.value.details and "gone-1" in caught.value.details
+    assert timeline_ids(client, author.user_id) == []
+    assert client.get_user(user_id=author.user_id).tweet_count == 0
+
+
 def test_not_found_messages_name_what_is_missing(client: MurmurClient) -> None:
     user = new_user(client, prefix="nf")
     gone = client.post_tweet(user.user_id, "soon gone")
