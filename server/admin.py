@@ -276,7 +276,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     slots_done=done,
                     slots_total=total,
                     keys_copied=copied_before,
-                    step=f"slots {chunk[0]}-{chunk[-1]} now on shard {target}",
+                    step=f"slots {describe_slots(chunk)} now on shard {target}",
                     map_version=self.table.version,
                 )
 

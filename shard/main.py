@@ -18,6 +18,7 @@ from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
 from shard.fanout import FanoutWorker
+from shard.map_catch_up import catch_up_map, keep_catching_up
 from shard.metrics import register as register_metrics
 from shard.migration import seal_pending_handover, settle_at_start, stop_background
 from shard.peers import PeerShards
@@ -146,6 +147,9 @@ async def serve(args: argparse.Namespace) -> None:
     add_service(process.server, servicer, shard_pb2.DESCRIPTOR.services_by_name["Shard"])
     register_metrics(state, worker, servicer.commits)
     serve_metrics(args.host, args.metrics_port, f"shard {state.shard_id}")
+    if not await catch_up_map(state, peers):  # before any fan-out acts on the map
+        catching_up = asyncio.get_running_loop().create_task(keep_catching_up(state, peers))
+        process.shutdown_hooks.append(lambda: _cancel(catching_up))
     worker.start()
     if handover is not None:
         settling = asyncio.get_running_loop().create_task(settle_at_start(state, peers))

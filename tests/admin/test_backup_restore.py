@@ -366,3 +366,49 @@ def admin_owners(admin: AdminClient) -> list[int]:
 
 def _shows(tweet_ids: list[int], tweet_id: int) -> None:
     assert tweet_id in tweet_ids, tweet_ids
+
+
+def test_a_shard_restored_from_before_a_move_takes_the_newer_map(tmp_path: Path) -> None:
+    """Restored from a backup taken before one of its slots moved away, a
+    shard starts with the older map. It must adopt its peers' newer one
+    before its fan-out acts: else its authors' tweets go into the stale
+    copy of the moved readers' inboxes left in its folder, and never reach
+    the home timelines served from the slot's new shard."""
+    token = secrets.token_hex(16)
+    with Processes(tmp_path / "cluster") as procs:
+        shards = {i: procs.shard(i) for i in (0, 1)}
+        router = procs.router([s.address for s in shards.values()], token)
+        with (
+            MurmurClient(router.address, timeout=20) as client,
+            AdminClient(router.address, token) as admin,
+        ):
+            owners = admin_owners(admin)
+            made = [client.create_user(f"m{i}").user_id for i in range(40)]
+            author, reader = [u for u in made if owners[slot_for_user(u)] == 0][:2]
+            eventually(lambda: _settled(admin), timeout=30)
+            backup = tmp_path / "backup-0"
+            list(admin.backup_shard(0, str(backup)))
+            moved = list(admin.move_slots([slot_for_user(reader)], 1))
+            assert moved[-1].slots_done == moved[-1].slots_total == 1, moved
+            assert moved[-1].step == f"slots {slot_for_user(reader)} now on shard 1", moved
+            newest = admin.get_cluster_status().map_version
+            assert newest == moved[-1].map_version
+
+            shards[0].stop()
+            procs.data_dir(0).rename(tmp_path / "shard-0-before-restore")
+            backup.rename(procs.data_dir(0))
+            shards[0] = procs.restart(shards[0])
+            eventually(lambda: _serving(admin, 0), timeout=20)
+            channel, stub = shard_stub(shards[0].address)
+            with channel:
+                info = stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=10)
+            assert info.map_version == newest
+            assert info.slot_map.owners[slot_for_user(reader)] == 1
+            assert all(not (r.start <= slot_for_user(reader) <= r.end) for r in info.owned)
+
+            client.follow(reader, author)
+            posted = client.post_tweet(author, "after the restore").tweet_id
+            eventually(
+                lambda: _shows([t.tweet_id for t in client.home_timeline(reader).tweets], posted),
+                timeout=20,
+            )
