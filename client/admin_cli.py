@@ -397,18 +397,29 @@ def _parked(parked_ops: Any) -> str:
 @click.option("--leveldb", is_flag=True, help="Also print LevelDB's own statistics.")
 @pass_session
 def shard_stats(session: AdminSession, shard_id: int, leveldb: bool) -> None:
-    """One shard's status, fan-out backlog and lag, group-commit counters."""
+    """One shard's status, fan-out backlog and lag, group-commit counters.
+
+    A shard that did not answer has none of them: they show as ``-`` (not
+    a 0 that reads as "nothing queued" before a remove-shard), a line on
+    stderr says so and the exit code is 1, with --json too."""
     stats = session.client.get_shard_stats(shard_id)
+    s = stats.status
+    answered = s.health == "SERVING"
     if session.as_json:
         emit_json(to_dict(stats))
-        return
+    else:
+        click.echo(kv_table(_stats_pairs(stats, answered)))
+        if leveldb and stats.leveldb_stats:
+            click.echo("")
+            click.echo(stats.leveldb_stats.rstrip())
+    if not answered:
+        click.echo(f"error: shard {s.shard_id} did not answer: {s.health}", err=True)
+        sys.exit(1)
+
+
+def _stats_pairs(stats: apb.ShardStats, answered: bool) -> list[tuple[str, Any]]:
     s = stats.status
-    pairs: list[tuple[str, Any]] = [
-        ("shard", s.shard_id),
-        ("address", s.address),
-        ("health", s.health),
-        ("slots", format_ranges(s.slots)),
-        ("slot_count", s.slot_count),
+    shown: list[tuple[str, Any]] = [
         ("disk_MB", _mb(s.disk_bytes)),
         ("outbox_backlog", stats.outbox_backlog),
         ("oldest_outbox_ms", stats.oldest_outbox_ms),
@@ -419,11 +430,17 @@ def shard_stats(session: AdminSession, shard_id: int, leveldb: bool) -> None:
         ("fsyncs", stats.fsyncs),
         ("synced_writes", stats.synced_writes),
     ]
-    pairs += [(f"keys.{name}", s.key_counts[name]) for name in sorted(s.key_counts)]
-    click.echo(kv_table(pairs))
-    if leveldb and stats.leveldb_stats:
-        click.echo("")
-        click.echo(stats.leveldb_stats.rstrip())
+    if not answered:
+        shown = [(name, "-") for name, _ in shown]
+    return [
+        ("shard", s.shard_id),
+        ("address", s.address),
+        ("health", s.health),
+        ("slots", format_ranges(s.slots)),
+        ("slot_count", s.slot_count),
+        *shown,
+        *((f"keys.{name}", s.key_counts[name]) for name in sorted(s.key_counts)),
+    ]
 
 
 @cli.command("add-shard")

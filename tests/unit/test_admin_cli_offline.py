@@ -29,6 +29,7 @@ class FakeAdmin(apb_grpc.AdminServicer):
         self.calls: Counter[str] = Counter()
         self.moves: list[apb.MoveProgress] = []
         self.backups: list[apb.BackupProgress] = []
+        self.stats = apb.ShardStats()
         self.target = ""
 
     def GetClusterStatus(self, request: Any, context: Any) -> apb.ClusterStatus:
@@ -42,6 +43,10 @@ class FakeAdmin(apb_grpc.AdminServicer):
     def MoveSlots(self, request: apb.MoveSlotsRequest, context: Any) -> Iterator[Any]:
         self.calls["MoveSlots"] += 1
         yield from self.moves
+
+    def GetShardStats(self, request: apb.GetShardStatsRequest, context: Any) -> apb.ShardStats:
+        self.calls["GetShardStats"] += 1
+        return self.stats
 
     def BackupShard(self, request: apb.BackupShardRequest, context: Any) -> Iterator[Any]:
         self.calls["BackupShard"] += 1
@@ -87,6 +92,42 @@ def test_a_real_move_still_reports_the_count(fake: FakeAdmin) -> None:
     result = run(fake, "move-slots", "0-3", "--to", "0")
     assert result.exit_code == 0, result.output
     assert result.stdout == "slots 0-3 now on shard 0\nmoved 4 of 4 slots; map version 9\n"
+
+
+# -- shard-stats --------------------------------------------------------------------
+
+
+def _stats(health: str) -> apb.ShardStats:
+    status = apb.ShardStatus(shard_id=2, address="s2:1", health=health, slot_count=0)
+    return apb.ShardStats(status=status, outbox_backlog=7 if health == "SERVING" else 0)
+
+
+def _value(table: str, name: str) -> str:
+    return next(line.split()[1] for line in table.splitlines() if line.split()[0] == name)
+
+
+def test_stats_of_a_shard_that_answered_are_shown(fake: FakeAdmin) -> None:
+    fake.stats = _stats("SERVING")
+    result = run(fake, "shard-stats", "2")
+    assert result.exit_code == 0, result.output
+    assert _value(result.stdout, "outbox_backlog") == "7" and result.stderr == ""
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_shard_that_did_not_answer_shows_no_zeros_and_fails(
+    fake: FakeAdmin, as_json: bool
+) -> None:
+    """Zeros read as "nothing queued", which is what an operator checks
+    before remove-shard."""
+    fake.stats = _stats("UNAVAILABLE: connection refused")
+    result = run(fake, *(["--json"] if as_json else []), "shard-stats", "2")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "error: shard 2 did not answer: UNAVAILABLE: connection refused\n"
+    if as_json:
+        assert json.loads(result.stdout)["status"]["health"].startswith("UNAVAILABLE")
+    else:
+        for name in ("outbox_backlog", "parked_ops", "disk_MB", "fsyncs"):
+            assert _value(result.stdout, name) == "-", name
 
 
 # -- backup -------------------------------------------------------------------------
