@@ -10,6 +10,7 @@ import secrets
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,51 +310,76 @@ def test_backup_streams_and_restores_identically(cluster: Cluster, tmp_path: Pat
     assert all(s.health == "SERVING" for s in status.shards)
 
 
-def test_copies_of_tweets_a_restore_lost_are_found_and_repair_removes_them(tmp_path: Path) -> None:
-    """A tweet posted after the backup is gone from its author's restored
-    shard, but its copy stayed in a follower's inbox on the other shard:
-    shown in home timelines, NOT_FOUND on GetTweet, and beyond its author's
-    reach. check names it; repair removes the copy and nothing else."""
+@dataclass
+class SmallCluster:
+    """Two shards and a router, 40 users; for tests that restore shard 0."""
+
+    procs: Processes
+    shards: dict[int, Server]
+    client: MurmurClient
+    admin: AdminClient
+    users: list[int]
+
+    def on(self, shard_id: int) -> list[int]:
+        owners = admin_owners(self.admin)
+        return [u for u in self.users if owners[slot_for_user(u)] == shard_id]
+
+    def restore_shard_0(self, backup: Path, root: Path) -> None:
+        """Stop shard 0, put the backup in its data folder's place, start it."""
+        self.shards[0].stop()
+        self.procs.data_dir(0).rename(root / "shard-0-before-restore")
+        backup.rename(self.procs.data_dir(0))
+        self.shards[0] = self.procs.restart(self.shards[0])
+        eventually(lambda: _serving(self.admin, 0), timeout=20)
+
+
+@contextmanager
+def small_cluster(root: Path, prefix: str) -> Iterator[SmallCluster]:
     token = secrets.token_hex(16)
-    with Processes(tmp_path / "cluster") as procs:
+    with Processes(root / "cluster") as procs:
         shards = {i: procs.shard(i) for i in (0, 1)}
         router = procs.router([s.address for s in shards.values()], token)
         with (
             MurmurClient(router.address, timeout=20) as client,
             AdminClient(router.address, token) as admin,
         ):
-            owners = admin_owners(admin)
-            made = [client.create_user(f"r{i}").user_id for i in range(40)]
-            author = next(u for u in made if owners[slot_for_user(u)] == 0)
-            reader, other = [u for u in made if owners[slot_for_user(u)] == 1][:2]
-            client.follow(reader, author)
-            client.follow(other, author)
-            kept = client.post_tweet(author, "before the backup").tweet_id
-            eventually(lambda: _settled(admin), timeout=30)
-            backup = tmp_path / "backup-0"
-            list(admin.backup_shard(0, str(backup)))
-            lost = client.post_tweet(author, "after the backup").tweet_id
+            users = [client.create_user(f"{prefix}{i}").user_id for i in range(40)]
+            yield SmallCluster(procs, shards, client, admin, users)
 
-            def home() -> list[int]:
-                return [t.tweet_id for t in client.home_timeline(reader).tweets]
 
-            eventually(lambda: _shows(home(), lost), timeout=20)
-            shards[0].stop()
-            procs.data_dir(0).rename(tmp_path / "shard-0-before-restore")
-            backup.rename(procs.data_dir(0))
-            shards[0] = procs.restart(shards[0])
-            eventually(lambda: _serving(admin, 0), timeout=20)
-            with pytest.raises(NotFound):
-                client.get_tweet(lost)
+def test_copies_of_tweets_a_restore_lost_are_found_and_repair_removes_them(tmp_path: Path) -> None:
+    """A tweet posted after the backup is gone from its author's restored
+    shard, but its copy stayed in a follower's inbox on the other shard:
+    shown in home timelines, NOT_FOUND on GetTweet, and beyond its author's
+    reach. check names it; repair removes the copy and nothing else."""
+    with small_cluster(tmp_path, "r") as c:
+        client, admin = c.client, c.admin
+        author = c.on(0)[0]
+        reader, other = c.on(1)[:2]
+        client.follow(reader, author)
+        client.follow(other, author)
+        kept = client.post_tweet(author, "before the backup").tweet_id
+        eventually(lambda: _settled(admin), timeout=30)
+        backup = tmp_path / "backup-0"
+        list(admin.backup_shard(0, str(backup)))
+        lost = client.post_tweet(author, "after the backup").tweet_id
 
-            found = admin.check_consistency()
-            assert found.ghost_inbox_copies == 2, found  # one copy in each reader's inbox
-            named = [line for line in found.findings if line.startswith(f"tweet {lost} no longer")]
-            assert named and all(line.endswith("on shard 1") for line in named), found.findings
-            repaired = admin.repair()
-            assert repaired.ghost_inbox_copies == 2 and repaired.repaired >= 2, repaired
-            assert home() == [kept]
-            assert admin.check_consistency().ghost_inbox_copies == 0
+        def home() -> list[int]:
+            return [t.tweet_id for t in client.home_timeline(reader).tweets]
+
+        eventually(lambda: _shows(home(), lost), timeout=20)
+        c.restore_shard_0(backup, tmp_path)
+        with pytest.raises(NotFound):
+            client.get_tweet(lost)
+
+        found = admin.check_consistency()
+        assert found.ghost_inbox_copies == 2, found  # one copy in each reader's inbox
+        named = [line for line in found.findings if line.startswith(f"tweet {lost} no longer")]
+        assert named and all(line.endswith("on shard 1") for line in named), found.findings
+        repaired = admin.repair()
+        assert repaired.ghost_inbox_copies == 2 and repaired.repaired >= 2, repaired
+        assert home() == [kept]
+        assert admin.check_consistency().ghost_inbox_copies == 0
 
 
 def admin_owners(admin: AdminClient) -> list[int]:
@@ -374,41 +400,30 @@ def test_a_shard_restored_from_before_a_move_takes_the_newer_map(tmp_path: Path)
     before its fan-out acts: else its authors' tweets go into the stale
     copy of the moved readers' inboxes left in its folder, and never reach
     the home timelines served from the slot's new shard."""
-    token = secrets.token_hex(16)
-    with Processes(tmp_path / "cluster") as procs:
-        shards = {i: procs.shard(i) for i in (0, 1)}
-        router = procs.router([s.address for s in shards.values()], token)
-        with (
-            MurmurClient(router.address, timeout=20) as client,
-            AdminClient(router.address, token) as admin,
-        ):
-            owners = admin_owners(admin)
-            made = [client.create_user(f"m{i}").user_id for i in range(40)]
-            author, reader = [u for u in made if owners[slot_for_user(u)] == 0][:2]
-            eventually(lambda: _settled(admin), timeout=30)
-            backup = tmp_path / "backup-0"
-            list(admin.backup_shard(0, str(backup)))
-            moved = list(admin.move_slots([slot_for_user(reader)], 1))
-            assert moved[-1].slots_done == moved[-1].slots_total == 1, moved
-            assert moved[-1].step == f"slots {slot_for_user(reader)} now on shard 1", moved
-            newest = admin.get_cluster_status().map_version
-            assert newest == moved[-1].map_version
+    with small_cluster(tmp_path, "m") as c:
+        client, admin = c.client, c.admin
+        author, reader = c.on(0)[:2]
+        slot = slot_for_user(reader)
+        eventually(lambda: _settled(admin), timeout=30)
+        backup = tmp_path / "backup-0"
+        list(admin.backup_shard(0, str(backup)))
+        moved = list(admin.move_slots([slot], 1))
+        assert moved[-1].slots_done == moved[-1].slots_total == 1, moved
+        assert moved[-1].step == f"slots {slot} now on shard 1", moved
+        newest = admin.get_cluster_status().map_version
+        assert newest == moved[-1].map_version
 
-            shards[0].stop()
-            procs.data_dir(0).rename(tmp_path / "shard-0-before-restore")
-            backup.rename(procs.data_dir(0))
-            shards[0] = procs.restart(shards[0])
-            eventually(lambda: _serving(admin, 0), timeout=20)
-            channel, stub = shard_stub(shards[0].address)
-            with channel:
-                info = stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=10)
-            assert info.map_version == newest
-            assert info.slot_map.owners[slot_for_user(reader)] == 1
-            assert all(not (r.start <= slot_for_user(reader) <= r.end) for r in info.owned)
+        c.restore_shard_0(backup, tmp_path)
+        channel, stub = shard_stub(c.shards[0].address)
+        with channel:
+            info = stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=10)
+        assert info.map_version == newest
+        assert info.slot_map.owners[slot] == 1
+        assert all(not (r.start <= slot <= r.end) for r in info.owned)
 
-            client.follow(reader, author)
-            posted = client.post_tweet(author, "after the restore").tweet_id
-            eventually(
-                lambda: _shows([t.tweet_id for t in client.home_timeline(reader).tweets], posted),
-                timeout=20,
-            )
+        client.follow(reader, author)
+        posted = client.post_tweet(author, "after the restore").tweet_id
+        eventually(
+            lambda: _shows([t.tweet_id for t in client.home_timeline(reader).tweets], posted),
+            timeout=20,
+        )
