@@ -99,6 +99,7 @@ async def catch_up_map(state: ShardState, peers: PeerShards) -> bool:
 async def keep_catching_up(state: ShardState, peers: PeerShards) -> None:
     """When no peer answered at start-up: ask again until one does (the
     fan-out meanwhile acts on the stored map)."""
-    log.warning("no other shard answered at start-up; asking again for a newer slot map")
+    # the usual case when a whole cluster starts at once: not worth a warning
+    log.info("no other shard answered yet; asking again for a newer slot map")
     while not await catch_up_map(state, peers):
         await asyncio.sleep(RETRY_S)
