@@ -156,8 +156,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return new_map
 
     async def _publish(self, new_map: shard_pb2.SlotMap) -> None:
-        """Install a map here and on every shard (a shard that is down learns
-        it later from its peers' wrong-slot answers or a router restart)."""
+        """Install a map here and on every shard (a shard that is down takes
+        it from its peers when it starts, ``shard/map_catch_up.py``, or from a
+        router's next change or restart)."""
         self.table.install(new_map)
         request = shard_pb2.AssignSlotsRequest(slot_map=new_map)
         calls = [
