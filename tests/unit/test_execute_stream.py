@@ -28,12 +28,19 @@ class SlowWriteShard(shard_pb2_grpc.ShardServicer):
     def __init__(self) -> None:
         self.batch_streams = BatchStreams(self)
         self.release = asyncio.Event()
+        self.entered = asyncio.Event()  # a PostTweet is running
         self.address = ""
+
+    async def running(self) -> None:
+        """Until a write runs on the shard: on a busy machine a fixed sleep
+        was sometimes too short for the stream to open."""
+        await asyncio.wait_for(self.entered.wait(), 10.0)
 
     async def Ping(self, request: Any, context: Any) -> murmur_pb2.PingResponse:
         return murmur_pb2.PingResponse(shard_id=9)
 
     async def PostTweet(self, request: Any, context: Any) -> murmur_pb2.Tweet:
+        self.entered.set()
         await self.release.wait()
         return murmur_pb2.Tweet(tweet_id=5, text=request.text)
 
@@ -100,7 +107,7 @@ def test_a_batch_not_answered_in_time_fails_alone() -> None:
 def test_a_stopping_shard_answers_what_it_began_then_ends_the_stream() -> None:
     async def scenario(shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
         write = asyncio.ensure_future(stream.execute(post("begun"), 5.0))
-        await asyncio.sleep(0.05)  # the write is running on the shard
+        await shard.running()
         closing = asyncio.ensure_future(shard.batch_streams.close())
         await asyncio.sleep(0.05)
         [refused] = await stream.execute(ping(), 5.0)
@@ -130,11 +137,9 @@ def test_a_stopping_shard_answers_what_it_began_then_ends_the_stream() -> None:
 
 
 def test_a_shard_that_goes_away_fails_the_batch_waiting_on_it() -> None:
-    async def scenario(
-        _shard: SlowWriteShard, server: grpc.aio.Server, stream: ShardStream
-    ) -> None:
+    async def scenario(shard: SlowWriteShard, server: grpc.aio.Server, stream: ShardStream) -> None:
         write = asyncio.ensure_future(stream.execute(post("lost"), 5.0))
-        await asyncio.sleep(0.05)
+        await shard.running()
         connection = stream.connection
         assert connection is not None
         await server.stop(0)
@@ -157,7 +162,7 @@ def test_a_shard_that_goes_away_fails_the_batch_waiting_on_it() -> None:
 def test_stopping_after_the_caller_hung_up_ends_quietly() -> None:
     async def scenario(shard: SlowWriteShard, _server: Any, stream: ShardStream) -> None:
         write = asyncio.ensure_future(stream.execute(post("orphan"), 5.0))
-        await asyncio.sleep(0.05)  # running on the shard
+        await shard.running()
         [opened] = shard.batch_streams.open
         closing = asyncio.ensure_future(shard.batch_streams.close())
         await asyncio.sleep(0.05)
