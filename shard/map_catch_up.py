@@ -42,11 +42,30 @@ async def peers_newest_map(state: ShardState, peers: PeerShards) -> shard_pb2.Sl
         for shard_id, address in others.items()
     ]
     answers = await asyncio.gather(*asks, return_exceptions=True)
-    maps = [a.slot_map for a in answers if isinstance(a, shard_pb2.ShardInfo)]
+    maps = []
     for shard_id, answer in zip(others, answers, strict=True):
         if isinstance(answer, grpc.aio.AioRpcError):
             log.debug("shard %d did not say which map it holds: %s", shard_id, answer.code())
+        elif isinstance(answer, shard_pb2.ShardInfo) and same_cluster(state, shard_id, answer):
+            maps.append(answer.slot_map)
     return max(maps, key=lambda m: m.version) if maps else None
+
+
+def same_cluster(state: ShardState, shard_id: int, info: shard_pb2.ShardInfo) -> bool:
+    """Whether the shard that answered is the one asked, in this shard's
+    cluster: an address can change hands (a test's ports, a reused host),
+    and a map from another cluster must not be adopted."""
+    own_address = state.ownership.slot_map.addresses.get(state.shard_id, "")
+    ours = info.shard_id == shard_id and info.slot_map.addresses.get(state.shard_id) == own_address
+    if not ours:
+        log.warning(
+            "the process at shard %d's address is shard %d of a map that does not list this "
+            "shard at %s; its map is ignored",
+            shard_id,
+            info.shard_id,
+            own_address,
+        )
+    return ours
 
 
 def adopt_if_newer(state: ShardState, newest: shard_pb2.SlotMap) -> bool:

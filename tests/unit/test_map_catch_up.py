@@ -27,15 +27,21 @@ def slot_map(version: int, owners: list[int]) -> shard_pb2.SlotMap:
 class Peer:
     """Answers GetShardInfo with its map, or fails as a down shard does."""
 
-    def __init__(self, found: shard_pb2.SlotMap | None) -> None:
+    def __init__(self, found: shard_pb2.SlotMap | None, shard_id: int | None = None) -> None:
         self.found = found
+        self.shard_id = shard_id
 
     async def GetShardInfo(self, request, timeout: float):  # noqa: N802
         if self.found is None:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
             )
-        return shard_pb2.ShardInfo(map_version=self.found.version, slot_map=self.found)
+        owner = next(iter(self.found.addresses), 0)
+        return shard_pb2.ShardInfo(
+            shard_id=self.shard_id if self.shard_id is not None else owner,
+            map_version=self.found.version,
+            slot_map=self.found,
+        )
 
 
 class Peers:
@@ -46,7 +52,7 @@ class Peers:
     def stub(self, shard_id: int, address: str) -> Peer:
         assert address == ADDRESSES[shard_id]
         self.asked.append(shard_id)
-        return Peer(self.maps[shard_id])
+        return Peer(self.maps[shard_id], shard_id)
 
 
 @pytest.fixture
@@ -86,3 +92,12 @@ def test_a_shard_without_a_map_asks_nobody(tmp_path: Path) -> None:
         assert peers.asked == [] and not fresh.ownership.assigned
     finally:
         fresh.store.close()
+
+
+def test_a_map_from_another_cluster_at_a_peers_old_address_is_ignored(state: ShardState) -> None:
+    """The address now belongs to a shard whose map does not list this one
+    there: none of this cluster's shards answered, so it asks again later."""
+    foreign = shard_pb2.SlotMap(version=9, addresses={0: "elsewhere:1", 1: "s1:1"}, owners=HALF)
+    peers = Peers({1: foreign, 2: None})
+    assert not asyncio.run(catch_up_map(state, peers))
+    assert state.ownership.slot_map.version == 1
