@@ -18,10 +18,9 @@ import logging
 
 import grpc
 
-from murmur.slots import SLOT_COUNT, describe_slots
+from murmur.slots import describe_slots
 from murmur.v1 import shard_pb2
-from shard.celebrity import adopt_map
-from shard.migration import pending_handover, refuse_while_dropping
+from shard.migration import pending_handover, take_map
 from shard.peers import PeerShards
 from shard.state import ShardState
 
@@ -74,11 +73,9 @@ def adopt_if_newer(state: ShardState, newest: shard_pb2.SlotMap) -> bool:
     before = ownership.slot_map.version
     if newest.version <= before:
         return False
-    owned_before = _owned(state)
-    gained = ownership.gains(newest)
-    refuse_while_dropping(state, set(gained))
-    adopt_map(state, newest, gained)
-    lost = sorted(owned_before - _owned(state))
+    owned, me = ownership.owned, state.shard_id
+    lost = [slot for slot, owner in enumerate(newest.owners) if owned[slot] and owner != me]
+    gained = take_map(state, newest)
     log.warning(
         "this shard's slot map (version %d) is older than its peers' (version %d): restored "
         "from an older backup, or down during a map change; adopted theirs%s%s",
@@ -93,11 +90,6 @@ def adopt_if_newer(state: ShardState, newest: shard_pb2.SlotMap) -> bool:
         else "",
     )
     return True
-
-
-def _owned(state: ShardState) -> set[int]:
-    owned = state.ownership.owned
-    return {slot for slot in range(SLOT_COUNT) if owned[slot]}
 
 
 async def catch_up_map(state: ShardState, peers: PeerShards) -> bool:

@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -36,7 +36,13 @@ from murmur.errors import ServiceError, invalid
 from murmur.slots import describe_slots
 from murmur.v1 import shard_pb2
 from shard import keys
-from shard.celebrity import forget_applied, reevaluate_slots, settle_owed, vouched_threshold
+from shard.celebrity import (
+    adopt_map,
+    forget_applied,
+    reevaluate_slots,
+    settle_owed,
+    vouched_threshold,
+)
 from shard.fanout import DELIVER_TIMEOUT_S
 from shard.peers import PeerShards
 from shard.state import ShardState
@@ -518,6 +524,18 @@ def seal_pending_handover(state: ShardState) -> shard_pb2.MigrateSlotsRequest | 
     if request is not None:
         state.ownership.sealed.update(request.slots)
     return request
+
+
+def take_map(
+    state: ShardState, slot_map: shard_pb2.SlotMap, consistent: Iterable[int] = ()
+) -> list[int]:
+    """Adopt a map a router pushed (``AssignSlots``) or the peers hold
+    (``shard.map_catch_up``); the slots it gives this shard. Refused while
+    this shard still drops its copy of a slot the map gives back."""
+    gained = state.ownership.gains(slot_map)
+    refuse_while_dropping(state, set(gained))
+    adopt_map(state, slot_map, gained, consistent)
+    return gained
 
 
 def refuse_while_dropping(state: ShardState, slots: set[int]) -> None:

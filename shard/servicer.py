@@ -22,7 +22,7 @@ from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
 from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
-from shard.celebrity import adopt_map, consistent_slots, reevaluate_all
+from shard.celebrity import consistent_slots, reevaluate_all
 from shard.consistency import check_edges, check_slots, drop_inbox_copies
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.fanout import FanoutWorker
@@ -30,7 +30,7 @@ from shard.group_commit import GroupCommit
 from shard.maintenance import compact, local_stats
 from shard.map_lease import MapLeases
 from shard.metrics import INBOX_SIZE
-from shard.migration import SlotMigrator, import_entries, refuse_while_dropping
+from shard.migration import SlotMigrator, import_entries, take_map
 from shard.outbox import add_follower_record, remove_follower_record
 from shard.peers import PeerShards
 from shard.settings import apply_update, check_update, to_message
@@ -81,9 +81,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     @rpc
     async def AssignSlots(self, request, context):
-        gained = self.state.ownership.gains(request.slot_map)
-        refuse_while_dropping(self.state, set(gained))
-        adopt_map(self.state, request.slot_map, gained, consistent_slots(self.state, request))
+        take_map(self.state, request.slot_map, consistent_slots(self.state, request))
         return self.state.ownership.info()
 
     @rpc

@@ -27,7 +27,7 @@ def slot_map(version: int, owners: list[int]) -> shard_pb2.SlotMap:
 class Peer:
     """Answers GetShardInfo with its map, or fails as a down shard does."""
 
-    def __init__(self, found: shard_pb2.SlotMap | None, shard_id: int | None = None) -> None:
+    def __init__(self, found: shard_pb2.SlotMap | None, shard_id: int) -> None:
         self.found = found
         self.shard_id = shard_id
 
@@ -36,9 +36,8 @@ class Peer:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
             )
-        owner = next(iter(self.found.addresses), 0)
         return shard_pb2.ShardInfo(
-            shard_id=self.shard_id if self.shard_id is not None else owner,
+            shard_id=self.shard_id,
             map_version=self.found.version,
             slot_map=self.found,
         )
