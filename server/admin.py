@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +32,7 @@ from server.consistency_check import ConsistencyCheck
 from server.map_change_lease import MapChangeLease
 from server.map_reconcile import diverged, reconciled_map
 from server.shard_pool import ShardPool, shard_timeout
-from server.slot_map import fetch_infos, newest_info
+from server.slot_map import BRIEF_ATTEMPT_S, fetch_infos, newest_info
 from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 
 log = logging.getLogger("murmur.router.admin")
@@ -39,6 +40,8 @@ MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
 PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
+MAP_WAIT_S = 5.0  # for a shard's map: rides out a restart
+SILENT_MEMORY_S = 60.0  # a shard silent at an ask this recent is asked only briefly
 
 
 def caller_bound(context: Any, limit_s: float, share: float = 1.0) -> float:
@@ -62,6 +65,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.admin_token = admin_token
         self._map_lock = asyncio.Lock()
         self._lease = MapChangeLease(pool, self._learn_map, identity)
+        self._silent_at: dict[str, float] = {}  # address -> when an ask last found it silent
 
     @contextlib.asynccontextmanager
     async def _changing_map(self) -> AsyncIterator[None]:
@@ -69,12 +73,40 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async with self._map_lock, self._lease.held():
             yield
 
+    async def _shard_infos(self) -> dict[str, shard_pb2.ShardInfo]:
+        """Every answering shard's map. A move asks three times before it
+        starts and again after each chunk: a shard already known to be
+        silent (its health probe fails, or an ask in the last minute found
+        it silent) is asked only briefly, so that a dead shard outside the
+        move costs it a second or so each time, not MAP_WAIT_S."""
+        addresses = list(self.table.addresses.values())
+        try:
+            infos = await fetch_infos(addresses, wait_s=MAP_WAIT_S, brief=self._known_silent())
+        except ServiceError:  # none answered
+            self._note_silent(addresses)
+            raise
+        self._note_silent([a for a in addresses if a not in infos])
+        for address in infos:
+            self._silent_at.pop(address, None)
+        return infos
+
+    def _known_silent(self) -> set[str]:
+        """Shards whose health probe fails, or that an ask in the last minute found silent."""
+        now = time.monotonic()
+        known = {a for a, at in self._silent_at.items() if now - at < SILENT_MEMORY_S}
+        known.update(a for s, a in self.table.addresses.items() if s in self.pool.suspect)
+        return known
+
+    def _note_silent(self, addresses: list[str]) -> None:
+        now = time.monotonic()
+        self._silent_at.update((address, now) for address in addresses)
+
     async def _learn_map(self) -> None:
         """Install the newest map the shards hold, publishing nothing (none
         answering: this router's own map stands, and the lease call names
         the shard that does not answer)."""
         try:
-            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+            infos = await self._shard_infos()
         except ServiceError as exc:
             log.warning("cannot learn the newest slot map: %s", exc.message)
             return
@@ -158,12 +190,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _publish(self, new_map: shard_pb2.SlotMap) -> None:
         """Install a map here and on every shard (a shard that is down takes
         it from its peers when it starts, ``shard/map_catch_up.py``, or from a
-        router's next change or restart)."""
+        router's next change or restart). A shard known to be silent gets
+        BRIEF_ATTEMPT_S: a stopped one would hold every chunk of a move for
+        STATS_TIMEOUT_S."""
+        silent = self._known_silent()
         self.table.install(new_map)
         request = shard_pb2.AssignSlotsRequest(slot_map=new_map)
         calls = [
-            self.pool.direct(shard_id, "AssignSlots", request, STATS_TIMEOUT_S)
-            for shard_id in new_map.addresses
+            self.pool.direct(
+                shard_id,
+                "AssignSlots",
+                request,
+                BRIEF_ATTEMPT_S if address in silent else STATS_TIMEOUT_S,
+            )
+            for shard_id, address in new_map.addresses.items()
         ]
         for shard_id, result in zip(
             list(new_map.addresses),
@@ -185,7 +225,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         No shard answering is the operator's outage, not the router's: it is
         reported as UNAVAILABLE and the router keeps serving."""
         try:
-            infos = await fetch_infos(list(self.table.addresses.values()), wait_s=5.0)
+            infos = await self._shard_infos()
         except ServiceError as exc:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,

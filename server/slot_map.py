@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import grpc
 
@@ -31,6 +31,8 @@ from murmur.v1 import shard_pb2, shard_pb2_grpc
 from server.map_reconcile import diverged, reconciled_map
 
 log = logging.getLogger("murmur.router.slots")
+ATTEMPT_TIMEOUT_S = 2.0  # one GetShardInfo; a shard slower than this is silent
+BRIEF_ATTEMPT_S = 1.0  # the least an attempt gets; the one try a known-silent shard gets
 
 
 class RoutingTable:
@@ -70,8 +72,10 @@ async def fetch_info(address: str, deadline: float) -> shard_pb2.ShardInfo | Non
     async with tls.aio_channel(address) as channel:
         stub = shard_pb2_grpc.ShardStub(channel)
         while True:
+            # no attempt outlasts the deadline by much: a brief ask stays brief
+            timeout = min(ATTEMPT_TIMEOUT_S, max(deadline - time.monotonic(), BRIEF_ATTEMPT_S))
             try:
-                return await stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=2.0)
+                return await stub.GetShardInfo(shard_pb2.GetShardInfoRequest(), timeout=timeout)
             except grpc.aio.AioRpcError:
                 if time.monotonic() > deadline:
                     return None
@@ -83,6 +87,7 @@ async def fetch_infos(
     wait_s: float = 30.0,
     require_all: bool = False,
     silent_log_level: int = logging.WARNING,
+    brief: Collection[str] = (),
 ) -> dict[str, shard_pb2.ShardInfo]:
     """Ask every shard who it is, in parallel, waiting for ones still starting.
 
@@ -91,16 +96,15 @@ async def fetch_infos(
     ServiceError (UNAVAILABLE) names them. Not SystemExit: a router already
     serving calls this too (admin moves), and gRPC lets BaseException out of
     a handler, killing the process; only ``bootstrap`` turns it into an exit.
+    Shards in ``brief`` (known to be silent) get one try of BRIEF_ATTEMPT_S.
     """
-    deadline = time.monotonic() + wait_s
-    answers = await asyncio.gather(*(fetch_info(a, deadline) for a in addresses))
+    now = time.monotonic()
+    waits = {a: 0.0 if a in brief else wait_s for a in addresses}
+    answers = await asyncio.gather(*(fetch_info(a, now + waits[a]) for a in addresses))
     infos = {a: info for a, info in zip(addresses, answers, strict=True) if info is not None}
     silent = [a for a in addresses if a not in infos]
     if silent and (require_all or not infos):
-        raise ServiceError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"shards at {', '.join(silent)} did not answer within {wait_s:.0f}s",
-        )
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, describe_silence(silent, waits))
     if silent:
         log.log(
             silent_log_level,
@@ -108,6 +112,16 @@ async def fetch_infos(
             ", ".join(silent),
         )
     return infos
+
+
+def describe_silence(silent: list[str], waits: dict[str, float]) -> str:
+    """The refusal: one wait for all ("shards at A, B did not answer within
+    5s"), or each one's own when they were not given the same."""
+    waited = {a: max(waits[a], BRIEF_ATTEMPT_S) for a in silent}
+    if len(set(waited.values())) == 1:
+        return f"shards at {', '.join(silent)} did not answer within {waited[silent[0]]:.0f}s"
+    each = ", ".join(f"{a} within {waited[a]:.0f}s" for a in silent)
+    return f"shards did not answer: {each}"
 
 
 def newest_info(infos: dict[str, shard_pb2.ShardInfo]) -> shard_pb2.ShardInfo:
