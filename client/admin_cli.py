@@ -5,7 +5,9 @@ scripts (one JSON document per run, protobuf's canonical JSON mapping with the
 .proto field names), ``error: CODE: details`` on stderr and exit 1 when an RPC
 fails (``error: message`` for a local failure, such as a backup stream that
 ended without reporting done), exit 2 for usage errors, including an argument
-that is not valid UTF-8 or a --tls-ca file that does not exist. Long
+that is not valid UTF-8, a --target port outside 1-65535, a --tls-ca file that
+does not exist or holds no PEM certificate, a token that is not printable
+ASCII (it could never be sent) and a settings key given twice. Long
 operations (move-slots, rebalance, drain, backup) draw a progress bar on stderr
 when stderr is a terminal (the group options ``murmur-admin --progress ...``
 force it, ``--no-progress`` hides it).
@@ -114,6 +116,23 @@ def parse_setting(text: str) -> tuple[str, int]:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from None
     return key, number
+
+
+def parse_settings(assignments: Iterable[str]) -> dict[str, int]:
+    """Every ``KEY=VALUE``, each key once: a repeated key (``inbox_cap=800
+    inbox_cap=900``, or ``inbox-cap`` and ``inbox_cap``) used to apply the
+    last silently, which is rarely what was meant."""
+    changes: dict[str, int] = {}
+    given: dict[str, str] = {}
+    for text in assignments:
+        key, number = parse_setting(text)
+        if key in changes:
+            raise click.BadParameter(
+                f"{key} is given twice ({given[key]!r} and {text!r}); give each setting once",
+                param_hint="KEY=VALUE",
+            )
+        changes[key], given[key] = number, text
+    return changes
 
 
 # -- session -------------------------------------------------------------------
@@ -557,7 +576,7 @@ def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
 
     Keys: celebrity_threshold, inbox_cap, backfill_limit.
     """
-    changes = dict(parse_setting(text) for text in assignments)
+    changes = parse_settings(assignments)
     if changes:
         reply = session.client.update_settings(**changes)
     else:

@@ -29,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from client.client import DEFAULT_TARGET, MAX_TIMEOUT_S, MurmurClient
 from client.errors import MurmurError
-from murmur import page_tokens
+from murmur import page_tokens, tls
 from murmur.ids import MAX_ID
 from murmur.page_tokens import TokenKind
 from murmur.v1 import murmur_pb2 as pb
@@ -37,6 +37,10 @@ from murmur.v1 import murmur_pb2 as pb
 MAX_PAGE_SIZE = 200  # the server caps page_size here; asking for more is pointless
 _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and other digits
 _NEGATIVE = re.compile(r"-[0-9]+")
+# HOST:PORT or [V6]:PORT with a plain (maybe negative) number for a port
+_HOST_PORT = re.compile(r"(?:\[[^\]/]*\]|(?P<host>[^:/\[\]]+)):(?P<port>-?[0-9]+)")
+_TARGET_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock"})
+MAX_PORT = 65535
 _T = TypeVar("_T")
 
 
@@ -93,8 +97,44 @@ class Utf8TextType(click.ParamType):
         return value
 
 
+def header_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent as a gRPC metadata value, or None, without
+    quoting any of it (it is a secret). gRPC takes only printable ASCII there
+    and refuses anything else inside the call, with C-core log lines and
+    INTERNAL "Invalid metadata", which reads like a server fault."""
+    for index, char in enumerate(text):
+        if not " " <= char <= "~":
+            kind = (
+                "a control character"
+                if unicodedata.category(char) == "Cc"
+                else "a non-ASCII character"
+            )
+            where = " at its end" if index == len(text) - 1 else ""
+            return (
+                f"holds {kind}{where}; only printable ASCII (0x20-0x7E) can be sent "
+                "in the authorization header"
+            )
+    return None
+
+
+class TokenType(Utf8TextType):
+    """The operator token: valid UTF-8 and printable ASCII, since it travels
+    as ``authorization: Bearer ...`` metadata; anything else is a usage error
+    (exit 2) naming the option or variable, never the value."""
+
+    def __init__(self) -> None:
+        super().__init__(secret=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = super().convert(value, param, ctx)
+        problem = header_problem(text) if isinstance(text, str) else None
+        if problem is not None:
+            self.fail(f"the value {problem}", param, ctx)
+        return text
+
+
 TEXT = Utf8TextType()
-SECRET_TEXT = Utf8TextType(secret=True)
+SECRET_TEXT = TokenType()
 
 
 class TimeoutType(click.FloatRange):
@@ -115,9 +155,32 @@ class TimeoutType(click.FloatRange):
 
 
 TIMEOUT = TimeoutType()
-# A missing file or a directory is a usage error (exit 2) in both CLIs; a file
-# that exists but cannot be read is reported when the client opens it (exit 1).
-TLS_CA_PATH = click.Path(exists=True, dir_okay=False, readable=False)
+
+
+class TlsCaPathType(click.Path):
+    """--tls-ca, read when parsed. A missing file, a directory, or a file with
+    no PEM certificate in it is a usage error (exit 2) in both CLIs: gRPC
+    would report the last only at the first call, as UNAVAILABLE "Failed to
+    create security handshaker", as if the server were down. A file that
+    exists but cannot be read is ``error: ...``, exit 1 (``tls_ca_failure``)."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, readable=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise tls_ca_failure(path, exc) from exc
+        problem = tls.pem_problem(data, "certificate")
+        if problem is not None:
+            self.fail(f"{click.format_filename(path)} {problem}", param, ctx)
+        return path
+
+
+TLS_CA_PATH = TlsCaPathType()
 
 
 @dataclass(frozen=True)
@@ -158,10 +221,24 @@ class UserRefType(click.ParamType):
 USER = UserRefType()
 
 
+def target_port_problem(text: str) -> str | None:
+    """Why the port of a plain HOST:PORT or [V6]:PORT target is unusable, or
+    None. gRPC takes the port modulo 65536 (99999 dials 34463, -1 dials
+    65535), so a typo could reach another server. Other forms (dns:///...,
+    unix:..., ipv4:..., a host without a port, a named port) are left to gRPC."""
+    match = _HOST_PORT.fullmatch(text)
+    if match is None or (match["host"] or "").lower() in _TARGET_SCHEMES:
+        return None
+    if 1 <= int(match["port"]) <= MAX_PORT:
+        return None
+    return f"port {match['port']} in {text!r} is out of range; a port is 1-{MAX_PORT}"
+
+
 class TargetType(click.ParamType):
     """A server address as gRPC takes it (HOST:PORT, dns:///HOST:PORT,
-    unix:PATH): one that is empty or holds white space is a usage error
-    here, not gRPC's resolver logging at the first call."""
+    unix:PATH): one that is empty, holds white space or names a port past
+    1-65535 is a usage error here, not gRPC's resolver logging at the first
+    call (or wrapping the port)."""
 
     name = "target"
 
@@ -171,6 +248,9 @@ class TargetType(click.ParamType):
             self.fail("the address is empty; give HOST:PORT", param, ctx)
         if any(c.isspace() for c in text):
             self.fail(f"{text!r} holds white space; give HOST:PORT", param, ctx)
+        problem = target_port_problem(text)
+        if problem is not None:
+            self.fail(problem, param, ctx)
         return text
 
 

@@ -77,7 +77,10 @@ STORAGE_FULL_WORDS = ("no space", "quota", "file too large")
 
 
 def storage_reason(exc: BaseException) -> str:
-    """A storage error as text: plyvel's carry LevelDB's message as bytes."""
+    """A storage error as text: plyvel's carry LevelDB's message as bytes,
+    an OSError its errno first (a bare "2" told an operator nothing)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     reason = exc.args[0] if exc.args else exc
     return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
 

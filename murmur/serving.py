@@ -34,11 +34,22 @@ collected strikes and the shards cut them with GOAWAY "too_many_pings" a few
 minutes after start-up, failing a fan-out delivery to a healthy shard."""
 
 
-def server_options(keepalive_floor_ms: int = KEEPALIVE_FLOOR_MS) -> list[tuple[str, int]]:
+SHARD_MAX_MESSAGE_BYTES = 64 << 20  # a router's batch, a slot move's chunk
+ROUTER_MAX_REQUEST_BYTES = 4 << 20
+"""What the router takes from a caller. The biggest request that follows the
+rules is an admin call naming every slot (tens of KB); without this a 60 MB
+text held the router's loop for seconds before the length check refused it:
+gRPC now refuses it with RESOURCE_EXHAUSTED naming both sizes."""
+
+
+def server_options(
+    keepalive_floor_ms: int = KEEPALIVE_FLOOR_MS,
+    max_request_bytes: int = SHARD_MAX_MESSAGE_BYTES,
+) -> list[tuple[str, int]]:
     """Every server's gRPC options (``keepalive_floor_ms`` is for tests)."""
     return [
-        ("grpc.max_receive_message_length", 64 << 20),
-        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", SHARD_MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
@@ -48,7 +59,6 @@ def server_options(keepalive_floor_ms: int = KEEPALIVE_FLOOR_MS) -> list[tuple[s
     ]
 
 
-SERVER_OPTIONS = server_options()
 GRACE_S = 5.0
 
 
@@ -98,6 +108,27 @@ def _text_value(value: object) -> str:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+MAX_PORT = 65535
+
+
+def port_flag(lowest: int) -> Callable[[str], int]:
+    """An argparse type for a TCP port from ``lowest`` to 65535, checked when
+    parsed: unchecked, 70000 reached bind() as an OverflowError traceback (or
+    gRPC's "address in use?") after the process had started its work. Port 0
+    means "pick a free one" to the servers; murmur-cluster asks for 1."""
+
+    def port(text: str) -> int:
+        value = int(text)
+        if not lowest <= value <= MAX_PORT:
+            free = " (0 picks a free port)" if lowest == 0 else ""
+            raise argparse.ArgumentTypeError(
+                f"port {value} is out of range; it must be {lowest}-{MAX_PORT}{free}"
+            )
+        return value
+
+    return port
+
+
 def add_logging_flags(parser: argparse.ArgumentParser, of: str = "") -> None:
     """--log-level and --log-format, checked when parsed: a level logging
     does not know is a usage error, not a traceback at start-up."""
@@ -144,8 +175,9 @@ class ServingProcess:
         service_names: Iterable[str],
         tls_files: TlsFiles | None = None,
         require_client_cert: bool = False,
+        max_request_bytes: int = SHARD_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=server_options(max_request_bytes=max_request_bytes))
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

@@ -11,6 +11,8 @@ every internal channel is opened through ``aio_channel``/``sync_channel``.
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +47,63 @@ class TlsFiles:
 
 _cluster_tls: TlsFiles | None = None
 
+PEM_BLOCKS = {
+    "certificate": re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S),
+    "private key": re.compile(
+        rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.S
+    ),
+}
+PEM_HEADERS = {
+    "certificate": "-----BEGIN CERTIFICATE-----",
+    "private key": "-----BEGIN ... PRIVATE KEY-----",
+}
+
+
+def pem_problem(data: bytes, kind: str) -> str | None:
+    """Why ``data`` is not a PEM file holding a ``kind`` ("certificate" or
+    "private key"), or None. gRPC looks inside such a file only at the first
+    handshake and then reports C-core errors and UNAVAILABLE "Failed to create
+    security handshaker", as if the peer were down; a look when the flag is
+    read names the flag and the file instead."""
+    if PEM_BLOCKS[kind].search(data):
+        return None
+    return f"holds no PEM {kind} (no {PEM_HEADERS[kind]} block)"
+
+
+def pem_flag(kind: str) -> Callable[[str], str]:
+    """An argparse type for a TLS flag: the path of a readable file holding a
+    PEM ``kind``. The path is kept (murmur-cluster passes it on to its
+    children); the file is read again by ``TlsFiles.load``."""
+
+    def pem_file(path: str) -> str:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror or exc}") from None
+        problem = pem_problem(data, kind)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{path} {problem}")
+        return path
+
+    return pem_file
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-cert", help="PEM certificate of this server (enables TLS)")
-    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    parser.add_argument("--tls-ca", help="PEM CA that signed every cluster member's certificate")
+    """The three TLS flags, each file checked when parsed (a usage error, exit
+    2, naming the flag) rather than at the first handshake."""
+    parser.add_argument(
+        "--tls-cert",
+        type=pem_flag("certificate"),
+        help="PEM certificate of this server (enables TLS)",
+    )
+    parser.add_argument(
+        "--tls-key", type=pem_flag("private key"), help="PEM private key for --tls-cert"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=pem_flag("certificate"),
+        help="PEM CA that signed every cluster member's certificate",
+    )
 
 
 def configure_from(args: argparse.Namespace) -> TlsFiles | None:

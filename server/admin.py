@@ -26,7 +26,7 @@ from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
-from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2
+from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.admin_auth import operator_only
 from server.consistency_check import ConsistencyCheck
 from server.map_change_lease import MapChangeLease
@@ -39,9 +39,34 @@ log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
 PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
+# a host name or IPv4 address, or a bracketed IPv6 one: no scheme ("http://",
+# "unix:"), white space or control characters, which gRPC would take as a
+# name to resolve and report only as "no shard answers"
+HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
 MAP_WAIT_S = 5.0  # for a shard's map: rides out a restart
 SILENT_MEMORY_S = 60.0  # a shard silent at an ask this recent is asked only briefly
+
+
+async def _ask_joining_shard(address: str) -> shard_pb2.ShardInfo:
+    """Who answers at ``address``: a shard, or a refusal naming what did
+    (a router, say, answers but serves no Shard service)."""
+    async with tls.aio_channel(address) as channel:
+        try:
+            return await shard_pb2_grpc.ShardStub(channel).GetShardInfo(
+                shard_pb2.GetShardInfoRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the server at {address} is not a Murmur shard (it does not serve "
+                    "murmur.v1.Shard; a router's address, perhaps)",
+                ) from exc
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no shard answers at {address}: {exc.code().name}: {exc.details()}",
+            ) from exc
 
 
 def caller_bound(context: Any, limit_s: float, share: float = 1.0) -> float:
@@ -422,25 +447,24 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def AddShard(self, request, context):
         address = request.address.strip()
         host, _, port = address.rpartition(":")
-        if not host or not PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-            raise invalid(f"address {request.address!r} must be host:port, the port 1-65535")
-        async with tls.aio_channel(address) as channel:
-            from murmur.v1 import shard_pb2_grpc
-
-            try:
-                info = await shard_pb2_grpc.ShardStub(channel).GetShardInfo(
-                    shard_pb2.GetShardInfoRequest(), timeout=10
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise ServiceError(
-                    grpc.StatusCode.UNAVAILABLE, f"no shard answers at {address}: {exc.code().name}"
-                ) from exc
+        if not HOST.fullmatch(host) or not PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+            raise invalid(
+                f"address {request.address!r} must be host:port (a host name, an IPv4 address "
+                "or a [bracketed] IPv6 one; the port 1-65535)"
+            )
+        info = await _ask_joining_shard(address)
         async with self._changing_map():
             await self._adopt_newest_map()
             known = self.table.addresses.get(info.shard_id)
             if known == address:
                 return admin_pb2.AddShardResponse(
                     shard_id=info.shard_id, map_version=self.table.version, already_member=True
+                )
+            if known is not None and info.slot_map.addresses.get(info.shard_id) == known:
+                raise ServiceError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"{address} reaches shard {info.shard_id}, already in the cluster at {known}; "
+                    "there is nothing to add",
                 )
             if known is not None:
                 raise ServiceError(
@@ -594,8 +618,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     # consistency --------------------------------------------------------------
     async def _check(self, request, repair: bool) -> admin_pb2.ConsistencyReport:
         slots = sorted(set(request.slots))  # a slot named twice is checked once
-        if any(s >= SLOT_COUNT for s in slots):
-            raise invalid(f"slots must be 0-{SLOT_COUNT - 1}")
+        bad = [s for s in slots if s >= SLOT_COUNT]
+        if bad:
+            raise invalid(f"slots must be 0-{SLOT_COUNT - 1}; got {describe_slots(bad[:20])}")
         return await ConsistencyCheck(self.pool, slots, repair).run()
 
     @operator_only

@@ -7,6 +7,7 @@ and never written to logs or error messages.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hmac
 import inspect
@@ -18,12 +19,35 @@ import grpc
 from murmur.rpc_errors import refuse_unparseable
 
 
+def operator_token(text: str) -> str:
+    """--admin-token / MURMUR_ADMIN_TOKEN as argparse checks it: a token no
+    caller can present (gRPC sends only printable ASCII in a header, and the
+    check strips the ends) would lock every operator out, silently."""
+    if any(not " " <= char <= "~" for char in text):
+        raise argparse.ArgumentTypeError(
+            "the operator token may hold only printable ASCII (0x20-0x7E): it travels "
+            "in the authorization header"
+        )
+    if text != text.strip():
+        raise argparse.ArgumentTypeError("the operator token may not begin or end with a space")
+    return text
+
+
+class TwoTokens(ValueError):
+    """More than one authorization header: which one a proxy or a server
+    reads differs, so neither is taken."""
+
+
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            scheme, _, token = value.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    return None
+    headers = [
+        value for key, value in context.invocation_metadata() or () if key == "authorization"
+    ]
+    if len(headers) > 1:
+        raise TwoTokens
+    if not headers:
+        return None
+    scheme, _, token = headers[0].partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 async def refuse_unless_operator(expected: str | None, context: grpc.aio.ServicerContext) -> None:
@@ -32,7 +56,13 @@ async def refuse_unless_operator(expected: str | None, context: grpc.aio.Service
             grpc.StatusCode.FAILED_PRECONDITION,
             "the Admin API is disabled: start the router with --admin-token or MURMUR_ADMIN_TOKEN",
         )
-    presented = bearer_token(context)
+    try:
+        presented = bearer_token(context)
+    except TwoTokens:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "Admin calls carry one 'authorization' header; this one carried several",
+        )
     if presented is None:
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,

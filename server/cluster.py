@@ -8,6 +8,7 @@ second start on the same folder serves the same data with the same slot map
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -20,8 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from murmur import tls
-from murmur.serving import add_logging_flags
+from murmur.serving import MAX_PORT, add_logging_flags, port_flag
 from murmur.setting_limits import setting_flag
+from server.admin_auth import operator_token
 from server.main import cache_ms
 
 MAX_SHARDS = 64  # processes on one machine; a real cluster runs shards on many
@@ -34,15 +36,68 @@ def shard_count(text: str) -> int:
     return value
 
 
+def _bind_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bind_host(host: str) -> str:
+    """``[::1]`` as gRPC takes it, ``::1`` as bind() does."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def listen_host(text: str) -> str:
+    """--host, probed by binding a free port on it when parsed: a name that
+    does not resolve, or an address this machine does not have, used to read
+    as "port ... is taken" from the port check, which sent people looking for
+    another cluster."""
+    try:
+        with socket.socket(_bind_family(text)) as probe:
+            probe.bind((_bind_host(text), 0))
+    except socket.gaierror as exc:
+        raise argparse.ArgumentTypeError(f"cannot resolve {text!r} ({exc.strerror})") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot listen on {text!r} ({exc.strerror}); give an address of this machine"
+        ) from None
+    return text
+
+
+def data_folder(text: str) -> str:
+    """--data-dir: a path that exists and is not a folder would only fail
+    at mkdir, after the port checks, as a FileExistsError traceback."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
+
+
+def check_port_room(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Shard i takes --port + 1 + i (and --metrics-port + 1 + i): the last
+    shard's port must still be one, or that shard dies in bind() while the
+    others run. --metrics-port 0 is passed on as 0, so it always fits."""
+    last = args.shards  # the offset of shard shards-1
+    for flag, first in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if first and first + last > MAX_PORT:
+            lowest = 1 if flag == "--port" else 0
+            parser.error(
+                f"argument {flag}: shard {last - 1} would take port {first + last}; "
+                f"with --shards {args.shards}, {flag} must be {lowest}-{MAX_PORT - last}"
+            )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-cluster", description=__doc__)
     parser.add_argument(
         "--shards", type=shard_count, default=4, help="number of shard processes (4)"
     )
     parser.add_argument(
-        "--port", type=int, default=50051, help="the router's port; shard i takes port + 1 + i"
+        "--port",
+        type=port_flag(1),
+        default=50051,
+        help="the router's port; shard i takes port + 1 + i",
     )
-    parser.add_argument("--data-dir", default="./data", help="one sub-folder per shard")
+    parser.add_argument(
+        "--data-dir", type=data_folder, default="./data", help="one sub-folder per shard"
+    )
     parser.add_argument(
         "--celebrity-threshold",
         type=setting_flag("celebrity_threshold"),
@@ -61,22 +116,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="how long the router reuses a celebrity's pulled tweets (50; 0 = off)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", type=listen_host, default="127.0.0.1")
     tls.add_flags(parser)
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_flag(0),
         default=None,
         help="Prometheus port of the router; shard i uses this + 1 + i; 0 gives every "
         "process a free port, which each logs (off if not given)",
     )
     parser.add_argument(
         "--admin-token",
+        type=operator_token,
         default=os.environ.get("MURMUR_ADMIN_TOKEN"),
         help="operator token passed to the router (or MURMUR_ADMIN_TOKEN)",
     )
     add_logging_flags(parser, of="of every process ")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_port_room(parser, args)
+    return args
 
 
 def log_flags(args: argparse.Namespace) -> list[str]:
@@ -147,17 +205,39 @@ def check_ports_free(host: str, ports: list[int]) -> None:
     would be answered by that server (another cluster, say) and report this
     cluster serving while its own processes fail to listen."""
     for port in ports:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        with socket.socket(_bind_family(host)) as probe:
             # as gRPC binds: a port still in TIME_WAIT from a cluster just
             # stopped is free, one another process listens on is not
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise SystemExit(
-                    f"port {port} on {host} is taken ({exc.strerror}): is another cluster "
-                    "running? Stop it or pick another --port"
-                ) from None
+                probe.bind((_bind_host(host), port))
+            except (OSError, OverflowError) as exc:
+                raise SystemExit(bind_failure(host, port, exc)) from None
+
+
+def bind_failure(host: str, port: int, exc: OSError | OverflowError) -> str:
+    """Only EADDRINUSE means another server holds the port. A host that does
+    not resolve or is not this machine's, a port below 1024 without the
+    privilege, or one past 65535 (OverflowError) is said as what it is."""
+    if isinstance(exc, OverflowError):
+        return f"port {port} is out of range (0-{MAX_PORT}): pick another --port"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is taken ({exc.strerror}): is another cluster "
+            "running? Stop it or pick another --port"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve --host {host} ({exc.strerror})"
+    return f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port"
+
+
+def make_data_folder(data_dir: Path) -> None:
+    """One line naming the folder (not a traceback) when it cannot be made:
+    a parent that is a file, no permission, a read-only disk."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"cannot use --data-dir {data_dir}: {exc.strerror or exc}") from None
 
 
 def check_data_folder(data_dir: Path, shards: int) -> None:
@@ -184,7 +264,7 @@ def start_cluster(args: argparse.Namespace, children: list[subprocess.Popen]) ->
     data_dir = Path(args.data_dir)
     check_data_folder(data_dir, args.shards)
     check_ports_free(args.host, [args.port + i for i in range(args.shards + 1)])
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_folder(data_dir)
     for index in range(args.shards):
         address = f"{args.host}:{args.port + 1 + index}"
         child = subprocess.Popen(

@@ -14,10 +14,18 @@ from murmur import tls
 from murmur.errors import ServiceError
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
+from murmur.serving import (
+    ROUTER_MAX_REQUEST_BYTES,
+    ServingProcess,
+    add_logging_flags,
+    install_event_loop,
+    port_flag,
+    setup_logging,
+)
 from murmur.setting_limits import setting_flag
 from murmur.v1 import admin_pb2, murmur_pb2, shard_pb2
 from server.admin import AdminServicer
+from server.admin_auth import operator_token
 from server.celebrity_cache import DEFAULT_TTL_S, CelebrityTimelines
 from server.servicer import MurmurServicer
 from server.shard_pool import ShardPool
@@ -45,7 +53,7 @@ def cache_ms(text: str) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-router", description=__doc__)
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--port", type=port_flag(0), default=50051, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
         "--shards", required=True, help="comma-separated shard addresses, host:port,..."
@@ -65,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--admin-token",
+        type=operator_token,
         default=os.environ.get("MURMUR_ADMIN_TOKEN"),
         help="operator token for the Admin API (or MURMUR_ADMIN_TOKEN); without one, "
         "Admin calls are refused",
@@ -85,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tls.add_flags(parser)
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_flag(0),
         default=None,
         help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
     )
@@ -145,7 +154,13 @@ async def serve(args: argparse.Namespace) -> None:
         murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     ]
-    process = ServingProcess(args.host, args.port, services, tls_files=tls_files)
+    process = ServingProcess(
+        args.host,
+        args.port,
+        services,
+        tls_files=tls_files,
+        max_request_bytes=ROUTER_MAX_REQUEST_BYTES,
+    )
     serve_metrics(args.host, args.metrics_port, "router")
     murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]

@@ -69,6 +69,26 @@ def check_backup_path(state: ShardState, path: str) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             f"backup path {path} is inside the shard's own data folder {data_dir}",
         )
+    database = _database_around(parent)
+    if database is not None:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"backup path {path} is inside the LevelDB folder {database} (another shard's "
+            "data?): a backup there would be lost with it, or taken for its files",
+        )
+
+
+def _database_around(folder: str) -> str | None:
+    """The LevelDB folder ``folder`` is in (or is), if any: one that holds
+    CURRENT and LOCK."""
+    here = os.path.realpath(folder)
+    while True:
+        if all(os.path.isfile(os.path.join(here, name)) for name in ("CURRENT", "LOCK")):
+            return here
+        up = os.path.dirname(here)
+        if up == here:
+            return None
+        here = up
 
 
 def _target_failure(state: ShardState, path: str, exc: BaseException) -> ServiceError:

@@ -13,7 +13,8 @@ forward scans are ~1.5x faster than reverse ones.
     slot | b"k" | follower | celebrity      -> b"" (followed celebrities, read-time pulls)
     slot | b"t" | author | ~tweet_id        -> Tweet (the author's timeline)
     slot | b"T" | tweet_id                  -> author user_id (GetTweet by id)
-    slot | b"r" | author | request_id       -> tweet_id (PostTweet retries)
+    slot | b"r" | author | request_id       -> tweet_id + text digest (PostTweet retries;
+                                               8 bytes, without the digest, before 2026-12)
     slot | b"i" | owner | ~tweet_id         -> Tweet (home inbox copy)
     slot | b"m" | owner                     -> InboxMeta (size, exact_from)
     slot | b"c"                             -> id clock floor (ms)
@@ -27,6 +28,7 @@ Shard-local keys (not part of any slot) start with 0xFFFF:
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from murmur.slots import SLOT_COUNT
@@ -119,6 +121,21 @@ def tweet_author(slot: int, tweet_id: int) -> bytes:
 
 def request(slot: int, author: int, request_id: str) -> bytes:
     return SLOT.pack(slot) + REQUEST + u64(author) + request_id.encode("utf-8")
+
+
+def text_digest(text: str) -> bytes:
+    """8 bytes that tell a retry's text from another: a request_id record
+    keeps it, since an edit changes the tweet's own text."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+def request_value(tweet_id: int, text: str) -> bytes:
+    return u64(tweet_id) + text_digest(text)
+
+
+def read_request(raw: bytes) -> tuple[int, bytes | None]:
+    """(tweet_id, the first text's digest, or None in a record from before it was kept)."""
+    return read_u64(raw[:8]), raw[8:] or None
 
 
 def inbox(slot: int, owner: int, tweet_id: int) -> bytes:

@@ -12,7 +12,13 @@ from murmur import tls
 from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
+from murmur.serving import (
+    ServingProcess,
+    add_logging_flags,
+    install_event_loop,
+    port_flag,
+    setup_logging,
+)
 from murmur.setting_limits import setting_flag
 from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
@@ -32,7 +38,7 @@ MAX_SHARD_ID = (1 << 32) - 1
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-shard", description=__doc__)
-    parser.add_argument("--port", type=int, default=50061, help="0 picks a free port")
+    parser.add_argument("--port", type=port_flag(0), default=50061, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--data-dir", required=True, help="folder of this shard's LevelDB")
     parser.add_argument(
@@ -67,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tls.add_flags(parser)
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_flag(0),
         default=None,
         help="Prometheus HTTP port; 0 picks a free port, logged at start (off if not given)",
     )

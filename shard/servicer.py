@@ -197,7 +197,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         txn = state.store.txn()
         record = state.users.require(txn, author)
         if request.request_id:
-            existing = state.tweets.by_request(txn, author, request.request_id)
+            existing = state.tweets.by_request(txn, author, request.request_id, request.text)
             if existing is not None:
                 tweet = self._retried_post(txn, existing, request.request_id)
                 await self.commits.durable()  # the first attempt may still be syncing

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 
-from murmur.errors import not_found, permission_denied
+from murmur.errors import invalid, not_found, permission_denied
 from murmur.ids import IdClock, millis_of_id, slot_of_tweet
 from murmur.raw_tweets import RawTweet
 from murmur.slots import slot_for_user
@@ -22,9 +22,20 @@ class TweetStore:
         self.store = store
         self.clock = clock
 
-    def by_request(self, txn: Txn, author: int, request_id: str) -> int | None:
+    def by_request(self, txn: Txn, author: int, request_id: str, text: str) -> int | None:
+        """The tweet an earlier attempt of this post made, if any. The same
+        request_id with another text is a client's bug, not a retry: posting
+        nothing and answering OK would lose the new tweet without a word."""
         raw = txn.get(keys.request(slot_for_user(author), author, request_id))
-        return keys.read_u64(raw) if raw is not None else None
+        if raw is None:
+            return None
+        tweet_id, digest = keys.read_request(raw)
+        if digest is not None and digest != keys.text_digest(text):
+            raise invalid(
+                f"request_id {request_id!r} was used for tweet {tweet_id} with another text; "
+                "a retry repeats its request unchanged, a new tweet needs a new request_id"
+            )
+        return tweet_id
 
     def create(self, txn: Txn, author: int, text: str, request_id: str) -> murmur_pb2.Tweet:
         slot = slot_for_user(author)
@@ -40,7 +51,7 @@ class TweetStore:
         txn.put(keys.tweet_author(slot, tweet_id), keys.u64(author))
         txn.put(keys.clock(slot), keys.u64(self.clock.floor(slot)))
         if request_id:
-            txn.put(keys.request(slot, author, request_id), keys.u64(tweet_id))
+            txn.put(keys.request(slot, author, request_id), keys.request_value(tweet_id, text))
         return tweet
 
     def put(self, txn: Txn, tweet: murmur_pb2.Tweet) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from murmur.errors import already_exists, not_found
+from murmur.errors import already_exists, invalid, not_found
 from murmur.ids import IdClock, millis_of_id
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
@@ -17,6 +17,25 @@ def timestamp_ms(ms: int) -> Timestamp:
     stamp = Timestamp()
     stamp.FromMilliseconds(ms)
     return stamp
+
+
+def _same_request(
+    earlier: shard_pb2.UserRecord, handle: str, display_name: str, bio: str
+) -> shard_pb2.UserRecord:
+    """The user an earlier attempt made, if this is its retry: the same
+    request_id with another profile is a client's bug, and answering OK
+    would drop the new profile without a word (no call changes a profile)."""
+    user = earlier.user
+    sent = {"handle": handle, "display_name": display_name, "bio": bio}
+    made = {"handle": user.handle, "display_name": user.display_name, "bio": user.bio}
+    differing = [field for field in sent if sent[field] != made[field]]
+    if differing:
+        raise invalid(
+            f"request_id {earlier.create_request_id!r} was used for user {user.user_id} "
+            f"(@{user.handle}) with another {' and '.join(differing)}; a retry repeats its "
+            "request unchanged"
+        )
+    return earlier
 
 
 class UserStore:
@@ -42,7 +61,7 @@ class UserStore:
         if taken is not None:
             earlier = self.get(txn, keys.read_u64(taken))
             if request_id and earlier is not None and earlier.create_request_id == request_id:
-                return earlier
+                return _same_request(earlier, handle, display_name, bio)
             raise already_exists(f"handle {handle!r} is already taken (handles ignore case)")
         load_clock(txn, self.clock, slot)
         user_id = self.clock.next_user_id(slot)

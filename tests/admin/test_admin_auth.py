@@ -143,6 +143,9 @@ def test_authorization_header_forms(cluster: Cluster) -> None:
     for value in (f"Basic {token}", token, "Bearer", "Bearer ", f"Bearer {token}x"):
         assert _raw_status(address, (("authorization", value),)) in refused, value
     assert _raw_status(address, (("x-token", token),)) == grpc.StatusCode.UNAUTHENTICATED
+    right, wrong = ("authorization", f"Bearer {token}"), ("authorization", "Bearer x")
+    for both in ((right, wrong), (wrong, right), (right, right)):  # which one counts? neither
+        assert _raw_status(address, both) == grpc.StatusCode.UNAUTHENTICATED, both
 
 
 def test_right_token_works(cluster: Cluster) -> None:

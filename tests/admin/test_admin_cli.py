@@ -262,10 +262,23 @@ def test_shard_lifecycle(cluster: Cluster) -> None:
     assert cluster.ok("remove-shard", "2").out.startswith("shard 2 removed; map version ")
     shards = cluster.json("status")["shards"]
     assert [(s["shard_id"], s["slot_count"]) for s in shards] == [(0, 2048), (1, 2048)]
-    for address in ("nohost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", ":50061", "h:²"):
+    for address in (
+        *("nohost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", ":50061", "h:²"),
+        *("http://localhost:50061", "unix:/tmp/x:80", "host with space:80", "bad\x01host:80"),
+    ):
         bad = cluster.run("add-shard", address)
         assert bad.code == 1 and bad.err.startswith("error: INVALID_ARGUMENT: "), address
         assert "host:port" in bad.err
+    router = cluster.run("add-shard", cluster.router.address)
+    assert router.err.startswith(
+        f"error: FAILED_PRECONDITION: the server at {cluster.router.address} is not a Murmur shard"
+    ), router
+    renamed = f"localhost:{cluster.shards[0].port}"
+    same = cluster.run("add-shard", renamed)
+    assert same.err.startswith(
+        f"error: ALREADY_EXISTS: {renamed} reaches shard 0, already in the cluster at "
+        f"{cluster.shards[0].address}; there is nothing to add"
+    ), same
     for user in cluster.users:
         assert cluster.client.get_user(user_id=user).tweet_count == 1
 

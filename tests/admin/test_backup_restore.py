@@ -115,6 +115,12 @@ def test_backup_refuses_bad_requests(cluster: Cluster, tmp_path: Path) -> None:
     assert not (tmp_path / "cut").exists()
     with pytest.raises(InvalidArgument, match="own data folder"):
         list(cluster.admin.backup_shard(0, str(cluster.procs.data_dir(0) / "copy")))
+    other = cluster.procs.data_dir(1)
+    with pytest.raises(InvalidArgument, match=f"inside the LevelDB folder {other}"):
+        list(cluster.admin.backup_shard(0, str(other / "copy")))
+    assert not (other / "copy").exists()
+    with pytest.raises(FailedPrecondition, match="No such file or directory"):  # errno's text
+        list(cluster.admin.backup_shard(0, "/proc/no-backup-here"))
 
 
 def test_compact_reports_disk_bytes(cluster: Cluster) -> None:

@@ -88,9 +88,21 @@ def bad_short_text(text: str, limit: int) -> bool:
     return len(normal) > limit or has_control(normal)
 
 
+BLANK = frozenset("\u115f\u1160\u2800\u3164\uffa0")  # draw nothing, yet letters/symbols
+
+
+def shows_something(text: str) -> bool:
+    """The documented rule: one character that is not white space, a
+    control or format character, a combining mark or a blank filler."""
+    hidden = {"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"}
+    return any(
+        not c.isspace() and c not in BLANK and unicodedata.category(c) not in hidden for c in text
+    )
+
+
 def bad_tweet_text(text: str) -> bool:
     normal = nfc(text)
-    return not normal or normal.isspace() or len(normal) > MAX_TEXT or has_control(normal)
+    return len(normal) > MAX_TEXT or has_control(normal) or not shows_something(normal)
 
 
 def effective_page(page_size: int) -> int:
@@ -185,8 +197,10 @@ def predict(world: World, method: str, request: Any) -> Expect:
         first = world.requests.get((author, request.request_id)) if request.request_id else None
         if author not in users:
             expect.code, expect.names = NOT_FOUND, (str(author),)
-        elif first is not None and first not in tweets:
-            expect.code, expect.names = NOT_FOUND, (str(first),)
+        elif first is not None and first.text != nfc(request.text):  # not a retry
+            expect.code, expect.names = INVALID, ("request_id",)
+        elif first is not None and first.tweet_id not in tweets:
+            expect.code, expect.names = NOT_FOUND, (str(first.tweet_id),)
         expect.changes = first is None
     elif method in ("GetTweet", "EditTweet", "DeleteTweet"):
         tweet_id = request.tweet_id
@@ -279,7 +293,7 @@ def check_success(world: World, method: str, request: Any, response: Any) -> Non
     elif method == "PostTweet":
         first = world.requests.get((request.user_id, request.request_id))
         if first is not None:
-            assert response.tweet_id == first, f"{where}: a retry posted again"
+            assert response.tweet_id == first.tweet_id, f"{where}: a retry posted again"
         else:
             assert response.user_id == request.user_id, where
             assert response.text == nfc(request.text), where

@@ -386,7 +386,7 @@ CASES = [
         "request-id-of-deleted-tweet",
         "PostTweet",
         lambda w: pb.PostTweetRequest(
-            user_id=w.id_of("dave"), text="again", request_id="seed-dave-0"
+            user_id=w.id_of("dave"), text="dave 0", request_id="seed-dave-0"
         ),
         NOT_FOUND,
         "seed-dave-0",
@@ -395,9 +395,18 @@ CASES = [
         "request-id-retry",
         "PostTweet",
         lambda w: pb.PostTweetRequest(
-            user_id=w.id_of("bob"), text="other text", request_id="seed-bob-0"
+            user_id=w.id_of("bob"), text="bob 0", request_id="seed-bob-0"
         ),
         None,
+    ),
+    case(
+        "request-id-reused-for-another-text",
+        "PostTweet",
+        lambda w: pb.PostTweetRequest(
+            user_id=w.id_of("bob"), text="other text", request_id="seed-bob-0"
+        ),
+        INVALID,
+        "request_id",
     ),
     case("get-user-0", "GetUser", lambda w: pb.GetUserRequest(user_id=0), INVALID, "user_id"),
     case("get-user-none", "GetUser", lambda w: pb.GetUserRequest(), INVALID, "user_id"),

@@ -33,7 +33,8 @@ class World:
         self.by_handle: dict[str, int] = {}  # lower-cased handle -> user id
         self.tweets: dict[int, int] = {}  # live tweet id -> author
         self.deleted: set[int] = set()
-        self.requests: dict[tuple[int, str], int] = {}  # (author, request_id) -> tweet id
+        # (author, request_id) -> the tweet it posted, as first posted
+        self.requests: dict[tuple[int, str], pb.Tweet] = {}
         self.following: set[tuple[int, int]] = set()
         self.tokens: dict[int, list[str]] = {int(kind): [] for kind in TokenKind}
 
@@ -68,7 +69,7 @@ class World:
     def posted(self, tweet: pb.Tweet, request_id: str) -> None:
         self.tweets[tweet.tweet_id] = tweet.user_id
         if request_id:
-            self.requests[(tweet.user_id, request_id)] = tweet.tweet_id
+            self.requests[(tweet.user_id, request_id)] = tweet
 
     def removed(self, tweet_id: int) -> None:
         self.tweets.pop(tweet_id, None)

@@ -215,6 +215,19 @@ def test_bad_tweet_text_is_invalid_argument_naming_text(client: MurmurClient, te
 
 @pytest.mark.parametrize(
     "text",
+    ["\u200b\u200b", "\u2800", "\ufeff", "\u0301", "\u3164 \u200d"],
+    ids=["zero-width-spaces", "braille-blank", "byte-order-mark", "lone-combining", "fillers"],
+)
+def test_tweet_text_that_shows_nothing_is_invalid(client: MurmurClient, text: str) -> None:
+    author = new_user(client, prefix="txt")
+    with pytest.raises(errors.InvalidArgument) as caught:
+        client.post_tweet(author.user_id, text)
+    assert "visible character" in caught.value.details
+    assert client.post_tweet(author.user_id, f"{text}x").text == f"{text}x"
+
+
+@pytest.mark.parametrize(
+    "text",
     ["x" * 280, "😀" * 280, "e\u0301" * 280, "  padded  ", "a\nb", "日本語のつぶやき"],
     ids=["280-ascii", "280-emoji", "280-after-nfc", "padded", "newline", "cjk"],
 )
@@ -315,6 +328,13 @@ def test_create_user_repeated_with_its_request_id_returns_the_same_user(
     assert {u.user_id for u in racing} == {first.user_id}
     with pytest.raises(errors.AlreadyExists, match="already taken"):
         client.create_user(handle.upper(), request_id="signup-2")
+    with pytest.raises(errors.InvalidArgument) as caught:  # the same key, another profile
+        client.create_user(handle, bio="second", request_id="signup-1")
+    assert caught.value.details == (
+        f"request_id 'signup-1' was used for user {first.user_id} (@{handle}) with another "
+        "bio; a retry repeats its request unchanged"
+    )
+    assert client.get_user(user_id=first.user_id).bio == "first"
     with pytest.raises(errors.InvalidArgument, match="request_id"):
         client.create_user(unique_handle("cu"), request_id="r" * 65)
 
@@ -326,8 +346,11 @@ def test_repeated_request_id_returns_the_first_tweet_and_counts_once(
     first = client.post_tweet(author.user_id, "only once", request_id="req-1")
     again = client.post_tweet(author.user_id, "only once", request_id="req-1")
     assert again == first
-    changed = client.post_tweet(author.user_id, "different text", request_id="req-1")
-    assert changed == first
+    with pytest.raises(errors.InvalidArgument) as caught:  # not a retry: a client's bug
+        client.post_tweet(author.user_id, "different text", request_id="req-1")
+    assert caught.value.details.startswith(
+        f"request_id 'req-1' was used for tweet {first.tweet_id} with another text"
+    )
     assert client.get_user(user_id=author.user_id).tweet_count == 1
     assert timeline_ids(client, author.user_id) == [first.tweet_id]
 

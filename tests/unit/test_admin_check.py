@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from murmur.errors import ServiceError
 from murmur.slots import even_assignment
 from murmur.v1 import admin_pb2, murmur_pb2, shard_pb2
 from server.admin import AdminServicer
@@ -37,6 +40,15 @@ def test_a_slot_named_many_times_is_checked_once() -> None:
     report = asyncio.run(admin._check(request, repair=False))
     assert report.one_sided_edges == 0
     assert [(shard, list(req.slots)) for shard, req in pool.asked] == [(0, [5]), (1, [4095])]
+
+
+def test_a_slot_out_of_range_is_named() -> None:
+    slot_map = shard_pb2.SlotMap(version=1, addresses={0: "s0"}, owners=even_assignment([0]))
+    admin = AdminServicer(RecordingPool(RoutingTable(slot_map)), admin_token=None)
+    request = admin_pb2.CheckConsistencyRequest(slots=[5, 5000, 4096, 4097])
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(admin._check(request, repair=False))
+    assert info.value.message == "slots must be 0-4095; got 4096-4097,5000"
 
 
 class ChunkPool(RecordingPool):

@@ -256,6 +256,32 @@ def test_tweet_whitespace_only_rejected(text: str) -> None:
         validation.check_tweet_text(text)
 
 
+@pytest.mark.parametrize(
+    "text", ["\u200b", "\ufeff\u2060", "\u0301\u0302", "\u2800 \u3164", "\u115f\u1160\uffa0"]
+)
+def test_tweet_that_shows_nothing_rejected(text: str) -> None:
+    with pytest.raises(InvalidInput, match="^text must contain at least one visible character"):
+        validation.check_tweet_text(text)
+    assert validation.check_tweet_text(text + "a") == unicodedata.normalize("NFC", text + "a")
+
+
+def test_text_too_long_to_fit_after_nfc_is_refused_before_normalising(monkeypatch) -> None:
+    """No canonical decomposition is longer than 4 code points, so NFC
+    leaves at least a quarter: 4 x 280 may still fit, one more cannot."""
+    alpha = "\u03b1\u0314\u0342\u0345"  # U+1F87, decomposed
+    assert validation.check_tweet_text(alpha * 280) == "\u1f87" * 280
+    normalized: list[int] = []
+    real = unicodedata.normalize
+    monkeypatch.setattr(
+        validation.unicodedata, "normalize", lambda f, v: normalized.append(len(v)) or real(f, v)
+    )
+    with pytest.raises(InvalidInput, match="^text is 1121 characters; the limit is 280 "):
+        validation.check_tweet_text(alpha * 280 + "x")
+    with pytest.raises(InvalidInput, match="^bio is 641 characters; the limit is 160 "):
+        validation.check_short_text("bio", "x" * 641, validation.MAX_BIO)
+    assert normalized == []
+
+
 @pytest.mark.parametrize("text", ["a\x00b", "\x00", "ring\x07", "esc\x1b[31m", "del\x7f", "a\rb"])
 def test_tweet_control_characters_rejected(text: str) -> None:
     with pytest.raises(InvalidInput, match="text.*control"):

@@ -21,6 +21,7 @@ from murmur.errors import WRONG_SLOT_METADATA
 from murmur.ids import IdClock, compose_tweet_id, lowest_id_at, now_ms, slot_of_tweet
 from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
+from shard import keys
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.servicer import ShardServicer
 from shard.settings import ShardSettings
@@ -273,8 +274,12 @@ def test_create_user_repeated_with_its_request_id_returns_the_first_user(shard: 
     first = shard.ok("CreateUser", ask)
     again = shard.ok("CreateUser", ask)  # the retry of a call whose answer was lost
     assert again == first
-    respelled = murmur_pb2.CreateUserRequest(handle="ALICE", request_id="signup-1")
-    assert shard.ok("CreateUser", respelled).user_id == first.user_id
+    respelled = murmur_pb2.CreateUserRequest(handle="ALICE", bio="b", request_id="signup-1")
+    details = shard.fails("CreateUser", respelled, grpc.StatusCode.INVALID_ARGUMENT)
+    assert details == (
+        f"request_id 'signup-1' was used for user {first.user_id} (@Alice) with another "
+        "handle and display_name and bio; a retry repeats its request unchanged"
+    )
     for other in ("signup-2", ""):  # someone else asking for the same handle
         shard.fails(
             "CreateUser",
@@ -511,10 +516,15 @@ def test_post_tweet_idempotent_by_request_id(shard: Shard) -> None:
     a = shard.create_user("a")
     first = shard.post(a, "hi", request_id="r1")
     queued = len(shard.outbox())
-    again = shard.post(a, "hi (retry)", request_id="r1")
+    again = shard.post(a, "hi", request_id="r1")
     assert again == first
-    assert shard.user(a).user.tweet_count == 1
     assert len(shard.outbox()) == queued
+    changed = murmur_pb2.PostTweetRequest(user_id=a, text="hi (retry)", request_id="r1")
+    details = shard.fails("PostTweet", changed, grpc.StatusCode.INVALID_ARGUMENT)
+    assert details.startswith(f"request_id 'r1' was used for tweet {first.tweet_id} with another")
+    shard.ok("EditTweet", murmur_pb2.EditTweetRequest(tweet_id=first.tweet_id, user_id=a, text="e"))
+    assert shard.post(a, "hi", request_id="r1").tweet_id == first.tweet_id  # by the first text
+    assert shard.user(a).user.tweet_count == 1
     assert shard.inbox_ids(a) == [first.tweet_id]
 
     other = shard.post(a, "second", request_id="r2")
@@ -522,6 +532,17 @@ def test_post_tweet_idempotent_by_request_id(shard: Shard) -> None:
     blank1, blank2 = shard.post(a, "x"), shard.post(a, "x")  # no request_id: no dedupe
     assert len({first.tweet_id, other.tweet_id, blank1.tweet_id, blank2.tweet_id}) == 4
     assert shard.user(a).user.tweet_count == 4
+
+
+def test_a_request_id_kept_before_its_text_digest_still_dedupes(shard: Shard) -> None:
+    """Records from before the digest hold the tweet id alone: a retry
+    with any text returns that tweet, as it always did."""
+    a = shard.create_user("a")
+    first = shard.post(a, "hi", request_id="old")
+    key = keys.request(slot_for_user(a), a, "old")
+    shard.state.store.db.put(key, keys.u64(first.tweet_id))
+    assert shard.post(a, "other", request_id="old").tweet_id == first.tweet_id
+    assert shard.user(a).user.tweet_count == 1
 
 
 def test_request_ids_are_per_author(shard: Shard) -> None:
@@ -1099,7 +1120,7 @@ def test_everything_acknowledged_survives_reopen(open_shard) -> None:
     assert info.map_version == 1 and [(r.start, r.end) for r in info.owned] == [(0, 4095)]
 
     # request ids persisted: a retry returns the original
-    assert shard.post(b, "first (retry)", request_id="req-1") == first
+    assert shard.post(b, "first", request_id="req-1") == first
     assert shard.user(b).user.tweet_count == 2
     # the id clock never goes back: new ids beat the pre-restart ones
     fresh = shard.post(b, "after restart")
