@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 import struct
 import zlib
 
 _FORMAT = ">BBQ"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # unpadded, as encode() writes it
 _VERSION = 1
 
 
@@ -39,6 +41,8 @@ def decode(kind: TokenKind, token: str) -> int:
     """The cursor inside ``token``; 0 for an empty token (the first page)."""
     if not token:
         return 0
+    if not _BASE64URL.fullmatch(token):  # b64decode would drop the stray characters
+        raise BadPageToken("page_token is not valid base64url")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as exc:

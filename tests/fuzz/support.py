@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import string
 import zlib
 from typing import Any
 
@@ -89,7 +90,10 @@ TOKEN_BODY = 10  # version (1 byte) | kind (1 byte) | cursor (8 bytes), then crc
 
 
 def token_bytes(token: str) -> bytes | None:
-    """The bytes a lenient base64url reader finds in ``token`` (None: none)."""
+    """The bytes in ``token``, written as encode() writes it: the base64url
+    alphabet, unpadded (None: anything else)."""
+    if not set(token) <= set(string.ascii_letters + string.digits + "-_"):
+        return None
     try:
         return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
