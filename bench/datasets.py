@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import bisect
 import random
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from murmur.validation import InvalidInput, check_tweet_text
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 EDGES_FILE = DATA_DIR / "twitter-verizon.edges"
 TWEETS_FILE = DATA_DIR / "tweets-sample.txt"
-MAX_TEXT = 280
 
 
 @dataclass
@@ -138,8 +138,13 @@ def load_graph(
 
 
 def tweet_ok(text: str) -> bool:
-    text = unicodedata.normalize("NFC", text)
-    return bool(text.strip()) and len(text) <= MAX_TEXT
+    """Whether Murmur takes ``text`` as a tweet (by its own rule, so a sample
+    line the router would refuse never counts as an error of the run)."""
+    try:
+        check_tweet_text(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def load_texts(limit: int = 5000, seed: int = 11) -> tuple[str, list[str]]:

@@ -35,6 +35,7 @@ from client.cli import (
     TLS_CA_PATH,
     LocalFailure,
     MurmurGroup,
+    Utf8TextType,
     emit_json,
     render_table,
     tls_ca_failure,
@@ -42,10 +43,12 @@ from client.cli import (
 )
 from client.client import DEFAULT_TARGET
 from murmur.setting_limits import LIMITS, check_value
+from murmur.shard_address import address_problem
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
 
 SLOT_COUNT = 4096
+CHECK_FOUND_PROBLEMS = 1  # `check` without --repair, like a failed call: scripts notice
 MAX_UINT32 = (1 << 32) - 1
 SHARD_ID = click.IntRange(min=0, max=MAX_UINT32)
 MB = 1024 * 1024
@@ -92,6 +95,35 @@ class SlotRangeType(click.ParamType):
 
 
 SLOT_RANGE = SlotRangeType()
+
+
+class ShardAddressType(Utf8TextType):
+    """add-shard's HOST:PORT, checked here as the router checks it: a usage
+    error (exit 2) rather than a call that comes back INVALID_ARGUMENT."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        value = super().convert(value, param, ctx)
+        problem = address_problem(value.strip())
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return value
+
+
+class BackupPathType(Utf8TextType):
+    """backup's PATH: absolute (it names a folder on the shard's host, not
+    here) and without NUL, checked before the call as the shard would."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        value = super().convert(value, param, ctx)
+        if "\x00" in value:
+            self.fail("the path contains a NUL", param, ctx)
+        if not value.startswith("/"):
+            self.fail(f"{value!r} must be an absolute path (on the shard's host)", param, ctx)
+        return value
 
 
 def parse_setting(text: str) -> tuple[str, int]:
@@ -294,10 +326,18 @@ def emit_moves(session: AdminSession, seen: list[apb.MoveProgress], dry_run: boo
         for progress in seen:
             click.echo(progress.step)
         return
-    click.echo(last.step)
+    # every chunk's hand-over, not only the last one's: alone, "slots 100 now
+    # on shard 1" read as if only slot 100 had moved
+    for step in [p.step for p in seen if " now on shard " in p.step] or [last.step]:
+        click.echo(step)
     click.echo(
         f"moved {last.slots_done} of {last.slots_total} slots; map version {last.map_version}"
     )
+
+
+def report_problems(report: apb.ConsistencyReport) -> int:
+    """What a repair would mend (stale outbox records drain by themselves)."""
+    return report.one_sided_edges + report.wrong_counters + report.ghost_inbox_copies
 
 
 def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bool) -> None:
@@ -317,7 +357,7 @@ def emit_report(session: AdminSession, report: apb.ConsistencyReport, repair: bo
         click.echo("findings:")
         for line in report.findings:
             click.echo(f"  {line}")
-    problems = report.one_sided_edges + report.wrong_counters + report.ghost_inbox_copies
+    problems = report_problems(report)
     if not problems:
         click.echo("consistent")
     elif repair:
@@ -463,7 +503,7 @@ def _stats_pairs(stats: apb.ShardStats, answered: bool) -> list[tuple[str, Any]]
 
 
 @cli.command("add-shard")
-@click.argument("address", metavar="HOST:PORT", type=TEXT)
+@click.argument("address", metavar="HOST:PORT", type=ShardAddressType())
 @pass_session
 def add_shard(session: AdminSession, address: str) -> None:
     """Join a running, empty murmur-shard to the cluster (it owns no slots yet)."""
@@ -539,7 +579,7 @@ def compact(session: AdminSession, shard_id: int) -> None:
 
 @cli.command()
 @click.argument("shard_id", metavar="ID", type=SHARD_ID)
-@click.argument("path", type=TEXT)
+@click.argument("path", type=BackupPathType())
 @pass_session
 def backup(session: AdminSession, shard_id: int, path: str) -> None:
     """Snapshot shard ID into PATH: an absolute folder on the shard's host that
@@ -620,6 +660,8 @@ def check(session: AdminSession, repair: bool, slots: list[int] | None) -> None:
     else:
         report = session.client.check_consistency(chosen)
     emit_report(session, report, repair)
+    if not repair and report_problems(report):
+        sys.exit(CHECK_FOUND_PROBLEMS)
 
 
 def main() -> None:

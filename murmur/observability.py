@@ -72,13 +72,19 @@ def serve_metrics(host: str, port: int | None, component: str) -> WSGIServer | N
     return server
 
 
-def request_subject(request: Any) -> dict[str, int]:
-    """The ids a log line should carry, read from whichever fields exist."""
-    subject = {}
+MAX_LOGGED_HANDLE = 20  # a handle is at most 15; a refused one may be a megabyte
+
+
+def request_subject(request: Any) -> dict[str, int | str]:
+    """The ids (and handle) a log line should carry, from whichever fields exist."""
+    subject: dict[str, int | str] = {}
     for name in USER_FIELDS:
         value = getattr(request, name, 0)
         if isinstance(value, int) and value:
             subject[name] = value
+    handle = getattr(request, "handle", "")
+    if isinstance(handle, str) and handle:
+        subject["handle"] = handle[:MAX_LOGGED_HANDLE]
     return subject
 
 

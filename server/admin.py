@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ import grpc
 from murmur import tls
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
+from murmur.shard_address import address_problem
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.admin_auth import operator_only
@@ -38,11 +38,6 @@ from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
-PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes '²' and '５'
-# a host name or IPv4 address, or a bracketed IPv6 one: no scheme ("http://",
-# "unix:"), white space or control characters, which gRPC would take as a
-# name to resolve and report only as "no shard answers"
-HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
 MAP_WAIT_S = 5.0  # for a shard's map: rides out a restart
 SILENT_MEMORY_S = 60.0  # a shard silent at an ask this recent is asked only briefly
@@ -446,12 +441,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def AddShard(self, request, context):
         address = request.address.strip()
-        host, _, port = address.rpartition(":")
-        if not HOST.fullmatch(host) or not PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-            raise invalid(
-                f"address {request.address!r} must be host:port (a host name, an IPv4 address "
-                "or a [bracketed] IPv6 one; the port 1-65535)"
-            )
+        problem = address_problem(address)
+        if problem is not None:
+            raise invalid(problem)
         info = await _ask_joining_shard(address)
         async with self._changing_map():
             await self._adopt_newest_map()

@@ -98,7 +98,8 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         for name in ("user_id", "follower_id"):
             if getattr(request, name, 0):
                 return self.table.shard_for_user(getattr(request, name))
-        return None
+        handle = getattr(request, "handle", "")  # CreateUser, GetUser by handle
+        return self.table.shard_for_handle(handle) if isinstance(handle, str) and handle else None
 
     # routing ------------------------------------------------------------------
     @staticmethod

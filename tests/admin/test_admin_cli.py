@@ -262,13 +262,19 @@ def test_shard_lifecycle(cluster: Cluster) -> None:
     assert cluster.ok("remove-shard", "2").out.startswith("shard 2 removed; map version ")
     shards = cluster.json("status")["shards"]
     assert [(s["shard_id"], s["slot_count"]) for s in shards] == [(0, 2048), (1, 2048)]
-    for address in (
+    bad_addresses = (
         *("nohost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", ":50061", "h:²"),
         *("http://localhost:50061", "unix:/tmp/x:80", "host with space:80", "bad\x01host:80"),
-    ):
+    )
+    with AdminClient(cluster.router.address, cluster.token) as admin:  # the router's own check
+        for address in bad_addresses:
+            with pytest.raises(MurmurError) as refused:
+                admin.add_shard(address)
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, address
+            assert "must be host:port" in refused.value.details
+    for address in bad_addresses:  # and the CLI's, before any call
         bad = cluster.run("add-shard", address)
-        assert bad.code == 1 and bad.err.startswith("error: INVALID_ARGUMENT: "), address
-        assert "host:port" in bad.err
+        assert bad.code == 2 and "must be host:port" in bad.err, address
     router = cluster.run("add-shard", cluster.router.address)
     assert router.err.startswith(
         f"error: FAILED_PRECONDITION: the server at {cluster.router.address} is not a Murmur shard"

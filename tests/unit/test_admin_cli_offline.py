@@ -30,6 +30,7 @@ class FakeAdmin(apb_grpc.AdminServicer):
         self.moves: list[apb.MoveProgress] = []
         self.backups: list[apb.BackupProgress] = []
         self.stats = apb.ShardStats()
+        self.report = apb.ConsistencyReport()
         self.target = ""
 
     def GetClusterStatus(self, request: Any, context: Any) -> apb.ClusterStatus:
@@ -51,6 +52,16 @@ class FakeAdmin(apb_grpc.AdminServicer):
     def BackupShard(self, request: apb.BackupShardRequest, context: Any) -> Iterator[Any]:
         self.calls["BackupShard"] += 1
         yield from self.backups
+
+    def CheckConsistency(self, request: Any, context: Any) -> apb.ConsistencyReport:
+        self.calls["CheckConsistency"] += 1
+        return self.report
+
+    def Repair(self, request: Any, context: Any) -> apb.ConsistencyReport:
+        self.calls["Repair"] += 1
+        return apb.ConsistencyReport(
+            wrong_counters=self.report.wrong_counters, repaired=self.report.wrong_counters
+        )
 
 
 @pytest.fixture
@@ -92,6 +103,36 @@ def test_a_real_move_still_reports_the_count(fake: FakeAdmin) -> None:
     result = run(fake, "move-slots", "0-3", "--to", "0")
     assert result.exit_code == 0, result.output
     assert result.stdout == "slots 0-3 now on shard 0\nmoved 4 of 4 slots; map version 9\n"
+
+
+def test_a_move_in_chunks_names_every_chunk(fake: FakeAdmin) -> None:
+    """The last chunk's line alone ("slots 100 now on shard 1") read as if
+    only slot 100 had moved."""
+    fake.moves = [
+        apb.MoveProgress(slots_done=64, slots_total=65, step="slots 0-63 now on shard 1"),
+        apb.MoveProgress(slots_done=65, slots_total=65, step="slots 100 now on shard 1"),
+    ]
+    result = run(fake, "move-slots", "0-63,100", "--to", "1")
+    assert result.stdout.splitlines() == [
+        "slots 0-63 now on shard 1",
+        "slots 100 now on shard 1",
+        "moved 65 of 65 slots; map version 0",
+    ]
+
+
+# -- check --------------------------------------------------------------------------
+
+
+def test_a_check_that_finds_problems_exits_1_and_a_repair_0(fake: FakeAdmin) -> None:
+    assert run(fake, "check").exit_code == 0  # consistent
+    fake.report = apb.ConsistencyReport(wrong_counters=3, stale_outbox_records=1)
+    found = run(fake, "check")
+    assert found.exit_code == 1 and found.stdout.endswith(
+        "3 problems found; `murmur-admin check --repair` fixes them\n"
+    )
+    assert run(fake, "--json", "check").exit_code == 1
+    repaired = run(fake, "check", "--repair")
+    assert repaired.exit_code == 0 and "3 problems found, 3 repairs made" in repaired.stdout
 
 
 # -- shard-stats --------------------------------------------------------------------
@@ -166,6 +207,24 @@ def test_a_finished_backup(fake: FakeAdmin) -> None:
 
 
 # -- usage errors and local failures -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address", ["nohost", "h:99999", "h:0", "http://h:80", "unix:/tmp/s:80", "a b:80", "h:²"]
+)
+def test_an_address_that_is_not_host_port_is_a_usage_error(fake: FakeAdmin, address: str) -> None:
+    result = run(fake, "add-shard", address)
+    assert result.exit_code == 2 and "Invalid value for 'HOST:PORT'" in result.stderr
+    assert "must be host:port" in result.stderr and fake.calls["AddShard"] == 0
+    assert run(fake, "add-shard", "[::1]:50061").exit_code == 0
+
+
+@pytest.mark.parametrize("path", ["relative/folder", "backup", "./b0", "~/b0", "/b\x000"])
+def test_a_backup_path_the_shard_would_refuse_is_a_usage_error(fake: FakeAdmin, path: str) -> None:
+    result = run(fake, "backup", "0", path)
+    assert result.exit_code == 2 and "Invalid value for 'PATH'" in result.stderr
+    assert fake.calls["BackupShard"] == 0
+
 
 BAD = "h\udcff:1"  # an undecodable byte, as Python hands it over from argv (PEP 383)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from typing import Any
 
 import grpc
@@ -13,6 +14,12 @@ import pytest
 
 from murmur import rpc_errors
 from murmur.errors import ServiceError
+from murmur.observability import observe_call
+from murmur.slots import even_assignment
+from murmur.v1 import murmur_pb2, shard_pb2
+from server.servicer import MurmurServicer
+from server.shard_pool import ShardPool
+from server.slot_map import RoutingTable
 
 
 class Context:
@@ -123,3 +130,26 @@ def test_a_storage_failure_says_whether_room_must_be_made(failure, code, reason)
     assert got_code == code
     assert message.startswith("router admin cannot write to its storage: ")
     assert reason in message and "b'" not in message
+
+
+def test_a_failed_lookup_by_handle_is_logged_with_its_handle_and_shard(caplog) -> None:
+    """Calls by id named their shard; CreateUser and GetUser by handle did not."""
+    table = RoutingTable(
+        shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=even_assignment([0, 1]))
+    )
+    router = MurmurServicer(table, ShardPool(table))
+    request = murmur_pb2.GetUserRequest(handle="Alice" + "x" * 100)
+    with caplog.at_level(logging.WARNING, logger="murmur.calls"):
+        observe_call(
+            "router",
+            "Murmur",
+            "GetUser",
+            grpc.StatusCode.UNAVAILABLE,
+            0.01,
+            request,
+            router.shard_of,
+        )
+    [record] = [r for r in caplog.records if r.name == "murmur.calls"]
+    assert record.fields["handle"] == ("Alice" + "x" * 100)[:20]
+    assert record.fields["shard"] == table.shard_for_handle(request.handle)
+    assert router.shard_of(murmur_pb2.GetUserRequest()) is None
