@@ -102,6 +102,24 @@ class Pending:
         return 0
 
 
+# What gRPC's transport says, as INTERNAL, when a connection drops under a
+# call (a shard killed or restarted mid-call): retryable, as UNAVAILABLE is,
+# and unlike INTERNAL, which clients take for a bug and do not retry.
+BROKEN_TRANSPORT = (
+    "RST_STREAM",
+    "Stream removed",
+    "GOAWAY",
+    "Socket closed",
+    "Connection reset",
+    "Broken pipe",
+    "Transport closed",
+)
+
+
+def broken_transport(details: str) -> bool:
+    return any(sign in details for sign in BROKEN_TRANSPORT)
+
+
 class ShardLane:
     """One shard's queue: one call in flight, the rest wait and go together."""
 
@@ -273,9 +291,10 @@ class ShardPool:
             )
 
     def _failed(self, shard_id: int, exc: grpc.aio.AioRpcError) -> ServiceError:
-        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        error = self._translate(shard_id, exc)
+        if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             self._probe(shard_id)
-        return self._translate(shard_id, exc)
+        return error
 
     def _probe(self, shard_id: int) -> None:
         """After a failure, ping the shard until it answers; meanwhile it is suspect.
@@ -381,8 +400,14 @@ class ShardPool:
             )
         if code == grpc.StatusCode.CANCELLED:
             return ServiceError(code, f"call to {self.describe(shard_id)} was cancelled")
+        if code == grpc.StatusCode.INTERNAL and broken_transport(exc.details() or ""):
+            return ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the connection to {self.describe(shard_id)} broke during the call "
+                f"({exc.details()}); it may or may not have been applied: retry",
+            )
         if code == grpc.StatusCode.INTERNAL and "shard" not in (exc.details() or ""):
-            # gRPC's own (a broken stream), not a shard's "internal error in shard N"
+            # gRPC's own, not a shard's "internal error in shard N"
             return ServiceError(code, f"{self.describe(shard_id)} failed: {exc.details()}")
         trailing = exc.trailing_metadata() or ()
         if any(key == WRONG_SLOT_METADATA for key, _ in trailing):

@@ -200,3 +200,28 @@ def test_start_up_settings_that_timed_out_may_have_been_taken(caplog) -> None:
         asyncio.run(push_settings(pool, shard_pb2.UpdateSettingsRequest(celebrity_threshold=9)))
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("shard 1 may not have taken the settings celebrity_threshold=9")
+
+
+@pytest.mark.parametrize(
+    ("details", "code"),
+    [
+        ("Received RST_STREAM with error code 2", grpc.StatusCode.UNAVAILABLE),
+        ("Stream removed", grpc.StatusCode.UNAVAILABLE),
+        ("Socket closed", grpc.StatusCode.UNAVAILABLE),
+        ("Exception deserializing response!", grpc.StatusCode.INTERNAL),  # a bug: stays
+        ("internal error in shard 1 while serving Follow; see its log", grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_a_connection_broken_under_a_call_is_retryable(details: str, code) -> None:
+    """gRPC says INTERNAL when a shard's connection drops mid-call (a shard
+    killed): clients retry UNAVAILABLE, and take INTERNAL for a bug."""
+    table = RoutingTable(
+        shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=even_assignment([0, 1]))
+    )
+    broken = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+    error = ShardPool(table)._translate(1, broken)
+    assert error.code == code and details in error.message
+    if code == grpc.StatusCode.UNAVAILABLE:
+        assert error.message.startswith("the connection to shard 1 (b) broke during the call")
