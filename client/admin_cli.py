@@ -42,8 +42,8 @@ from client.cli import (
     to_dict,
 )
 from client.client import DEFAULT_TARGET
+from murmur.addresses import address_problem
 from murmur.setting_limits import LIMITS, check_value
-from murmur.shard_address import address_problem
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
 

@@ -30,6 +30,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from client.client import DEFAULT_TARGET, MAX_TIMEOUT_S, MurmurClient
 from client.errors import MurmurError
 from murmur import page_tokens, tls
+from murmur.addresses import MAX_PORT
+from murmur.header_values import header_problem
 from murmur.ids import MAX_ID
 from murmur.page_tokens import TokenKind
 from murmur.v1 import murmur_pb2 as pb
@@ -40,7 +42,6 @@ _NEGATIVE = re.compile(r"-[0-9]+")
 # HOST:PORT or [V6]:PORT with a plain (maybe negative) number for a port
 _HOST_PORT = re.compile(r"(?:\[[^\]/]*\]|(?P<host>[^:/\[\]]+)):(?P<port>-?[0-9]+)")
 _TARGET_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock"})
-MAX_PORT = 65535
 _T = TypeVar("_T")
 
 
@@ -95,26 +96,6 @@ class Utf8TextType(click.ParamType):
         if problem is not None:
             self.fail(f"'{_escaped(value)}' {problem}", param, ctx)
         return value
-
-
-def header_problem(text: str) -> str | None:
-    """Why ``text`` cannot be sent as a gRPC metadata value, or None, without
-    quoting any of it (it is a secret). gRPC takes only printable ASCII there
-    and refuses anything else inside the call, with C-core log lines and
-    INTERNAL "Invalid metadata", which reads like a server fault."""
-    for index, char in enumerate(text):
-        if not " " <= char <= "~":
-            kind = (
-                "a control character"
-                if unicodedata.category(char) == "Cc"
-                else "a non-ASCII character"
-            )
-            where = " at its end" if index == len(text) - 1 else ""
-            return (
-                f"holds {kind}{where}; only printable ASCII (0x20-0x7E) can be sent "
-                "in the authorization header"
-            )
-    return None
 
 
 class TokenType(Utf8TextType):

@@ -108,27 +108,6 @@ def _text_value(value: object) -> str:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-MAX_PORT = 65535
-
-
-def port_flag(lowest: int) -> Callable[[str], int]:
-    """An argparse type for a TCP port from ``lowest`` to 65535, checked when
-    parsed: unchecked, 70000 reached bind() as an OverflowError traceback (or
-    gRPC's "address in use?") after the process had started its work. Port 0
-    means "pick a free one" to the servers; murmur-cluster asks for 1."""
-
-    def port(text: str) -> int:
-        value = int(text)
-        if not lowest <= value <= MAX_PORT:
-            free = " (0 picks a free port)" if lowest == 0 else ""
-            raise argparse.ArgumentTypeError(
-                f"port {value} is out of range; it must be {lowest}-{MAX_PORT}{free}"
-            )
-        return value
-
-    return port
-
-
 def add_logging_flags(parser: argparse.ArgumentParser, of: str = "") -> None:
     """--log-level and --log-format, checked when parsed: a level logging
     does not know is a usage error, not a traceback at start-up."""

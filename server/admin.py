@@ -22,9 +22,9 @@ from typing import Any
 import grpc
 
 from murmur import tls
+from murmur.addresses import address_problem
 from murmur.errors import ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
-from murmur.shard_address import address_problem
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.admin_auth import operator_only

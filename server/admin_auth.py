@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from murmur.header_values import header_problem
 from murmur.rpc_errors import refuse_unparseable
 
 
@@ -23,11 +24,9 @@ def operator_token(text: str) -> str:
     """--admin-token / MURMUR_ADMIN_TOKEN as argparse checks it: a token no
     caller can present (gRPC sends only printable ASCII in a header, and the
     check strips the ends) would lock every operator out, silently."""
-    if any(not " " <= char <= "~" for char in text):
-        raise argparse.ArgumentTypeError(
-            "the operator token may hold only printable ASCII (0x20-0x7E): it travels "
-            "in the authorization header"
-        )
+    problem = header_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"the operator token {problem}")
     if text != text.strip():
         raise argparse.ArgumentTypeError("the operator token may not begin or end with a space")
     return text

@@ -21,7 +21,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from murmur import tls
-from murmur.serving import MAX_PORT, add_logging_flags, port_flag
+from murmur.addresses import MAX_PORT, port_flag
+from murmur.serving import add_logging_flags
 from murmur.setting_limits import setting_flag
 from server.admin_auth import operator_token
 from server.main import cache_ms

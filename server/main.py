@@ -11,6 +11,7 @@ import socket
 import grpc
 
 from murmur import tls
+from murmur.addresses import port_flag
 from murmur.errors import ServiceError
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
@@ -19,7 +20,6 @@ from murmur.serving import (
     ServingProcess,
     add_logging_flags,
     install_event_loop,
-    port_flag,
     setup_logging,
 )
 from murmur.setting_limits import setting_flag

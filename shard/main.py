@@ -9,6 +9,7 @@ import os
 import plyvel
 
 from murmur import tls
+from murmur.addresses import port_flag
 from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
@@ -16,7 +17,6 @@ from murmur.serving import (
     ServingProcess,
     add_logging_flags,
     install_event_loop,
-    port_flag,
     setup_logging,
 )
 from murmur.setting_limits import setting_flag

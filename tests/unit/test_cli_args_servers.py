@@ -9,33 +9,13 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from deploy.dev_ca import write_dev_ca
 from server import cluster
-from server import main as router
-from shard import main as shard
-
-PROGRAMS: dict[str, tuple[Callable, list[str]]] = {
-    "murmur-shard": (shard.parse_args, ["--data-dir", "x"]),
-    "murmur-router": (router.parse_args, ["--shards", "127.0.0.1:1"]),
-    "murmur-cluster": (cluster.parse_args, []),
-}
-
-
-def usage_error(program: str, flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The stderr of a parse that must end in a usage error (exit 2)."""
-    parse, required = PROGRAMS[program]
-    with pytest.raises(SystemExit) as exited:
-        parse([*required, *flags])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
+from tests.unit.server_programs import PROGRAMS, usage_error
 
 # -- ports ----------------------------------------------------------------------------
 
@@ -256,6 +236,6 @@ def test_an_operator_token_no_caller_could_send_is_a_usage_error(
     """gRPC sends only printable ASCII in a header, and the check strips its
     ends: a router started with such a token could never be operated."""
     err = usage_error(program, ["--admin-token", token], capsys)
-    assert "argument --admin-token: the operator token may" in err and token not in err
+    assert "argument --admin-token: the operator token " in err and token not in err
     monkeypatch.setenv("MURMUR_ADMIN_TOKEN", token)  # the default comes from here
-    assert "the operator token may" in usage_error(program, [], capsys)
+    assert "the operator token " in usage_error(program, [], capsys)

@@ -6,28 +6,12 @@ ports something else holds and a data folder with more shards than asked."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from server import cluster
-from server import main as router
-from shard import main as shard
-
-PROGRAMS: dict[str, tuple[Callable, list[str]]] = {
-    "murmur-shard": (shard.parse_args, ["--data-dir", "x"]),
-    "murmur-router": (router.parse_args, ["--shards", "127.0.0.1:1"]),
-    "murmur-cluster": (cluster.parse_args, []),
-}
-
-
-def usage_error(program: str, flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    parse, required = PROGRAMS[program]
-    with pytest.raises(SystemExit) as exited:
-        parse([*required, *flags])
-    assert exited.value.code == 2
-    return capsys.readouterr().err
+from tests.unit.server_programs import PROGRAMS, usage_error
 
 
 @pytest.mark.parametrize("program", list(PROGRAMS))

@@ -1,0 +1,49 @@
+"""Ports and ``host:port`` addresses, checked before gRPC sees them.
+
+A shard's address (as the slot map holds it) is checked by the router's
+AddShard and, before any call, by ``murmur-admin add-shard``: gRPC takes
+anything as a name to resolve, so a scheme ("http://", "unix:"), white
+space or a port past 65535 came back only as "no shard answers". Port
+flags are checked when parsed, for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+
+MAX_PORT = 65535
+# ASCII digits: str.isdigit() takes '²' and '５'
+PORT = re.compile(r"[0-9]{1,5}")
+# a host name or IPv4 address, or a bracketed IPv6 one
+HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is not host:port, or None if it is."""
+    host, _, port = address.rpartition(":")
+    if HOST.fullmatch(host) and PORT.fullmatch(port) and 1 <= int(port) <= MAX_PORT:
+        return None
+    return (
+        f"address {address!r} must be host:port (a host name, an IPv4 address or a "
+        "[bracketed] IPv6 one; the port 1-65535)"
+    )
+
+
+def port_flag(lowest: int) -> Callable[[str], int]:
+    """An argparse type for a TCP port from ``lowest`` to 65535, checked when
+    parsed: unchecked, 70000 reached bind() as an OverflowError traceback (or
+    gRPC's "address in use?") after the process had started its work. Port 0
+    means "pick a free one" to the servers; murmur-cluster asks for 1."""
+
+    def port(text: str) -> int:
+        value = int(text)
+        if not lowest <= value <= MAX_PORT:
+            free = " (0 picks a free port)" if lowest == 0 else ""
+            raise argparse.ArgumentTypeError(
+                f"port {value} is out of range; it must be {lowest}-{MAX_PORT}{free}"
+            )
+        return value
+
+    return port
