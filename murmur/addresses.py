@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 from collections.abc import Callable
 
 MAX_PORT = 65535
@@ -20,9 +21,14 @@ PORT = re.compile(r"[0-9]{1,5}")
 HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 
 
+MAX_HOST = 253  # DNS's limit for a name
+
+
 def address_problem(address: str) -> str | None:
     """Why ``address`` is not host:port, or None if it is."""
     host, _, port = address.rpartition(":")
+    if len(host) > MAX_HOST:  # gRPC's error would quote it three times, past 8 KB
+        return f"the host in the address is {len(host)} characters; the limit is {MAX_HOST}"
     if HOST.fullmatch(host) and PORT.fullmatch(port) and 1 <= int(port) <= MAX_PORT:
         return None
     return (
@@ -47,3 +53,40 @@ def port_flag(lowest: int) -> Callable[[str], int]:
         return value
 
     return port
+
+
+def bind_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_host(host: str) -> str:
+    """``[::1]`` as gRPC takes it, ``::1`` as bind() does."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def listen_host(text: str) -> str:
+    """--host, probed by binding a free port on it when parsed: a name that
+    does not resolve, or an address this machine does not have, used to read
+    as "port ... is taken" (murmur-cluster, which sent people looking for
+    another cluster) or "address in use?" (router and shard, after a C-core
+    log line)."""
+    try:
+        with socket.socket(bind_family(text)) as probe:
+            probe.bind((bind_host(text), 0))
+    except socket.gaierror as exc:
+        raise argparse.ArgumentTypeError(f"cannot resolve {text!r} ({exc.strerror})") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot listen on {text!r} ({exc.strerror}); give an address of this machine"
+        ) from None
+    return text
+
+
+def shard_list(text: str) -> str:
+    """--shards as argparse checks it: each comma-separated address host:port
+    (a port past 65535 used to leave the router silent for --shard-wait)."""
+    for address in (part.strip() for part in text.split(",")):
+        problem = address_problem(address) if address else None
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+    return text

@@ -59,7 +59,8 @@ def _check_controls(field: str, value: str) -> None:
 def _check_raw_length(field: str, value: str, limit: int) -> None:
     if len(value) > NFC_MAX_SHRINK * limit:
         raise InvalidInput(
-            f"{field} is {len(value)} characters; the limit is {limit} (after NFC normalisation)"
+            f"{field} is {len(value)} characters before NFC normalisation; the limit is "
+            f"{limit} after it, and normalising cannot bring it that low"
         )
 
 

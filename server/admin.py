@@ -38,6 +38,7 @@ from server.slot_moves import chunked, drain_plan, owned_by, rebalance_plan
 log = logging.getLogger("murmur.router.admin")
 MOVE_TIMEOUT_S = 600.0
 STATS_TIMEOUT_S = 30.0
+MAX_DETAILS = 300  # of gRPC's own error text quoted in a refusal (status must fit 8 KB)
 PREFLIGHT_TIMEOUT_S = 3.0  # a shard must answer a Ping this fast before a move starts
 MAP_WAIT_S = 5.0  # for a shard's map: rides out a restart
 SILENT_MEMORY_S = 60.0  # a shard silent at an ask this recent is asked only briefly
@@ -60,7 +61,8 @@ async def _ask_joining_shard(address: str) -> shard_pb2.ShardInfo:
                 ) from exc
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"no shard answers at {address}: {exc.code().name}: {exc.details()}",
+                f"no shard answers at {address}: {exc.code().name}: "
+                f"{(exc.details() or '')[:MAX_DETAILS]}",
             ) from exc
 
 
@@ -612,7 +614,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         slots = sorted(set(request.slots))  # a slot named twice is checked once
         bad = [s for s in slots if s >= SLOT_COUNT]
         if bad:
-            raise invalid(f"slots must be 0-{SLOT_COUNT - 1}; got {describe_slots(bad[:20])}")
+            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise invalid(f"slots must be 0-{SLOT_COUNT - 1}; got {describe_slots(bad[:20])}{more}")
         return await ConsistencyCheck(self.pool, slots, repair).run()
 
     @operator_only

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from murmur import tls
-from murmur.addresses import MAX_PORT, port_flag
+from murmur.addresses import MAX_PORT, bind_family, bind_host, listen_host, port_flag
 from murmur.serving import add_logging_flags
 from murmur.setting_limits import setting_flag
 from server.admin_auth import operator_token
@@ -35,32 +35,6 @@ def shard_count(text: str) -> int:
     if not 1 <= value <= MAX_SHARDS:
         raise argparse.ArgumentTypeError(f"{value} shards; it must be 1-{MAX_SHARDS}")
     return value
-
-
-def _bind_family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _bind_host(host: str) -> str:
-    """``[::1]`` as gRPC takes it, ``::1`` as bind() does."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def listen_host(text: str) -> str:
-    """--host, probed by binding a free port on it when parsed: a name that
-    does not resolve, or an address this machine does not have, used to read
-    as "port ... is taken" from the port check, which sent people looking for
-    another cluster."""
-    try:
-        with socket.socket(_bind_family(text)) as probe:
-            probe.bind((_bind_host(text), 0))
-    except socket.gaierror as exc:
-        raise argparse.ArgumentTypeError(f"cannot resolve {text!r} ({exc.strerror})") from None
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(
-            f"cannot listen on {text!r} ({exc.strerror}); give an address of this machine"
-        ) from None
-    return text
 
 
 def data_folder(text: str) -> str:
@@ -206,12 +180,12 @@ def check_ports_free(host: str, ports: list[int]) -> None:
     would be answered by that server (another cluster, say) and report this
     cluster serving while its own processes fail to listen."""
     for port in ports:
-        with socket.socket(_bind_family(host)) as probe:
+        with socket.socket(bind_family(host)) as probe:
             # as gRPC binds: a port still in TIME_WAIT from a cluster just
             # stopped is free, one another process listens on is not
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((_bind_host(host), port))
+                probe.bind((bind_host(host), port))
             except (OSError, OverflowError) as exc:
                 raise SystemExit(bind_failure(host, port, exc)) from None
 

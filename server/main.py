@@ -11,7 +11,7 @@ import socket
 import grpc
 
 from murmur import tls
-from murmur.addresses import port_flag
+from murmur.addresses import listen_host, port_flag, shard_list
 from murmur.errors import ServiceError
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
@@ -54,9 +54,14 @@ def cache_ms(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-router", description=__doc__)
     parser.add_argument("--port", type=port_flag(0), default=50051, help="0 picks a free port")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--shards", required=True, help="comma-separated shard addresses, host:port,..."
+        "--host", type=listen_host, default="127.0.0.1", help="address to listen on"
+    )
+    parser.add_argument(
+        "--shards",
+        type=shard_list,
+        required=True,
+        help="comma-separated shard addresses, host:port,...",
     )
     parser.add_argument(
         "--celebrity-threshold",

@@ -9,7 +9,7 @@ import os
 import plyvel
 
 from murmur import tls
-from murmur.addresses import port_flag
+from murmur.addresses import listen_host, port_flag
 from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
@@ -39,7 +39,9 @@ MAX_SHARD_ID = (1 << 32) - 1
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="murmur-shard", description=__doc__)
     parser.add_argument("--port", type=port_flag(0), default=50061, help="0 picks a free port")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--host", type=listen_host, default="127.0.0.1", help="address to listen on"
+    )
     parser.add_argument("--data-dir", required=True, help="folder of this shard's LevelDB")
     parser.add_argument(
         "--shard-id", type=shard_id, default=0, help="0 to 4294967295, fixed at first start"

@@ -49,6 +49,10 @@ def test_a_slot_out_of_range_is_named() -> None:
     with pytest.raises(ServiceError) as info:
         asyncio.run(admin._check(request, repair=False))
     assert info.value.message == "slots must be 0-4095; got 4096-4097,5000"
+    request = admin_pb2.CheckConsistencyRequest(slots=range(5000, 5000 + 2 * 21, 2))
+    with pytest.raises(ServiceError) as info:
+        asyncio.run(admin._check(request, repair=False))
+    assert info.value.message.endswith(",5038 and 1 more")
 
 
 class ChunkPool(RecordingPool):

@@ -210,12 +210,23 @@ def test_a_finished_backup(fake: FakeAdmin) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["nohost", "h:99999", "h:0", "http://h:80", "unix:/tmp/s:80", "a b:80", "h:²"]
+    "address",
+    [
+        "nohost",
+        "h:99999",
+        "h:0",
+        "http://h:80",
+        "unix:/tmp/s:80",
+        "a b:80",
+        "h:²",
+        "a" * 300 + ":8",
+    ],
 )
 def test_an_address_that_is_not_host_port_is_a_usage_error(fake: FakeAdmin, address: str) -> None:
     result = run(fake, "add-shard", address)
     assert result.exit_code == 2 and "Invalid value for 'HOST:PORT'" in result.stderr
-    assert "must be host:port" in result.stderr and fake.calls["AddShard"] == 0
+    assert "must be host:port" in result.stderr or "the limit is 253" in result.stderr
+    assert fake.calls["AddShard"] == 0
     assert run(fake, "add-shard", "[::1]:50061").exit_code == 0
 
 

@@ -96,12 +96,34 @@ def test_the_port_check_says_out_of_range_rather_than_a_traceback() -> None:
 # -- host -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("program", list(PROGRAMS))
 def test_a_host_that_does_not_resolve_is_a_usage_error_not_a_taken_port(
-    capsys: pytest.CaptureFixture[str],
+    program: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = usage_error("murmur-cluster", ["--host", "256.1.1.1"], capsys)
+    """The router and shard said "address in use?" after a C-core log line."""
+    err = usage_error(program, ["--host", "256.1.1.1"], capsys)
     assert "argument --host: cannot resolve '256.1.1.1'" in err
     assert "taken" not in err
+
+
+@pytest.mark.parametrize(
+    ("shards", "message"),
+    [
+        ("127.0.0.1:70000", "address '127.0.0.1:70000' must be host:port"),
+        ("127.0.0.1:1,http://h:2", "address 'http://h:2' must be host:port"),
+        ("a" * 300 + ":1", "the host in the address is 300 characters; the limit is 253"),
+    ],
+)
+def test_a_shard_address_that_is_not_host_port_is_a_usage_error(
+    shards: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port past 65535 left the router silent for the whole --shard-wait."""
+    parse, _ = PROGRAMS["murmur-router"]
+    with pytest.raises(SystemExit) as exited:
+        parse(["--shards", shards])
+    assert exited.value.code == 2
+    assert f"argument --shards: {message}" in capsys.readouterr().err
+    assert parse(["--shards", "[::1]:50061,shard0.example:50061,"]).shards
 
 
 def test_the_port_check_tells_a_bad_host_from_a_taken_port() -> None:

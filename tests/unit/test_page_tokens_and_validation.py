@@ -288,9 +288,9 @@ def test_text_too_long_to_fit_after_nfc_is_refused_before_normalising(monkeypatc
     monkeypatch.setattr(
         validation.unicodedata, "normalize", lambda f, v: normalized.append(len(v)) or real(f, v)
     )
-    with pytest.raises(InvalidInput, match="^text is 1121 characters; the limit is 280 "):
+    with pytest.raises(InvalidInput, match="^text is 1121 characters before NFC normalisation; "):
         validation.check_tweet_text(alpha * 280 + "x")
-    with pytest.raises(InvalidInput, match="^bio is 641 characters; the limit is 160 "):
+    with pytest.raises(InvalidInput, match="^bio is 641 characters before NFC .* limit is 160 "):
         validation.check_short_text("bio", "x" * 641, validation.MAX_BIO)
     assert normalized == []
 
