@@ -19,8 +19,6 @@ MAX_PORT = 65535
 PORT = re.compile(r"[0-9]{1,5}")
 # a host name or IPv4 address, or a bracketed IPv6 one
 HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
-
-
 MAX_HOST = 253  # DNS's limit for a name
 
 
@@ -56,6 +54,7 @@ def port_flag(lowest: int) -> Callable[[str], int]:
 
 
 def bind_family(host: str) -> socket.AddressFamily:
+    """IPv6 for an address with a colon in it, IPv4 (or a name) otherwise."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
