@@ -65,19 +65,6 @@ def test_empty_token_is_first_page(kind: TokenKind) -> None:
 
 @given(kinds, cursors, st.data())
 @PROPERTY
-def test_a_character_outside_base64url_is_rejected_wherever_it_is(
-    kind: TokenKind, cursor: int, data: st.DataObject
-) -> None:
-    """b64decode drops them: a token with junk inside used to page on."""
-    token = page_tokens.encode(kind, cursor)
-    at = data.draw(st.integers(min_value=0, max_value=len(token)))
-    junk = data.draw(st.sampled_from(["!", "*", "=", "==", "+", "/", " ", "%", "\n", "é"]))
-    with pytest.raises(BadPageToken, match="^page_token is not valid base64url$"):
-        page_tokens.decode(kind, token[:at] + junk + token[at:])
-
-
-@given(kinds, cursors, st.data())
-@PROPERTY
 def test_truncated_token_is_rejected(kind: TokenKind, cursor: int, data: st.DataObject) -> None:
     token = page_tokens.encode(kind, cursor)
     cut = data.draw(st.integers(min_value=1, max_value=len(token) - 1))
@@ -121,11 +108,15 @@ def test_forged_cursor_without_checksum_is_rejected(kind: TokenKind, cursor: int
 def test_non_base64url_character_is_rejected(
     kind: TokenKind, cursor: int, data: st.DataObject
 ) -> None:
+    """In place of a character or added anywhere: b64decode drops such
+    characters, so a real token with junk inside used to page on."""
     token = page_tokens.encode(kind, cursor)
     at = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
-    char = data.draw(st.sampled_from("!.*~ $%&=é\x00"))
-    with pytest.raises(BadPageToken):
-        page_tokens.decode(kind, token[:at] + char + token[at + 1 :])
+    junk = data.draw(st.sampled_from(["!", ".", "*", "~", " ", "$", "%", "=", "==", "+", "/"]))
+    junk = data.draw(st.sampled_from([junk, "é", "\x00", "\n"]))
+    replaced = data.draw(st.booleans())
+    with pytest.raises(BadPageToken, match="^page_token is not valid base64url$"):
+        page_tokens.decode(kind, token[:at] + junk + token[at + replaced :])
 
 
 def test_unsupported_version_is_rejected() -> None:
