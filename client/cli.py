@@ -358,7 +358,7 @@ class MurmurGroup(click.Group):
         except click.NoSuchOption as exc:
             if exc.option_name and _NEGATIVE.fullmatch(exc.option_name):
                 raise click.UsageError(
-                    f"{exc.option_name} is not an option, nor an id (ids are positive); "
+                    f"{exc.option_name} is not an option, nor an id (no id is negative); "
                     "text that starts with '-' goes after --",
                     ctx=exc.ctx,
                 ) from None

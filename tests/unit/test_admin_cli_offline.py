@@ -349,3 +349,11 @@ def test_a_closed_socket_without_tls_suggests_tls() -> None:
     assert hint_for(closed, "h:1", None) == " (if the server speaks TLS, pass --tls-ca)"
     assert hint_for(closed, "h:1", "ca.pem") == ""
     assert hint_for(Unavailable("shard 2 is not answering"), "h:1", None) == ""
+
+
+def test_a_negative_shard_id_is_not_called_positive_only(fake: FakeAdmin) -> None:
+    """Shard 0 is a shard: "ids are positive" was wrong here."""
+    result = run(fake, "compact", "-1")
+    assert result.exit_code == 2 and "-1 is not an option, nor an id (no id is negative)" in (
+        result.stderr
+    )

@@ -503,7 +503,7 @@ def test_render_table_aligns_and_right_aligns_numbers() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["user", "show", "-5"], "-5 is not an option, nor an id (ids are positive)"),
+        (["user", "show", "-5"], "-5 is not an option, nor an id (no id is negative)"),
         (["tweet", "show", "-7"], "-7 is not an option, nor an id"),
         (["tweet", "show", str(1 << 63)], f"is not in the range 1<=x<={(1 << 63) - 1}"),
         (["user", "show", str(1 << 63)], f"too large for a user id (1 to {(1 << 63) - 1})"),
