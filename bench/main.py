@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,7 @@ class Bench:
         self.rank = ranking  # Zipf rank -> node (same for every system)
         self.work = Path(tempfile.mkdtemp(prefix=f"murmur-bench-{self.name}-"))
         self.runner: PhaseRunner | None = None
+        self.cluster: MurmurCluster | None = None  # the cluster of ours running now
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
         self.result: dict[str, Any] = {
@@ -935,90 +938,33 @@ class Bench:
         }
 
     # the whole run --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def timed(self, section: str) -> Iterator[None]:
+        """Time one section into ``timings`` (kept only if it finishes)."""
+        started = time.monotonic()
+        yield
+        self.timings[section] = time.monotonic() - started
+
     async def run(self) -> dict:
-        args, plan, res = self.args, self.plan, self.result
+        """Murmur's sections on the hybrid cluster, then the join design with
+        the machine to itself, then the other strategies, the fan-out and the
+        disk (or the fan-out alone on a ``--target``)."""
+        args, res = self.args, self.result
         self.runner = PhaseRunner(max(1, args.workers), progress=not args.no_progress)
         await asyncio.get_running_loop().run_in_executor(None, self.runner.warm)
-        cluster: MurmurCluster | None = None
-        hybrid = f"hybrid-{args.threshold}"
         try:
-            # 1. main cluster (hybrid threshold) or the given target
-            t0 = time.monotonic()
+            system, peak = await self.hybrid_sections()
+            if self.cluster is not None:
+                self.cluster.stop()  # Murmur paused so that the join has the machine
+            await self.join_section()
             if args.target:
-                system = System("target", args.target)
+                with self.timed("fanout"):
+                    res["fanout"] = await self.fanout_section(system, peak)
             else:
-                self.log(f"starting {args.shards} shards + router (threshold {args.threshold})")
-                cluster, system = self.start_cluster(hybrid, args.threshold)
-            res["load"] = {"murmur": await self.load_murmur(system)}
-            self.timings["load"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            res["closed_loop"] = {"murmur": await self.main_phases(system)}
-            self.timings["closed_loop"] = time.monotonic() - t0
-            peak = max(r["throughput"] for r in res["closed_loop"]["murmur"]["mix"].values())
-            t0 = time.monotonic()
-            res["side_by_side"] = await self.side_by_side(system)
-            self.timings["side_by_side"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            res["rate_sweep"] = await self.rate_sweep(system, peak)
-            self.timings["rate_sweep"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            res["followee_sweep"] = {"sizes": plan.followee_sizes}
-            res["followee_sweep"]["murmur_setup"] = await self.sweep_setup_murmur(system)
-            res["followee_sweep"]["murmur"] = await self.sweep_reads(system)
-            self.timings["followee_sweep"] = time.monotonic() - t0
-            strategies: dict[str, Any] = {}
-            res["strategies"] = strategies
-            if args.target:
-                strategies["skipped"] = "--target: strategies need restarting the cluster"
-            else:
-                t0 = time.monotonic()
-                strategies[hybrid] = await self.strategy(system, hybrid, args.threshold)
-                self.timings["strategy_hybrid"] = time.monotonic() - t0
-            # 2. the join design (Murmur paused so that it has the machine)
-            if cluster is not None:
-                cluster.stop()
-            t0 = time.monotonic()
-            res["join"] = await self.run_join()
-            res["followee_sweep"]["join"] = res["join"].pop("followee_sweep")
-            res["followee_sweep"]["join_query_alone"] = res["join"].pop(
-                "followee_sweep_query_alone"
-            )
-            self.timings["join"] = time.monotonic() - t0
-            # 3. strategies: pure fan-out on write, then pure fan-out on read
-            if args.target:
-                t0 = time.monotonic()
-                res["fanout"] = await self.fanout_section(system, peak)
-                self.timings["fanout"] = time.monotonic() - t0
-            else:
-                assert cluster is not None
-                for label, threshold in (("write-all", WRITE_ALL), ("read-all", READ_ALL)):
-                    t0 = time.monotonic()
-                    if plan.strategy_fresh_load:
-                        cluster.stop()
-                        shutil.rmtree(self.work / "murmur", ignore_errors=True)
-                        cluster, system = self.start_cluster(label, threshold)
-                        setup = {"fresh_load": await self.load_murmur(system)}
-                    else:
-                        system, setup = await self.restart_with(cluster, system, label, threshold)
-                    measured = await self.strategy(system, label, threshold)
-                    strategies[label] = {"setup": setup, **measured}
-                    self.timings[f"strategy_{label}"] = time.monotonic() - t0
-                    if threshold == WRITE_ALL:
-                        t0 = time.monotonic()
-                        res["fanout"] = await self.fanout_section(system, peak, measure_peak=True)
-                        res["fanout"]["cluster"] = f"{label} (threshold {threshold})"
-                        self.timings["fanout"] = time.monotonic() - t0
-                    if self.remaining() < 0:
-                        self.log("time limit reached; skipping the remaining strategies")
-                        break
-                res["server_rss_bytes"] = cluster.rss()
-                cluster.stop()
-                t0 = time.monotonic()
-                res["disk"] = await self.disk_section()
-                self.timings["disk"] = time.monotonic() - t0
+                await self.other_strategies(system, peak)
         finally:
-            if cluster is not None:
-                cluster.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
             self.runner.close()
             if not args.keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
@@ -1026,6 +972,78 @@ class Bench:
         res["timings_s"]["total"] = round(time.monotonic() - self.started, 1)
         res["work_dir"] = str(self.work) if args.keep_work else None
         return res
+
+    async def hybrid_sections(self) -> tuple[System, float]:
+        """Load, closed loop, side by side, rate sweep, followee sweep and the
+        hybrid strategy, on the cluster started with the default threshold
+        (or the given target). Returns it with the mix's peak throughput."""
+        args, res = self.args, self.result
+        hybrid = f"hybrid-{args.threshold}"
+        with self.timed("load"):
+            if args.target:
+                system = System("target", args.target)
+            else:
+                self.log(f"starting {args.shards} shards + router (threshold {args.threshold})")
+                self.cluster, system = self.start_cluster(hybrid, args.threshold)
+            res["load"] = {"murmur": await self.load_murmur(system)}
+        with self.timed("closed_loop"):
+            res["closed_loop"] = {"murmur": await self.main_phases(system)}
+        peak = max(r["throughput"] for r in res["closed_loop"]["murmur"]["mix"].values())
+        with self.timed("side_by_side"):
+            res["side_by_side"] = await self.side_by_side(system)
+        with self.timed("rate_sweep"):
+            res["rate_sweep"] = await self.rate_sweep(system, peak)
+        with self.timed("followee_sweep"):
+            sweep: dict[str, Any] = {"sizes": self.plan.followee_sizes}
+            res["followee_sweep"] = sweep
+            sweep["murmur_setup"] = await self.sweep_setup_murmur(system)
+            sweep["murmur"] = await self.sweep_reads(system)
+        res["strategies"] = {}
+        if args.target:
+            res["strategies"]["skipped"] = "--target: strategies need restarting the cluster"
+        else:
+            with self.timed("strategy_hybrid"):
+                res["strategies"][hybrid] = await self.strategy(system, hybrid, args.threshold)
+        return system, peak
+
+    async def join_section(self) -> None:
+        """The join design behind the same API; its followee sweep joins Murmur's."""
+        res = self.result
+        with self.timed("join"):
+            res["join"] = await self.run_join()
+            sweep = res["followee_sweep"]
+            sweep["join"] = res["join"].pop("followee_sweep")
+            sweep["join_query_alone"] = res["join"].pop("followee_sweep_query_alone")
+
+    async def other_strategies(self, system: System, peak: float) -> None:
+        """Pure fan-out on write (with the fan-out section on that cluster),
+        then pure fan-out on read, then the disk section."""
+        res = self.result
+        cluster = self.cluster
+        assert cluster is not None
+        for label, threshold in (("write-all", WRITE_ALL), ("read-all", READ_ALL)):
+            with self.timed(f"strategy_{label}"):
+                if self.plan.strategy_fresh_load:
+                    cluster.stop()
+                    shutil.rmtree(self.work / "murmur", ignore_errors=True)
+                    self.cluster, system = self.start_cluster(label, threshold)
+                    cluster = self.cluster
+                    setup = {"fresh_load": await self.load_murmur(system)}
+                else:
+                    system, setup = await self.restart_with(cluster, system, label, threshold)
+                measured = await self.strategy(system, label, threshold)
+                res["strategies"][label] = {"setup": setup, **measured}
+            if threshold == WRITE_ALL:
+                with self.timed("fanout"):
+                    res["fanout"] = await self.fanout_section(system, peak, measure_peak=True)
+                    res["fanout"]["cluster"] = f"{label} (threshold {threshold})"
+            if self.remaining() < 0:
+                self.log("time limit reached; skipping the remaining strategies")
+                break
+        res["server_rss_bytes"] = cluster.rss()
+        cluster.stop()
+        with self.timed("disk"):
+            res["disk"] = await self.disk_section()
 
 
 def loop_share(cluster: MurmurCluster | None, before: float | None, seconds: float) -> float | None:

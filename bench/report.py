@@ -246,7 +246,8 @@ def _background_text(fan: dict) -> str:
     return f"{source}; {_fmt(_get(bg, 'machine', 'busy_cores'))} cores busy"
 
 
-def markdown(result: dict) -> str:
+def _heading_and_targets(result: dict) -> list[str]:
+    """Heading (command, machine, data, cluster) and the targets table."""
     meta = result.get("meta", {})
     cfg = result.get("config", {})
     lines = [f"# murmur-bench: {meta.get('name')} ({meta.get('mode')})", ""]
@@ -278,6 +279,12 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {t['target']} | {t['goal']} | {_fmt(t['measured'], 3)} | {met} | {t['note']} |"
         )
+    return lines
+
+
+def _closed_loop_lines(result: dict) -> list[str]:
+    """Murmur's closed-loop phases and their ratios to the floor, then the side-by-side rounds."""
+    lines: list[str] = []
     lines += ["", "## Closed loop: Murmur and its floor (Ping: client → router → shard)", ""]
     lines += _closed_table(_get(result, "closed_loop", "murmur", default={}))
     lines += ["", "Ratios to the floor at the same concurrency:", ""]
@@ -293,6 +300,12 @@ def markdown(result: dict) -> str:
             f"{_fmt(_ratio(mix.get('throughput'), ping.get('throughput')), 3)} |"
         )
     lines += _side_by_side_table(result.get("side_by_side"))
+    return lines
+
+
+def _rate_sweep_lines(result: dict) -> list[str]:
+    """The open-loop sweep: where the mix's p99 crosses 50 ms."""
+    lines: list[str] = []
     sweep = result.get("rate_sweep")
     if sweep:
         lines += [
@@ -316,6 +329,12 @@ def markdown(result: dict) -> str:
                 f"{cores:.2f} | {step['loadgen_cpu_cores']:.2f} | "
                 f"{_fmt(_get(step, 'machine', 'other_processes_cores'))} |"
             )
+    return lines
+
+
+def _followee_lines(result: dict) -> list[str]:
+    """Read latency by the reader's followees, Murmur against the join."""
+    lines: list[str] = []
     fs = result.get("followee_sweep")
     if fs:
         lines += [
@@ -336,6 +355,12 @@ def markdown(result: dict) -> str:
                 f"{_fmt(_ratio(j.get('p50_ms'), m.get('p50_ms')))} | {_fmt(alone)} |"
             )
         lines += ["", _query_alone_text(result)]
+    return lines
+
+
+def _join_lines(result: dict) -> list[str]:
+    """The join design's own closed-loop table."""
+    lines: list[str] = []
     join = result.get("join")
     if join:
         lines += [
@@ -347,6 +372,12 @@ def markdown(result: dict) -> str:
             "",
         ]
         lines += _closed_table(_get(join, "closed_loop", default={}))
+    return lines
+
+
+def _strategy_lines(result: dict) -> list[str]:
+    """Hybrid, fan-out on write and fan-out on read side by side."""
+    lines: list[str] = []
     strategies = result.get("strategies") or {}
     if strategies and "skipped" not in strategies:
         lines += [
@@ -378,6 +409,12 @@ def markdown(result: dict) -> str:
             )
     elif strategies:
         lines += ["", f"Strategies skipped: {strategies['skipped']}"]
+    return lines
+
+
+def _fanout_lines(result: dict) -> list[str]:
+    """Fan-out bursts and delivery latency by the author's followers."""
+    lines: list[str] = []
     fan = result.get("fanout")
     if fan:
         lines += ["", f"## Fan-out ({fan.get('cluster', 'target')})", ""]
@@ -410,6 +447,12 @@ def markdown(result: dict) -> str:
                 f"| followers {bucket} | {s['count']} | {_fmt(s['p50_ms'])} | "
                 f"{_fmt(s['p99_ms'])} | {_fmt(s['max_ms'])} |"
             )
+    return lines
+
+
+def _disk_lines(result: dict) -> list[str]:
+    """Bytes per tweet and per inbox entry."""
+    lines: list[str] = []
     disk = result.get("disk")
     if disk:
         lines += [
@@ -422,6 +465,24 @@ def markdown(result: dict) -> str:
             f"followers each = {_fmt(disk.get('inbox_entries'))} entries; "
             f"{disk.get('method')}). {disk.get('note')}.",
         ]
+    return lines
+
+
+MARKDOWN_SECTIONS = (
+    _heading_and_targets,
+    _closed_loop_lines,
+    _rate_sweep_lines,
+    _followee_lines,
+    _join_lines,
+    _strategy_lines,
+    _fanout_lines,
+    _disk_lines,
+)
+"""The summary's sections in order; each is lines of Markdown from the result."""
+
+
+def markdown(result: dict) -> str:
+    lines = [line for section in MARKDOWN_SECTIONS for line in section(result)]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in result.get("plots", [])), ""]
     return "\n".join(lines)
 
@@ -447,22 +508,8 @@ def _closed_table(section: dict) -> list[str]:
     return lines
 
 
-def plots(result: dict, out: Path, name: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, suffix: str) -> None:
-        path = out / f"{name}-{suffix}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
-
-    # 1. read latency against followees
+def _plot_followees(plt: Any, result: dict) -> Any:
+    """Read latency against the reader's followees: Murmur flat, the join growing."""
     fs = result.get("followee_sweep") or {}
     sizes = fs.get("sizes", [])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -479,9 +526,11 @@ def plots(result: dict, out: Path, name: str) -> list[str]:
     ax.set_title("Home timeline: fan-out on write vs the join")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    save(fig, "followees")
+    return fig
 
-    # 2. rate sweep
+
+def _plot_rate_sweep(plt: Any, result: dict) -> Any:
+    """The open-loop sweep's percentiles against the offered rate, with the 50 ms line."""
     sweep = result.get("rate_sweep") or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     steps = sweep.get("steps", [])
@@ -496,9 +545,11 @@ def plots(result: dict, out: Path, name: str) -> list[str]:
     ax.set_title("Open-loop rate sweep")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    save(fig, "rate-sweep")
+    return fig
 
-    # 3. closed loop per workload and concurrency, Murmur and join
+
+def _plot_closed_loop(plt: Any, result: dict) -> Any:
+    """Closed-loop p50 and p99 per workload and concurrency, Murmur and the join."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     labels, p50s, p99s = [], [], []
     for system in ("murmur", "join"):
@@ -523,9 +574,11 @@ def plots(result: dict, out: Path, name: str) -> list[str]:
     ax.set_yscale("log")
     ax.set_title("Closed loop latency (m: Murmur, j: join)")
     ax.legend()
-    save(fig, "closed-loop")
+    return fig
 
-    # 4. strategies
+
+def _plot_strategies(plt: Any, result: dict) -> Any:
+    """Home read, post and delivery latency for each celebrity threshold."""
     strategies = {k: v for k, v in (result.get("strategies") or {}).items() if k != "skipped"}
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
     names = list(strategies)
@@ -549,9 +602,11 @@ def plots(result: dict, out: Path, name: str) -> list[str]:
         ax.set_xticks(xs, names, fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    save(fig, "strategies")
+    return fig
 
-    # 5. delivery latency against followers
+
+def _plot_delivery(plt: Any, result: dict) -> Any:
+    """Each delivery probe's latency against its author's followers."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     found = _get(result, "fanout", "delivery", "results", default=[]) or []
     pts = [(p["followers"], p["visible_ms"]) for p in found if p.get("visible_ms") is not None]
@@ -564,7 +619,34 @@ def plots(result: dict, out: Path, name: str) -> list[str]:
     ax.set_title("Fan-out delivery latency (mix at half peak)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    save(fig, "delivery")
+    return fig
+
+
+PLOTS = (
+    ("followees", _plot_followees),
+    ("rate-sweep", _plot_rate_sweep),
+    ("closed-loop", _plot_closed_loop),
+    ("strategies", _plot_strategies),
+    ("delivery", _plot_delivery),
+)
+"""Each plot's file-name suffix and the function that draws it."""
+
+
+def plots(result: dict, out: Path, name: str) -> list[str]:
+    """Draw every plot into ``out`` as ``<name>-<suffix>.png``; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for suffix, draw in PLOTS:
+        fig = draw(plt, result)
+        path = out / f"{name}-{suffix}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
     return written
 
 

@@ -139,29 +139,14 @@ async def newest_map(
 
 def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, bool]:
     """The map to serve with, and whether it must be pushed to the shards."""
-    by_id: dict[int, str] = {}
-    for address, info in infos.items():
-        if info.shard_id in by_id:
-            raise SystemExit(
-                f"shards at {by_id[info.shard_id]} and {address} both have id {info.shard_id}; "
-                "start each with a distinct --shard-id"
-            )
-        by_id[info.shard_id] = address
+    by_id = shards_by_id(infos)
     newest = newest_info(infos)
     if newest.map_version == 0:
         owners = even_assignment(sorted(by_id))
         return shard_pb2.SlotMap(version=1, addresses=by_id, owners=owners), True
     slot_map, mendable = start_map(infos, newest)
     changed = slot_map.version != newest.map_version
-    for shard_id, address in by_id.items():
-        if shard_id not in set(slot_map.owners):
-            log.warning("shard %d at %s owns no slots; migrate slots to it", shard_id, address)
-        if slot_map.addresses.get(shard_id) != address:
-            slot_map.addresses[shard_id] = address
-            changed = True
-    missing = set(slot_map.owners) - set(by_id)
-    if missing:
-        log.warning("slot owners %s were not given in --shards; using stored addresses", missing)
+    changed |= take_given_addresses(slot_map, by_id)
     if not mendable:
         return slot_map, False
     if changed:
@@ -172,6 +157,38 @@ def plan_map(infos: dict[str, shard_pb2.ShardInfo]) -> tuple[shard_pb2.SlotMap, 
     # here could collide with a move in flight that makes the same one
     stale = any(info.map_version != newest.map_version for info in infos.values())
     return slot_map, stale
+
+
+def shards_by_id(infos: dict[str, shard_pb2.ShardInfo]) -> dict[int, str]:
+    """Each answering shard's address by its id; two shards with one id
+    cannot form a cluster, so the router refuses to start."""
+    by_id: dict[int, str] = {}
+    for address, info in infos.items():
+        if info.shard_id in by_id:
+            raise SystemExit(
+                f"shards at {by_id[info.shard_id]} and {address} both have id {info.shard_id}; "
+                "start each with a distinct --shard-id"
+            )
+        by_id[info.shard_id] = address
+    return by_id
+
+
+def take_given_addresses(slot_map: shard_pb2.SlotMap, by_id: dict[int, str]) -> bool:
+    """Put the addresses the router was started with into ``slot_map``
+    (a shard may have moved host); True if any changed. Warns about shards
+    that own nothing and owners it was not given."""
+    changed = False
+    owners = set(slot_map.owners)
+    for shard_id, address in by_id.items():
+        if shard_id not in owners:
+            log.warning("shard %d at %s owns no slots; migrate slots to it", shard_id, address)
+        if slot_map.addresses.get(shard_id) != address:
+            slot_map.addresses[shard_id] = address
+            changed = True
+    missing = owners - set(by_id)
+    if missing:
+        log.warning("slot owners %s were not given in --shards; using stored addresses", missing)
+    return changed
 
 
 def start_map(

@@ -30,6 +30,7 @@ from murmur.slots import slot_for_user, slots_for_users
 from murmur.v1 import shard_pb2
 from shard.delivery import DeliveryApplier
 from shard.delivery_ops import op_users, split_by_owner
+from shard.parked import Chunk
 from shard.peers import PeerShards
 from shard.state import ShardState
 
@@ -518,12 +519,7 @@ class FanoutWorker:
         chunk = parked.peek(destination, self.state.settings.fanout_batch_entries, delivery_cost)
         if not chunk:
             return False
-        txn = self.state.store.txn()
-        by_owner: dict[int, list[shard_pb2.DeliveryOp]] = defaultdict(list)
-        for _seq, op in chunk:
-            fresh = self._refreshed(txn, op)
-            for owner, part in split_by_owner(fresh, self.state.ownership.owner_of).items():
-                by_owner[owner].append(part)
+        by_owner = self._rebuilt_by_owner(chunk)
         local = by_owner.pop(self.state.shard_id, [])
         if local:  # at once: after an await, newer changes may have been applied here
             self.stats.inbox_entries += self.applier.apply(local, local=True)
@@ -532,17 +528,36 @@ class FanoutWorker:
         )
         if later:  # rebuilt bigger than parked (a backfill): the rest waits its turn
             by_owner[destination] = later
-        if ours:
-            version = self.state.ownership.slot_map.version
-            try:
-                await self._finish_send(destination, self._start_send(destination, ours))
-            except Misrouted:
-                if self.state.ownership.slot_map.version == version:
-                    raise  # no newer map learnt: retried after a backoff
-                return True  # split again by the map it answered with
+        if ours and not await self._send_parked(destination, ours):
+            return True  # split again by the map it answered with
         parked.remove(destination, chunk, requeue=by_owner)
         if by_owner:
             self.parked_wakeup.set()
+        return True
+
+    def _rebuilt_by_owner(self, chunk: Chunk) -> dict[int, list[shard_pb2.DeliveryOp]]:
+        """Each parked op rebuilt (``_refreshed``) and split by the shard that
+        owns its users now."""
+        txn = self.state.store.txn()
+        by_owner: dict[int, list[shard_pb2.DeliveryOp]] = defaultdict(list)
+        for _seq, op in chunk:
+            fresh = self._refreshed(txn, op)
+            for owner, part in split_by_owner(fresh, self.state.ownership.owner_of).items():
+                by_owner[owner].append(part)
+        return by_owner
+
+    async def _send_parked(self, destination: int, ops: list[shard_pb2.DeliveryOp]) -> bool:
+        """Deliver ``ops`` to ``destination``. False if it refused them as
+        misrouted and a newer map was learnt meanwhile (the chunk is split
+        again by it); with no newer map the refusal is raised, to be retried
+        after a backoff."""
+        version = self.state.ownership.slot_map.version
+        try:
+            await self._finish_send(destination, self._start_send(destination, ops))
+        except Misrouted:
+            if self.state.ownership.slot_map.version == version:
+                raise
+            return False
         return True
 
     def _refreshed(self, txn, op: shard_pb2.DeliveryOp) -> shard_pb2.DeliveryOp:
