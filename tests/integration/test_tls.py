@@ -76,6 +76,21 @@ def test_shards_refuse_callers_without_a_cluster_certificate(tls_cluster, certs)
             )
 
 
+def test_an_operator_certificate_reaches_a_shard_directly(tls_cluster, certs):
+    """The dev CA's client.pem is what the README hands operators for calling
+    shards themselves (grpcurl -cert/-key): it must get through."""
+    operator = grpc.ssl_channel_credentials(
+        root_certificates=certs["ca"].read_bytes(),
+        private_key=certs["client_key"].read_bytes(),
+        certificate_chain=certs["client_cert"].read_bytes(),
+    )
+    with grpc.secure_channel(tls_cluster.shard_address(0), operator) as channel:
+        info = shard_pb2_grpc.ShardStub(channel).GetShardInfo(
+            shard_pb2.GetShardInfoRequest(), timeout=10
+        )
+    assert info.shard_id == 0
+
+
 def test_the_cli_speaks_tls(tls_cluster, certs):
     result = subprocess.run(
         [
