@@ -29,8 +29,34 @@ class InboxStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.tallies = InboxTallies()
+        # the transaction whose uncommitted changes the tallies hold
+        self._building: Txn | None = None
         # a failed commit may have counted puts that never landed: count again
-        store.on_failed_commit.append(self.tallies.clear)
+        store.on_failed_commit.append(self._forget_all)
+
+    def _forget_all(self) -> None:
+        self.tallies.clear()
+        self._building = None
+
+    def _changing(self, txn: Txn) -> None:
+        """The tallies are about to change with ``txn``. If they still hold
+        changes of an earlier transaction that never committed (an exception
+        between its changes and its commit), those counts never landed and
+        its inboxes were never marked on disk: every tally is dropped, to be
+        loaded again from what is stored. Handlers build and commit a
+        transaction without awaiting in between, so only one is ever being
+        built."""
+        if txn is self._building:
+            return
+        if self._building is not None:
+            log.warning("a transaction that changed inbox tallies never committed: recounting")
+            self.tallies.clear()
+        self._building = txn
+        txn.on_commit.append(self._landed)
+
+    def _landed(self) -> None:
+        self._building = None
+        self.tallies.shrink()
 
     def meta(self, txn: Txn, owner: int) -> shard_pb2.InboxMeta:
         """The inbox's stored metadata, its size replaced by the tally's
@@ -74,6 +100,8 @@ class InboxStore:
         size = meta.size
         if meta.counting or (raw is None and newest):
             size = sum(1 for _ in self.store.scan(prefix, include_value=False))
+        if self._building is None:
+            self.tallies.shrink()
         return self.tallies.add(owner, Tally(newest, size, slot, meta.counting, floor=newest))
 
     def _mark(self, txn: Txn, owner: int, tally: Tally) -> None:
@@ -104,6 +132,7 @@ class InboxStore:
         ``newest_id`` tells so) or a little older, from another sender that
         ran behind (its ``recent`` ids tell); only a redelivery or backfill
         of an older one pays a lookup of its key."""
+        self._changing(txn)
         writes, tally_of = txn.writes, self.tallies.get
         grown: list[tuple[int, int]] = []
         for owner, slot, key in copies:
@@ -134,6 +163,7 @@ class InboxStore:
         if txn.get(key) is None:
             return
         txn.delete(key)
+        self._changing(txn)
         tally = self._tally(txn, owner, slot)
         tally.removed(tweet_id)
         if not tally.marked:
@@ -167,6 +197,7 @@ class InboxStore:
         prefix, meta_key = keys.inbox_prefix(slot, owner), keys.inbox_meta(slot, owner)
         meta = self._meta_at(txn, meta_key)
         oldest_kept_floor = meta.exact_from
+        self._changing(txn)
         for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
             txn.delete(key)
             tweet_id = keys.last_inverted(key)
@@ -189,6 +220,7 @@ class InboxStore:
             log.warning("storage fence closed: inbox sizes not stored; they are counted at load")
             return 0
         txn = self.store.txn()
+        self._changing(txn)
         written = 0
         for owner, tally in list(self.tallies.marked()):
             meta_key = keys.inbox_meta(tally.slot, owner)

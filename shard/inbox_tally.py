@@ -80,7 +80,8 @@ class Tally:
 
 
 class InboxTallies:
-    """Tallies by inbox owner. Bounded: the oldest are dropped first."""
+    """Tallies by inbox owner. Bounded between transactions: ``shrink``
+    drops the oldest first."""
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
@@ -88,12 +89,20 @@ class InboxTallies:
         self.get = self._tallies.get  # no Python frame in fan-out's loop
 
     def add(self, owner: int, tally: Tally) -> Tally:
-        held = self._tallies
-        if owner not in held and len(held) >= self.capacity:
-            for old in list(itertools.islice(held, max(1, self.capacity // 8))):
-                del held[old]
-        held[owner] = tally
+        self._tallies[owner] = tally
         return tally
+
+    def shrink(self) -> None:
+        """Past capacity, drop the oldest tallies, down to seven eighths of
+        it. Only between transactions: a tally that the transaction being
+        built has changed must stay until it commits, since loaded again it
+        would count the keys on disk, not that transaction's puts."""
+        held = self._tallies
+        if len(held) <= self.capacity:
+            return
+        excess = len(held) - self.capacity + max(1, self.capacity // 8)
+        for old in list(itertools.islice(held, excess)):
+            del held[old]
 
     def marked(self) -> Iterator[tuple[int, Tally]]:
         """The tallies whose stored metadata says they are being counted."""

@@ -21,6 +21,7 @@ costs one ``stat`` (~1.5 µs).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -52,14 +53,19 @@ class RetiredLogs:
         self.listings = 0
         self._mtime_ns: int | None = None
         self._listed_at_ns = 0
+        # a group commit's fsync may run in a thread while a backup or a clean
+        # stop syncs on the loop: a second caller must not return (the folder
+        # "unchanged") while the first is still syncing the logs it found
+        self._lock = threading.Lock()
 
     def sync_new(self) -> int:
         """Fsync the logs retired since the last call; returns how many.
         Call after the synced write, so that a switch that write caused is
         seen too."""
-        if not self._may_have_changed():
-            return 0
-        return sum(self._sync(name) for name in self._retired())
+        with self._lock:
+            if not self._may_have_changed():
+                return 0
+            return sum(self._sync(name) for name in self._retired())
 
     def _may_have_changed(self) -> bool:
         """False only when no file can have been created here since the last

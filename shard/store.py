@@ -260,13 +260,20 @@ class Txn:
     def delete(self, key: bytes) -> None:
         self.writes[key] = None
 
+    def _run_on_commit(self) -> None:
+        if self.on_commit:
+            for hook in self.on_commit:
+                hook()
+            self.on_commit.clear()
+
     def relist(self, prefix: bytes) -> None:
         """Keys under ``prefix`` change with this transaction: once it
         commits, any listing remembered for ``prefix`` is forgotten."""
         self.relisted.append(prefix)
 
     def commit(self, sync: bool = True) -> None:
-        if not self.writes:
+        if not self.writes:  # nothing to write has landed all the same
+            self._run_on_commit()
             return
         writes = self.writes
         try:  # one atomic batch: a batch that fails part-way writes nothing
@@ -275,10 +282,7 @@ class Txn:
             for hook in self.store.on_failed_commit:
                 hook()
             raise
-        if self.on_commit:
-            for hook in self.on_commit:
-                hook()
-            self.on_commit.clear()
+        self._run_on_commit()
         for capture in self.store.captures:  # only what landed travels with a slot move
             capture.changes.extend(
                 (key, value) for key, value in writes.items() if key[:2] in capture.prefixes

@@ -14,6 +14,7 @@ from unittest import mock
 
 import plyvel
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -444,12 +445,60 @@ def test_tallies_are_bounded_and_forget_the_slots_that_move() -> None:
     tallies = InboxTallies(capacity=16)
     for owner in range(100):
         tallies.add(owner, Tally(newest_id=owner, size=1, slot=owner % 4, marked=owner % 2 == 0))
+        tallies.shrink()
         assert len(tallies) <= 16
     assert tallies.get(99) is not None and tallies.get(0) is None
     held = [owner for owner in range(100) if tallies.get(owner)]
     assert [owner for owner, _ in tallies.marked()] == [o for o in held if o % 2 == 0]
     tallies.forget_slots({1, 3})
     assert [owner for owner in range(100) if tallies.get(owner)] == [o for o in held if o % 2 == 0]
+
+
+def keys_held(store: Store, owner: int = OWNER) -> int:
+    prefix = keys.inbox_prefix(slot_for_user(owner), owner)
+    return sum(1 for _ in store.scan(prefix, include_value=False))
+
+
+def test_a_tally_changed_by_the_transaction_being_built_is_not_dropped(store: Store) -> None:
+    """Review finding: one transaction changed an inbox, loaded enough other
+    inboxes to push its tally out, and changed it again; loaded again, the
+    tally counted only the keys on disk, and a clean stop stored that short
+    count as exact. Tallies now shrink only between transactions."""
+    inbox = InboxStore(store)
+    inbox.tallies.capacity = 4
+    for tweet_id in (10, 20, 30):
+        put(store, inbox, tweet_id)
+    inbox.store_tallies()  # stored size 3, exact
+    txn = store.txn()
+    inbox.put(txn, OWNER, tweet(40))
+    for other in range(2_000_001, 2_000_005):
+        inbox.put(txn, other, tweet(40))
+    assert inbox.put(txn, OWNER, tweet(50)) == 5
+    txn.commit(sync=False)
+    assert len(inbox.tallies) <= 4  # bounded again once it landed
+    inbox.store_tallies()  # a clean stop
+    stored = stored_meta(store)  # exact, or marked to be counted (its tally was let go)
+    assert stored.counting or stored.size == keys_held(store) == 5
+    assert put(store, InboxStore(store), 60) == 6  # after a restart, loaded right
+
+
+def test_a_transaction_dropped_before_its_commit_leaves_no_count_behind(store: Store) -> None:
+    """Review finding: an exception between an inbox's changes and the
+    commit (here an entry that does not parse, part-way through an
+    unfollow) left the tally's count and its on-disk marker in memory only;
+    later commits carried no marker, and after a crash the stale stored size
+    was trusted. The next change with another transaction drops the
+    tallies, and the inbox is counted from disk."""
+    inbox = InboxStore(store)
+    for tweet_id in (5, 10, 20, 30):
+        put(store, inbox, tweet_id)
+    inbox.store_tallies()  # stored size 4, exact
+    store.db.put(keys.inbox(slot_for_user(OWNER), OWNER, 5), b"\xff\xff not a tweet")
+    with pytest.raises(DecodeError):
+        inbox.remove_author(store.txn(), OWNER, AUTHOR)  # removes 30, 20, 10, fails on 5
+    assert put(store, inbox, 40) == 5  # counted again from disk: nothing was removed
+    assert stored_meta(store).counting  # marked on disk with the change
+    assert put(store, InboxStore(store), 50) == 6 == keys_held(store)  # after a crash
 
 
 def test_a_slot_that_moves_away_takes_its_tallies(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ log only. These tests check which files the store fsyncs."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,34 @@ def test_a_folder_with_whole_second_mtimes_is_listed_for_two_seconds(tmp_path: P
     os.utime(folder, ns=(second, second))  # the same whole second
     assert logs.sync_new() == 1
     assert synced == ["000003.log"]
+
+
+def test_a_second_sync_waits_for_the_retired_logs_the_first_is_syncing(tmp_path: Path) -> None:
+    """Review finding: a group commit's fsync may run in a thread while a
+    backup or a clean stop syncs on the loop. The second caller saw the
+    folder "unchanged" (the first had just listed it) and returned while the
+    first was still fsyncing a retired log."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    for name in ("000001.log", "000002.log"):
+        (folder / name).write_bytes(b"log")
+    an_hour_ago = time.time_ns() - 3600 * 10**9  # no change since: one listing tells all
+    os.utime(folder, ns=(an_hour_ago, an_hour_ago))
+    started, release = threading.Event(), threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        started.set()
+        release.wait(10)
+
+    logs = RetiredLogs(str(folder), fsync=slow_fsync)
+    first = threading.Thread(target=logs.sync_new)
+    first.start()
+    assert started.wait(10)
+    returned = threading.Event()
+    second = threading.Thread(target=lambda: (logs.sync_new(), returned.set()))
+    second.start()
+    assert not returned.wait(0.3)  # still waiting: 000001.log is not yet on disk
+    release.set()
+    first.join(10)
+    assert returned.wait(10)
+    second.join(10)
