@@ -82,6 +82,9 @@ class InboxStore:
         txn.put_hot(meta_key, meta.SerializeToString())
 
     def _tally(self, txn: Txn, owner: int, slot: int) -> Tally:
+        """The inbox's tally, for a change (or a metadata write, which
+        carries its size) made with ``txn``."""
+        self._changing(txn)
         tally = self.tallies.get(owner)
         return tally if tally is not None else self._load(txn, owner, slot)
 
@@ -163,7 +166,6 @@ class InboxStore:
         if txn.get(key) is None:
             return
         txn.delete(key)
-        self._changing(txn)
         tally = self._tally(txn, owner, slot)
         tally.removed(tweet_id)
         if not tally.marked:
@@ -193,11 +195,11 @@ class InboxStore:
         tally = self._tally(txn, owner, slot)
         excess = tally.size - cap
         if excess <= 0:
+            txn.commit(sync=False)  # nothing to write: lets the tallies know it is done
             return
         prefix, meta_key = keys.inbox_prefix(slot, owner), keys.inbox_meta(slot, owner)
         meta = self._meta_at(txn, meta_key)
         oldest_kept_floor = meta.exact_from
-        self._changing(txn)
         for key in self.store.scan(prefix, include_value=False, reverse=True, limit=excess):
             txn.delete(key)
             tweet_id = keys.last_inverted(key)
