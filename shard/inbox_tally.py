@@ -18,9 +18,11 @@ which of two states an inbox is in:
 The first change to a loaded tally sets ``counting``, in the same batch as
 the change: one metadata write per inbox per stay in memory, not one per
 entry. A clean stop and a backup store each size and clear ``counting``.
-So a tally may be dropped at any time (evicted, its slot moved away, a
-failed transaction) at the price of one count of its keys when it is next
-loaded. The newest id is learned from the inbox's first key at load.
+So a tally may be dropped between transactions (evicted, its slot moved
+away, a failed or abandoned transaction) at the price of one count of its
+keys when it is next loaded; never while a transaction that changed it is
+being built, since a load counts only what is on disk. The newest id is
+learned from the inbox's first key at load.
 
 A tally also knows, without a lookup, whether a tweet a little older than
 its newest is in the inbox already: it keeps the ids put since it was
