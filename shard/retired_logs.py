@@ -10,11 +10,16 @@ fsync of the new log, was then only in the OS's cache: a power cut in that
 window lost it (a process kill does not: the OS still has the bytes).
 
 So after each synced write the store fsyncs every older log it has not
-synced yet. Listing the data folder costs ~100 µs with a few hundred table
-files, more than the fsync it guards, so it is listed only when the
-folder may have changed: its mtime differs from the last listing's, or is
-too close to that listing for the filesystem's coarse clock to have told a
-later change apart (see ``_may_have_changed``). In steady state a sync
+synced yet. A new log's own name is in the folder, and LevelDB syncs the
+folder only for a new MANIFEST: a power cut could keep the log's synced
+bytes and lose its entry, and recovery would not find it. So the first
+sync that sees a new current log fsyncs the folder too.
+
+Listing the data folder costs ~100 µs with a few hundred table files,
+more than the fsync it guards, so it is listed only when the folder may
+have changed: its mtime differs from the last listing's, or is too close
+to that listing for the filesystem's coarse clock to have told a later
+change apart (see ``_may_have_changed``). In steady state a sync
 costs one ``stat`` (~1.5 µs).
 """
 
@@ -48,6 +53,8 @@ class RetiredLogs:
     ) -> None:
         self.path = path
         self.fsync = fsync
+        self.fsync_folder = fsync
+        self.current: str | None = None  # the log being written at the last listing
         self.slack_ns = slack_ns
         self.synced: set[str] = set()  # retired logs already fsynced
         self.listings = 0
@@ -87,9 +94,20 @@ class RetiredLogs:
         logs = sorted(
             (name for name in os.listdir(self.path) if name.endswith(".log")), key=_number
         )
+        if logs and logs[-1] != self.current:
+            self._sync_folder()
+            self.current = logs[-1]
         retired = logs[:-1]
         self.synced.intersection_update(retired)  # forget the ones LevelDB deleted
         return [name for name in retired if name not in self.synced]
+
+    def _sync_folder(self) -> None:
+        """Make the folder's entries (a new log's name) durable."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.fsync_folder(fd)
+        finally:
+            os.close(fd)
 
     def _sync(self, name: str) -> int:
         try:

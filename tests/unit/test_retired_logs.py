@@ -156,3 +156,22 @@ def test_a_second_sync_waits_for_the_retired_logs_the_first_is_syncing(tmp_path:
     first.join(10)
     assert returned.wait(10)
     second.join(10)
+
+
+def test_a_new_current_log_has_the_folder_synced_once(tmp_path: Path) -> None:
+    """LevelDB syncs the folder only for a new MANIFEST; a new log's entry
+    must be durable too, or a power cut could lose the log with its synced
+    writes."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / "000003.log").write_bytes(b"x")
+    logs = RetiredLogs(str(folder), slack_ns=3_600 * 10**9)  # list at every sync
+    folders: list[str] = []
+    logs.fsync_folder = lambda fd: folders.append(os.readlink(f"/proc/self/fd/{fd}"))
+    logs.sync_new()
+    logs.sync_new()
+    assert folders == [str(folder)]  # the log being written when first listed
+    (folder / "000005.log").write_bytes(b"y")  # a memtable switch
+    logs.sync_new()
+    logs.sync_new()
+    assert folders == [str(folder)] * 2
