@@ -103,8 +103,6 @@ class InboxStore:
         size = meta.size
         if meta.counting or (raw is None and newest):
             size = sum(1 for _ in self.store.scan(prefix, include_value=False))
-        if self._building is None:
-            self.tallies.shrink()
         return self.tallies.add(owner, Tally(newest, size, slot, meta.counting, floor=newest))
 
     def _mark(self, txn: Txn, owner: int, tally: Tally) -> None:
