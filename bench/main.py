@@ -1017,20 +1017,19 @@ class Bench:
 
     async def other_strategies(self, system: System, peak: float) -> None:
         """Pure fan-out on write (with the fan-out section on that cluster),
-        then pure fan-out on read, then the disk section."""
+        then pure fan-out on read, then the disk section. ``self.cluster``
+        always names the cluster running, for ``run`` to stop."""
         res = self.result
-        cluster = self.cluster
-        assert cluster is not None
+        assert self.cluster is not None
         for label, threshold in (("write-all", WRITE_ALL), ("read-all", READ_ALL)):
             with self.timed(f"strategy_{label}"):
                 if self.plan.strategy_fresh_load:
-                    cluster.stop()
+                    self.cluster.stop()
                     shutil.rmtree(self.work / "murmur", ignore_errors=True)
                     self.cluster, system = self.start_cluster(label, threshold)
-                    cluster = self.cluster
                     setup = {"fresh_load": await self.load_murmur(system)}
                 else:
-                    system, setup = await self.restart_with(cluster, system, label, threshold)
+                    system, setup = await self.restart_with(self.cluster, system, label, threshold)
                 measured = await self.strategy(system, label, threshold)
                 res["strategies"][label] = {"setup": setup, **measured}
             if threshold == WRITE_ALL:
@@ -1040,8 +1039,8 @@ class Bench:
             if self.remaining() < 0:
                 self.log("time limit reached; skipping the remaining strategies")
                 break
-        res["server_rss_bytes"] = cluster.rss()
-        cluster.stop()
+        res["server_rss_bytes"] = self.cluster.rss()
+        self.cluster.stop()
         with self.timed("disk"):
             res["disk"] = await self.disk_section()
 

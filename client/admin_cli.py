@@ -43,6 +43,7 @@ from client.cli import (
 )
 from client.client import DEFAULT_TARGET
 from murmur.addresses import address_problem
+from murmur.backup_paths import backup_path_problem
 from murmur.setting_limits import LIMITS, check_value
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
@@ -119,10 +120,9 @@ class BackupPathType(Utf8TextType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         value = super().convert(value, param, ctx)
-        if "\x00" in value:
-            self.fail("the path contains a NUL", param, ctx)
-        if not value.startswith("/"):
-            self.fail(f"{value!r} must be an absolute path (on the shard's host)", param, ctx)
+        problem = backup_path_problem(value)
+        if problem is not None:
+            self.fail(problem, param, ctx)
         return value
 
 

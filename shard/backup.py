@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import plyvel
 
+from murmur.backup_paths import backup_path_problem
 from murmur.errors import ServiceError
 from murmur.rpc_errors import storage_full, storage_reason
 from murmur.v1 import shard_pb2
@@ -47,12 +48,9 @@ def check_backup_path(state: ShardState, path: str) -> None:
     """Refuse, naming the problem, a path a backup cannot (or must not) go
     to: LevelDB's own errors for these reach nobody clearly."""
     where = f"on shard {state.shard_id}"
-    if "\x00" in path:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} contains a NUL")
-    if not path or not os.path.isabs(path):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r} must be an absolute path"
-        )
+    problem = backup_path_problem(path)
+    if problem is not None:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, problem)
     if os.path.lexists(path):
         raise ServiceError(
             grpc.StatusCode.ALREADY_EXISTS, f"backup path {path} already exists {where}"

@@ -13,12 +13,7 @@ from murmur.addresses import listen_host, port_flag
 from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import (
-    ServingProcess,
-    add_logging_flags,
-    install_event_loop,
-    setup_logging,
-)
+from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
 from murmur.setting_limits import setting_flag
 from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all

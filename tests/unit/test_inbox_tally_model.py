@@ -30,6 +30,7 @@ from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
 from shard.inbox import InboxStore
 from shard.store import Store
+from tests.unit.test_hot_values_and_inbox import inbox_ids
 
 OWNERS = [1001 + i * 7919 for i in range(6)]
 AUTHORS = [5, 6, 7]
@@ -40,14 +41,9 @@ def tweet(tweet_id: int) -> murmur_pb2.Tweet:
     return murmur_pb2.Tweet(tweet_id=tweet_id, user_id=AUTHORS[tweet_id % 3], text=f"t{tweet_id}")
 
 
-def ids_held(store: Store, owner: int) -> list[int]:
-    prefix = keys.inbox_prefix(slot_for_user(owner), owner)
-    return [keys.last_inverted(key) for key in store.scan(prefix, include_value=False)]
-
-
 def check(store: Store, inbox: InboxStore) -> None:
     for owner in OWNERS:
-        held = ids_held(store, owner)
+        held = inbox_ids(store, owner)
         raw = store.get(keys.inbox_meta(slot_for_user(owner), owner))
         stored = shard_pb2.InboxMeta.FromString(raw or b"")
         assert stored.counting or stored.size == len(held), f"stored size of {owner}"
@@ -86,7 +82,7 @@ class Shard:
             self.next_id += 10
             txn.commit(sync=False)
         elif op == "remove":
-            held = ids_held(store, owner)
+            held = inbox_ids(store, owner)
             if held:
                 self.commit_with(lambda txn: inbox.remove(txn, owner, held[other % len(held)]))
         elif op == "unfollow":
@@ -109,7 +105,7 @@ class Shard:
         elif op == "drop":  # changes, then an exception before the commit
             txn = store.txn()
             inbox.put(txn, owner, tweet(1000 + other % (self.next_id - 999)))
-            held = ids_held(store, OWNERS[other % 6])
+            held = inbox_ids(store, OWNERS[other % 6])
             if held:
                 inbox.remove(txn, OWNERS[other % 6], held[0])
 
