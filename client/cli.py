@@ -727,7 +727,7 @@ def _emit_timeline(session: Session, tweets: list[pb.Tweet], missing: set[int], 
 def _timeline(session: Session, who: UserRef, limit: int, before: int | None, home: bool) -> None:
     user_id = session.resolve(who)
     kind = TokenKind.HOME_TIMELINE if home else TokenKind.USER_TIMELINE
-    token = page_tokens.encode(kind, before) if before is not None else ""
+    token = page_tokens.encode(kind, user_id, before) if before is not None else ""
     missing: set[int] = set()
 
     def note_partial(page: pb.TimelineResponse) -> None:

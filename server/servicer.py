@@ -38,15 +38,15 @@ from server.slot_map import RoutingTable
 log = logging.getLogger("murmur.router")
 
 
-def decode_token(kind: TokenKind, token: str) -> int:
+def decode_token(kind: TokenKind, owner: int, token: str) -> int:
     try:
-        return page_tokens.decode(kind, token)
+        return page_tokens.decode(kind, owner, token)
     except BadPageToken as exc:
         raise invalid(str(exc)) from exc
 
 
 def with_token(
-    page: murmur_pb2.TimelineResponse, kind: TokenKind, limit: int
+    page: murmur_pb2.TimelineResponse, kind: TokenKind, owner: int, limit: int
 ) -> murmur_pb2.TimelineResponse:
     """Cut a page read ``limit + 1`` deep to ``limit`` and fill in the token
     that continues after it. Only a page that had the extra tweet gets one:
@@ -55,7 +55,7 @@ def with_token(
     tweets = page.tweets
     if len(tweets) > limit:
         del tweets[limit:]
-        page.next_page_token = page_tokens.encode(kind, tweets[-1].tweet_id)
+        page.next_page_token = page_tokens.encode(kind, owner, tweets[-1].tweet_id)
     return page
 
 
@@ -230,7 +230,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def _list_users(self, request, context, direction: int, kind: TokenKind):
         user_id = check_id("user_id", request.user_id)
         limit = page_size(request.page_size)
-        after = decode_token(kind, request.page_token)
+        after = decode_token(kind, user_id, request.page_token)
         edges = await self._user_call(
             user_id,
             "ListEdges",
@@ -241,7 +241,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         )
         records = await self._user_records(list(edges.user_ids), context)
         users = [records[uid].user for uid in edges.user_ids if uid in records]
-        token = page_tokens.encode(kind, edges.user_ids[-1]) if edges.more else ""
+        token = page_tokens.encode(kind, user_id, edges.user_ids[-1]) if edges.more else ""
         return murmur_pb2.ListUsersResponse(users=users, next_page_token=token)
 
     @rpc
@@ -303,7 +303,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def GetUserTimeline(self, request, context):
         user_id = check_id("user_id", request.user_id)
         limit = page_size(request.page_size)
-        before = decode_token(TokenKind.USER_TIMELINE, request.page_token)
+        before = decode_token(TokenKind.USER_TIMELINE, user_id, request.page_token)
         pulled = await self._user_call(
             user_id,
             "PullTimelines",
@@ -315,13 +315,13 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
         # PullTimelinesResponse is wire-compatible with TimelineResponse (see
         # shard.proto): re-reading its bytes beats copying tweet by tweet.
         page = murmur_pb2.TimelineResponse.FromString(pulled.SerializeToString())
-        return with_token(page, TokenKind.USER_TIMELINE, limit)
+        return with_token(page, TokenKind.USER_TIMELINE, user_id, limit)
 
     @rpc
     async def GetHomeTimeline(self, request, context):
         reader = check_id("user_id", request.user_id)
         limit = page_size(request.page_size)
-        before = decode_token(TokenKind.HOME_TIMELINE, request.page_token)
+        before = decode_token(TokenKind.HOME_TIMELINE, reader, request.page_token)
         copies = self.celebrity_copies
         deep = limit + 1  # the extra tweet says whether a next page exists
         request = shard_pb2.ReadInboxRequest(
@@ -342,7 +342,7 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
                 )
             except WrongSlot as exc:
                 raise still_moving(exc) from None
-        return with_token(page, TokenKind.HOME_TIMELINE, limit)
+        return with_token(page, TokenKind.HOME_TIMELINE, reader, limit)
 
     def _forget_copy(self, author: int) -> None:
         """Also after a failed or unknown outcome: the write may have landed."""

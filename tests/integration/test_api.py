@@ -702,8 +702,8 @@ def test_timeline_page_size_0_means_20_and_above_200_means_200(
     assert "page_size" in caught.value.details
 
 
-def _tokens_for_other_listings(kind: TokenKind) -> list[str]:
-    return [page_tokens.encode(other, 12345) for other in TokenKind if other != kind]
+def _tokens_for_other_listings(kind: TokenKind, owner: int) -> list[str]:
+    return [page_tokens.encode(other, owner, 12345) for other in TokenKind if other != kind]
 
 
 @pytest.mark.parametrize(
@@ -721,15 +721,21 @@ def test_malformed_page_token_is_invalid_argument(
     user = new_user(client, prefix="tok")
     client.post_tweet(user.user_id, "something to page")
     read = getattr(client, listing)
-    good = page_tokens.encode(kind, 1 << 62)
+    good = page_tokens.encode(kind, user.user_id, 1 << 62)
     read(user.user_id, page_size=5, page_token=good)  # a well-formed token is accepted
     forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
     bad_tokens = ["garbage!!", "not a token", "AAAA", good[:-3], forged]
-    bad_tokens += _tokens_for_other_listings(kind)
+    bad_tokens += _tokens_for_other_listings(kind, user.user_id)
     for token in bad_tokens:
         with pytest.raises(errors.InvalidArgument) as caught:
             read(user.user_id, page_size=5, page_token=token)
         assert "page_token" in caught.value.details, token
+    other = new_user(client, prefix="tok")
+    with pytest.raises(errors.InvalidArgument) as caught:
+        read(other.user_id, page_size=5, page_token=good)  # the right listing, someone else's
+    assert caught.value.details == (
+        f"page_token was issued for user {user.user_id}, not user {other.user_id}"
+    )
 
 
 @pytest.mark.parametrize("which", ["user", "home"])

@@ -276,11 +276,11 @@ def test_timeline_before_builds_a_user_timeline_token(
     fake: FakeMurmur,
     seed: MurmurClient,
 ) -> None:
-    _, ids = _posts(seed, "alice", 6)
+    alice_id, ids = _posts(seed, "alice", 6)
     doc = run_json(fake, "timeline", "alice", "--before", str(ids[3]))
     assert [int(t["tweet_id"]) for t in doc["tweets"]] == [ids[2], ids[1], ids[0]]
     token = fake.requests["GetUserTimeline"][0].page_token
-    assert page_tokens.decode(TokenKind.USER_TIMELINE, token) == ids[3]
+    assert page_tokens.decode(TokenKind.USER_TIMELINE, alice_id, token) == ids[3]
 
 
 def test_home_before_builds_a_home_timeline_token(
@@ -294,7 +294,7 @@ def test_home_before_builds_a_home_timeline_token(
     assert [int(t["tweet_id"]) for t in doc["tweets"]] == [bobs[0], mine[1], mine[0]]
     assert "partial" not in doc
     token = fake.requests["GetHomeTimeline"][0].page_token
-    assert page_tokens.decode(TokenKind.HOME_TIMELINE, token) == bobs[1]
+    assert page_tokens.decode(TokenKind.HOME_TIMELINE, alice_id, token) == bobs[1]
 
 
 def test_home_partial_is_reported(fake: FakeMurmur, seed: MurmurClient) -> None:

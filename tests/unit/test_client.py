@@ -104,9 +104,9 @@ class FakeMurmur(pb_grpc.MurmurServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
         return min(requested or 20, self.max_page_size)
 
-    def _cursor(self, kind: TokenKind, token: str, context: grpc.ServicerContext) -> int:
+    def _cursor(self, kind: TokenKind, request: Any, context: grpc.ServicerContext) -> int:
         try:
-            return page_tokens.decode(kind, token)
+            return page_tokens.decode(kind, request.user_id, request.page_token)
         except BadPageToken as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
@@ -120,10 +120,10 @@ class FakeMurmur(pb_grpc.MurmurServicer):
         self, ids: list[int], kind: TokenKind, request: Any, context: grpc.ServicerContext
     ) -> pb.ListUsersResponse:
         size = self._page_size(request.page_size, context)
-        cursor = self._cursor(kind, request.page_token, context)
+        cursor = self._cursor(kind, request, context)
         rest = [i for i in sorted(ids) if i > cursor]
         page = rest[:size]
-        token = page_tokens.encode(kind, page[-1]) if len(rest) > size else ""
+        token = page_tokens.encode(kind, request.user_id, page[-1]) if len(rest) > size else ""
         if self.stuck_token and request.page_token:
             token = request.page_token
         return pb.ListUsersResponse(
@@ -134,13 +134,13 @@ class FakeMurmur(pb_grpc.MurmurServicer):
         self, authors: set[int], kind: TokenKind, request: Any, context: grpc.ServicerContext
     ) -> pb.TimelineResponse:
         size = self._page_size(request.page_size, context)
-        cursor = self._cursor(kind, request.page_token, context)
+        cursor = self._cursor(kind, request, context)
         ids = sorted(
             (t.tweet_id for t in self.tweets.values() if t.user_id in authors), reverse=True
         )
         rest = [i for i in ids if not cursor or i < cursor]
         page = rest[:size]
-        token = page_tokens.encode(kind, page[-1]) if len(rest) > size else ""
+        token = page_tokens.encode(kind, request.user_id, page[-1]) if len(rest) > size else ""
         return pb.TimelineResponse(tweets=[self.tweets[i] for i in page], next_page_token=token)
 
     # -- RPCs ----------------------------------------------------------------
@@ -390,8 +390,8 @@ def test_iter_followers_walks_every_page(client: MurmurClient, fake: FakeMurmur)
     sent = fake.requests["ListFollowers"]
     assert [r.page_size for r in sent] == [3, 3, 3]
     assert sent[0].page_token == ""
-    assert page_tokens.decode(TokenKind.FOLLOWERS, sent[1].page_token) == fans[2]
-    assert page_tokens.decode(TokenKind.FOLLOWERS, sent[2].page_token) == fans[5]
+    assert page_tokens.decode(TokenKind.FOLLOWERS, star, sent[1].page_token) == fans[2]
+    assert page_tokens.decode(TokenKind.FOLLOWERS, star, sent[2].page_token) == fans[5]
 
 
 def test_iter_following_walks_every_page(client: MurmurClient, fake: FakeMurmur) -> None:
@@ -513,7 +513,9 @@ def test_user_timeline_pages_newest_first(client: MurmurClient, fake: FakeMurmur
     page = client.user_timeline(alice.user_id, page_size=2)
     assert isinstance(page, pb.TimelineResponse)
     assert [t.tweet_id for t in page.tweets] == mine[::-1][:2]
-    assert page_tokens.decode(TokenKind.USER_TIMELINE, page.next_page_token) == mine[3]
+    assert (
+        page_tokens.decode(TokenKind.USER_TIMELINE, alice.user_id, page.next_page_token) == mine[3]
+    )
 
     assert [t.tweet_id for t in client.iter_user_timeline(alice.user_id, page_size=2)] == mine[::-1]
     assert fake.calls["GetUserTimeline"] == 1 + 3
@@ -524,7 +526,7 @@ def test_user_timeline_pages_newest_first(client: MurmurClient, fake: FakeMurmur
 def test_iter_timeline_from_a_page_token(client: MurmurClient) -> None:
     alice = client.create_user("alice")
     mine = [client.post_tweet(alice.user_id, f"a{i}").tweet_id for i in range(5)]
-    token = page_tokens.encode(TokenKind.USER_TIMELINE, mine[3])
+    token = page_tokens.encode(TokenKind.USER_TIMELINE, alice.user_id, mine[3])
     got = client.iter_user_timeline(alice.user_id, page_size=2, page_token=token)
     assert [t.tweet_id for t in got] == [mine[2], mine[1], mine[0]]
 
@@ -545,7 +547,7 @@ def test_home_timeline_merges_followees(client: MurmurClient, fake: FakeMurmur) 
     got = client.iter_home_timeline(alice.user_id, page_size=1)
     assert [t.tweet_id for t in got] == [b2, b1, a1]
     sent = fake.requests["GetHomeTimeline"][1:]
-    assert page_tokens.decode(TokenKind.HOME_TIMELINE, sent[-1].page_token) == b1
+    assert page_tokens.decode(TokenKind.HOME_TIMELINE, alice.user_id, sent[-1].page_token) == b1
 
 
 def test_iter_home_timeline_reports_partial_pages(client: MurmurClient, fake: FakeMurmur) -> None:

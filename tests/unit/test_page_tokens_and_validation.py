@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import struct
 import unicodedata
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +19,7 @@ from murmur.validation import InvalidInput
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 cursors = st.integers(min_value=0, max_value=(1 << 64) - 1)
+owners = st.integers(min_value=1, max_value=(1 << 64) - 1)
 kinds = st.sampled_from(list(TokenKind))
 HANDLE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
@@ -32,101 +35,140 @@ def to_token(raw: bytes) -> str:
 # page tokens ---------------------------------------------------------------
 
 
-@given(kinds, cursors)
+def sealed(body: bytes) -> str:
+    """A token of ``body`` with a checksum that matches, as a forger would make."""
+    return to_token(body + struct.pack(">I", zlib.crc32(body)))
+
+
+@given(kinds, owners, cursors)
 @PROPERTY
-def test_token_round_trips(kind: TokenKind, cursor: int) -> None:
-    token = page_tokens.encode(kind, cursor)
+def test_token_round_trips(kind: TokenKind, owner: int, cursor: int) -> None:
+    token = page_tokens.encode(kind, owner, cursor)
     assert token and token.isascii()
     assert "=" not in token and "+" not in token and "/" not in token  # URL-safe
-    assert page_tokens.decode(kind, token) == cursor
+    assert page_tokens.decode(kind, owner, token) == cursor
 
 
-@given(kinds, cursors, cursors)
+@given(kinds, owners, cursors, cursors)
 @PROPERTY
-def test_distinct_cursors_give_distinct_tokens(kind: TokenKind, a: int, b: int) -> None:
-    assert (page_tokens.encode(kind, a) == page_tokens.encode(kind, b)) == (a == b)
+def test_distinct_cursors_give_distinct_tokens(kind: TokenKind, owner: int, a: int, b: int):
+    same = page_tokens.encode(kind, owner, a) == page_tokens.encode(kind, owner, b)
+    assert same == (a == b)
 
 
 @given(kinds, kinds, cursors)
 @PROPERTY
 def test_token_of_another_listing_is_rejected(made: TokenKind, used: TokenKind, cursor: int):
-    token = page_tokens.encode(made, cursor)
+    token = page_tokens.encode(made, 7, cursor)
     if made == used:
-        assert page_tokens.decode(used, token) == cursor
+        assert page_tokens.decode(used, 7, token) == cursor
     else:
         with pytest.raises(BadPageToken, match="different listing"):
-            page_tokens.decode(used, token)
+            page_tokens.decode(used, 7, token)
+
+
+@given(kinds, owners, owners, cursors)
+@PROPERTY
+def test_token_of_another_user_is_rejected(kind: TokenKind, made: int, used: int, cursor: int):
+    token = page_tokens.encode(kind, made, cursor)
+    if made == used:
+        assert page_tokens.decode(kind, used, token) == cursor
+    else:
+        with pytest.raises(BadPageToken, match=f"^page_token was issued for user {made}, not"):
+            page_tokens.decode(kind, used, token)
+
+
+@given(kinds, owners, cursors)
+@PROPERTY
+def test_version_1_token_without_owner_still_pages(kind: TokenKind, owner: int, cursor: int):
+    """Tokens handed out before tokens named their owner keep working, so a
+    client paging through a rolling upgrade keeps its place."""
+    legacy = sealed(struct.pack(">BBQ", 1, int(kind), cursor))
+    assert page_tokens.decode(kind, owner, legacy) == cursor
+    for other in TokenKind:
+        if other != kind:
+            with pytest.raises(BadPageToken, match="different listing"):
+                page_tokens.decode(other, owner, legacy)
 
 
 @pytest.mark.parametrize("kind", list(TokenKind))
 def test_empty_token_is_first_page(kind: TokenKind) -> None:
-    assert page_tokens.decode(kind, "") == 0
+    assert page_tokens.decode(kind, 7, "") == 0
 
 
-@given(kinds, cursors, st.data())
+@given(kinds, owners, cursors, st.data())
 @PROPERTY
-def test_truncated_token_is_rejected(kind: TokenKind, cursor: int, data: st.DataObject) -> None:
-    token = page_tokens.encode(kind, cursor)
+def test_truncated_token_is_rejected(kind, owner: int, cursor: int, data: st.DataObject) -> None:
+    token = page_tokens.encode(kind, owner, cursor)
     cut = data.draw(st.integers(min_value=1, max_value=len(token) - 1))
     with pytest.raises(BadPageToken):
-        page_tokens.decode(kind, token[:cut])
+        page_tokens.decode(kind, owner, token[:cut])
 
 
-@given(kinds, cursors, st.data())
+@given(kinds, owners, cursors, st.data())
 @PROPERTY
-def test_extended_token_is_rejected(kind: TokenKind, cursor: int, data: st.DataObject) -> None:
-    token = page_tokens.encode(kind, cursor)
+def test_extended_token_is_rejected(kind, owner: int, cursor: int, data: st.DataObject) -> None:
+    token = page_tokens.encode(kind, owner, cursor)
     extra = data.draw(st.text(alphabet=HANDLE_ALPHABET + "-", min_size=1, max_size=8))
     with pytest.raises(BadPageToken):
-        page_tokens.decode(kind, token + extra)
+        page_tokens.decode(kind, owner, token + extra)
 
 
-@given(kinds, cursors, st.data())
+@given(kinds, owners, cursors, st.data())
 @PROPERTY
-def test_any_bit_flip_is_rejected(kind: TokenKind, cursor: int, data: st.DataObject) -> None:
-    raw = bytearray(raw_bytes(page_tokens.encode(kind, cursor)))
+def test_any_bit_flip_is_rejected(kind, owner: int, cursor: int, data: st.DataObject) -> None:
+    raw = bytearray(raw_bytes(page_tokens.encode(kind, owner, cursor)))
     bit = data.draw(st.integers(min_value=0, max_value=len(raw) * 8 - 1))
     raw[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(BadPageToken):
-        page_tokens.decode(kind, to_token(bytes(raw)))
+        page_tokens.decode(kind, owner, to_token(bytes(raw)))
 
 
 @given(kinds, cursors, cursors)
 @PROPERTY
 def test_forged_cursor_without_checksum_is_rejected(kind: TokenKind, cursor: int, other: int):
-    raw = bytearray(raw_bytes(page_tokens.encode(kind, cursor)))
-    raw[2:10] = other.to_bytes(8, "big")  # change the cursor, keep the old crc
+    raw = bytearray(raw_bytes(page_tokens.encode(kind, 7, cursor)))
+    raw[10:18] = other.to_bytes(8, "big")  # change the cursor, keep the old crc
     if other == cursor:
-        assert page_tokens.decode(kind, to_token(bytes(raw))) == cursor
+        assert page_tokens.decode(kind, 7, to_token(bytes(raw))) == cursor
     else:
         with pytest.raises(BadPageToken, match="checksum"):
-            page_tokens.decode(kind, to_token(bytes(raw)))
+            page_tokens.decode(kind, 7, to_token(bytes(raw)))
 
 
-@given(kinds, cursors, st.data())
+@given(kinds, owners, cursors, st.data())
 @PROPERTY
 def test_non_base64url_character_is_rejected(
-    kind: TokenKind, cursor: int, data: st.DataObject
+    kind: TokenKind, owner: int, cursor: int, data: st.DataObject
 ) -> None:
     """In place of a character or added anywhere: b64decode drops such
     characters, so a real token with junk inside used to page on."""
-    token = page_tokens.encode(kind, cursor)
+    token = page_tokens.encode(kind, owner, cursor)
     at = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
     junk = data.draw(st.sampled_from(["!", ".", "*", "~", " ", "$", "%", "=", "==", "+", "/"]))
     junk = data.draw(st.sampled_from([junk, "é", "\x00", "\n"]))
     replaced = data.draw(st.booleans())
     with pytest.raises(BadPageToken, match="^page_token is not valid base64url$"):
-        page_tokens.decode(kind, token[:at] + junk + token[at + replaced :])
+        page_tokens.decode(kind, owner, token[:at] + junk + token[at + replaced :])
 
 
-def test_unsupported_version_is_rejected() -> None:
-    import struct
-    import zlib
+@pytest.mark.parametrize("version", [0, 3, 255])
+def test_unsupported_version_is_rejected(version: int) -> None:
+    token = sealed(struct.pack(">BBQQ", version, int(TokenKind.HOME_TIMELINE), 7, 5))
+    with pytest.raises(BadPageToken, match=f"version {version} is not supported"):
+        page_tokens.decode(TokenKind.HOME_TIMELINE, 7, token)
 
-    body = struct.pack(">BBQ", 2, int(TokenKind.HOME_TIMELINE), 5)
-    token = to_token(body + struct.pack(">I", zlib.crc32(body)))
-    with pytest.raises(BadPageToken, match="version"):
-        page_tokens.decode(TokenKind.HOME_TIMELINE, token)
+
+@pytest.mark.parametrize(
+    ("version", "fmt"),
+    [(1, ">BBQQ"), (2, ">BBQ"), (2, ">BBQQQ")],
+    ids=["v1-long", "v2-short", "v2-long"],
+)
+def test_sealed_body_of_the_wrong_length_is_rejected(version: int, fmt: str) -> None:
+    """A body whose checksum matches but whose length is not its version's."""
+    fields = [version, int(TokenKind.FOLLOWERS)] + [7] * (len(fmt) - 3)
+    with pytest.raises(BadPageToken, match="wrong length"):
+        page_tokens.decode(TokenKind.FOLLOWERS, 7, sealed(struct.pack(fmt, *fields)))
 
 
 @pytest.mark.parametrize(
@@ -136,7 +178,7 @@ def test_unsupported_version_is_rejected() -> None:
 def test_garbage_tokens_are_rejected(token: str) -> None:
     for kind in TokenKind:
         with pytest.raises(BadPageToken):
-            page_tokens.decode(kind, token)
+            page_tokens.decode(kind, 7, token)
 
 
 def test_bad_page_token_is_a_value_error() -> None:
