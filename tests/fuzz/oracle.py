@@ -139,7 +139,7 @@ def _listing(world: World, method: str, request: Any, expect: Expect) -> None:
     _id("user_id", request.user_id, expect)
     if request.page_size < 0:
         expect.invalid.append("page_size")
-    if token_cursor(int(LISTINGS[method]), request.page_token) is None:
+    if token_cursor(int(LISTINGS[method]), request.user_id, request.page_token) is None:
         expect.invalid.append("page_token")
     if request.user_id not in world.users:
         expect.code, expect.names = NOT_FOUND, (str(request.user_id),)
@@ -274,7 +274,7 @@ def check_success(world: World, method: str, request: Any, response: Any) -> Non
         world.following.discard((request.follower_id, request.followee_id))
     elif method in ("ListFollowers", "ListFollowing"):
         ids = [user.user_id for user in response.users]
-        cursor = token_cursor(int(LISTINGS[method]), request.page_token) or 0
+        cursor = token_cursor(int(LISTINGS[method]), request.user_id, request.page_token) or 0
         assert len(ids) <= effective_page(request.page_size), where
         assert ids == sorted(set(ids)) and all(i > cursor for i in ids), f"{where}: {ids}"
         assert set(ids) <= set(world.users), where
@@ -282,7 +282,7 @@ def check_success(world: World, method: str, request: Any, response: Any) -> Non
             assert all((request.user_id, i) in world.following for i in ids), f"{where}: {ids}"
     elif method in ("GetUserTimeline", "GetHomeTimeline"):
         ids = [tweet.tweet_id for tweet in response.tweets]
-        cursor = token_cursor(int(LISTINGS[method]), request.page_token) or 0
+        cursor = token_cursor(int(LISTINGS[method]), request.user_id, request.page_token) or 0
         assert len(ids) <= effective_page(request.page_size), where
         assert ids == sorted(set(ids), reverse=True), f"{where}: {ids}"
         assert not cursor or all(i < cursor for i in ids), f"{where}: {ids} after {cursor}"

@@ -85,8 +85,10 @@ def message_problems(message: str, allow_empty: bool = False) -> list[str]:
 
 
 # page tokens, read independently of murmur.page_tokens -------------------------
-TOKEN_VERSION = 1
-TOKEN_BODY = 10  # version (1 byte) | kind (1 byte) | cursor (8 bytes), then crc32 (4 bytes)
+TOKEN_VERSION = 2
+TOKEN_BODY = 18  # version (1 byte) | kind (1) | owner (8) | cursor (8), then crc32 (4 bytes)
+LEGACY_VERSION = 1
+LEGACY_BODY = 10  # version 1: version | kind | cursor, for any owner
 
 
 def token_bytes(token: str) -> bytes | None:
@@ -100,27 +102,41 @@ def token_bytes(token: str) -> bytes | None:
         return None
 
 
-def token_cursor(kind: int, token: str) -> int | None:
-    """The cursor of a well-formed token of listing ``kind``; None if the
-    router must refuse it. The empty token is the first page (cursor 0)."""
+def token_cursor(kind: int, owner: int, token: str) -> int | None:
+    """The cursor of a well-formed token of ``owner``'s listing ``kind``;
+    None if the router must refuse it. The empty token is the first page
+    (cursor 0); a version 1 token names no owner and pages any."""
     if not token:
         return 0
     raw = token_bytes(token)
-    if raw is None or len(raw) != TOKEN_BODY + 4:
+    if raw is None or len(raw) < 5:
         return None
-    body, check = raw[:TOKEN_BODY], raw[TOKEN_BODY:]
+    body, check = raw[:-4], raw[-4:]
     if zlib.crc32(body) != int.from_bytes(check, "big"):
         return None
-    if body[0] != TOKEN_VERSION or body[1] != kind:
+    if body[0] == TOKEN_VERSION and len(body) == TOKEN_BODY:
+        made_for = int.from_bytes(body[2:10], "big")
+    elif body[0] == LEGACY_VERSION and len(body) == LEGACY_BODY:
+        made_for = owner
+    else:
         return None
-    return int.from_bytes(body[2:], "big")
+    if body[1] != kind or made_for != owner:
+        return None
+    return int.from_bytes(body[-8:], "big")
 
 
-def make_token(kind: int, cursor: int, version: int = TOKEN_VERSION) -> str:
+def make_token(kind: int, owner: int, cursor: int, version: int = TOKEN_VERSION) -> str:
     """A token with a correct checksum (forged, but indistinguishable from real)."""
-    body = bytes([version, kind]) + cursor.to_bytes(8, "big")
-    raw = body + zlib.crc32(body).to_bytes(4, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return _sealed(bytes([version, kind]) + owner.to_bytes(8, "big") + cursor.to_bytes(8, "big"))
+
+
+def make_legacy_token(kind: int, cursor: int) -> str:
+    """A version 1 token, as routers made them before tokens named their owner."""
+    return _sealed(bytes([LEGACY_VERSION, kind]) + cursor.to_bytes(8, "big"))
+
+
+def _sealed(body: bytes) -> str:
+    return encode_raw_token(body + zlib.crc32(body).to_bytes(4, "big"))
 
 
 def encode_raw_token(raw: bytes) -> str:

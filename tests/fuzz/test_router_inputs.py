@@ -40,6 +40,7 @@ from tests.fuzz.support import (
     U64_MAX,
     encode_raw_token,
     examples,
+    make_legacy_token,
     make_token,
     token_bytes,
 )
@@ -233,6 +234,11 @@ def page_tokens(world: World, kind: int) -> st.SearchStrategy[str]:
     valid = world.tokens[kind]
     others = [t for k, tokens in world.tokens.items() if k != kind for t in tokens]
     mine = st.sampled_from(valid)
+    owners = st.one_of(
+        st.sampled_from([world.id_of("alice"), world.id_of("bob"), 0, U64_MAX]),
+        st.integers(0, U64_MAX),
+    )
+    cursors = st.one_of(st.sampled_from([0, 1, I64_MAX, U64_MAX]), st.integers(0, U64_MAX))
     return st.one_of(
         st.just(""),
         mine,
@@ -240,17 +246,16 @@ def page_tokens(world: World, kind: int) -> st.SearchStrategy[str]:
         mine,
         st.sampled_from(others),
         st.tuples(mine, st.integers(1, 18)).map(lambda p: p[0][: -p[1]]),  # truncated
-        st.tuples(mine, st.integers(0, 14 * 8 - 1)).map(lambda p: _flip_bit(*p)),
-        st.tuples(mine, st.integers(0, 18), st.sampled_from("A_-=/+.!")).map(
+        st.tuples(mine, st.integers(0, 22 * 8 - 1)).map(lambda p: _flip_bit(*p)),
+        st.tuples(mine, st.integers(0, 29), st.sampled_from("A_-=/+.!")).map(
             lambda p: p[0][: p[1]] + p[2] + p[0][p[1] + 1 :]
         ),
         st.binary(max_size=40).map(encode_raw_token),
         st.binary(min_size=14, max_size=14).map(encode_raw_token),
-        st.tuples(
-            st.sampled_from([*KINDS, 0, 255]),
-            st.one_of(st.sampled_from([0, 1, I64_MAX, U64_MAX]), st.integers(0, U64_MAX)),
-        ).map(lambda p: make_token(*p)),
-        st.integers(0, U64_MAX).map(lambda c: make_token(kind, c, version=2)),
+        st.binary(min_size=22, max_size=22).map(encode_raw_token),
+        st.tuples(st.sampled_from([*KINDS, 0, 255]), owners, cursors).map(lambda p: make_token(*p)),
+        st.tuples(st.sampled_from([*KINDS, 0, 255]), cursors).map(lambda p: make_legacy_token(*p)),
+        st.tuples(owners, cursors).map(lambda p: make_token(kind, *p, version=3)),
         st.text(max_size=40),
         st.sampled_from([Big("A" * (1 << 20)), valid[0] + "=", " " + valid[0], valid[0] + "\x00"]),
     )
@@ -583,21 +588,28 @@ def test_page_sizes(world, method, size):
         assert len(items) <= effective_page(size)
 
 
-def bad_tokens(world: World, kind: int) -> dict[str, str]:
+def bad_tokens(world: World, method: str) -> dict[str, str]:
+    kind = int(LISTINGS[method])
+    owner = world.id_of(LISTING_OWNER[method])
+    stranger = world.id_of("dave")
     valid = world.tokens[kind][0]
     other = next(t for k, tokens in world.tokens.items() if k != kind for t in tokens)
     raw = token_bytes(valid) or b""
     return {
         "random-string": "not a token",
         "random-base64": encode_raw_token(b"\x8f\x01\xfe\x00\x13\x37" * 3),
-        "right-length-bad-checksum": encode_raw_token(bytes(range(14))),
+        "right-length-bad-checksum": encode_raw_token(bytes(range(22))),
+        "legacy-length-bad-checksum": encode_raw_token(bytes(range(14))),
         "truncated-by-one": valid[:-1],
         "truncated-half": valid[: len(valid) // 2],
         "other-listing": other,
-        "flipped-cursor-bit": _flip_bit(valid, 40),
-        "flipped-checksum-bit": _flip_bit(valid, 13 * 8),
+        "other-user": make_token(kind, stranger, 12345),
+        "legacy-other-listing": make_legacy_token(kind % len(KINDS) + 1, 12345),
+        "flipped-owner-bit": _flip_bit(valid, 5 * 8),
+        "flipped-cursor-bit": _flip_bit(valid, 13 * 8),
+        "flipped-checksum-bit": _flip_bit(valid, 19 * 8),
         "extended": encode_raw_token(raw + b"\x00"),
-        "version-2": make_token(kind, 12345, version=2),
+        "version-3": make_token(kind, owner, 12345, version=3),
         "non-ascii": valid[:5] + "é" + valid[6:],
         "nul": "\x00" * 19,
         "megabyte": "A" * (1 << 20),
@@ -607,7 +619,8 @@ def bad_tokens(world: World, kind: int) -> dict[str, str]:
 @pytest.mark.parametrize("method", list(LISTINGS))
 def test_page_tokens(world, method):
     kind = int(LISTINGS[method])
-    for name, token in bad_tokens(world, kind).items():
+    owner = world.id_of(LISTING_OWNER[method])
+    for name, token in bad_tokens(world, method).items():
         result = exercise(world, method, listing(world, method, page_token=token))
         assert isinstance(result, ServiceError), f"{name}: a bad page_token was accepted"
         assert result.code == INVALID and "page_token" in result.message, (name, result.message)
@@ -616,9 +629,9 @@ def test_page_tokens(world, method):
             exercise(world, method, listing(world, method, page_token=token)), ServiceError
         )
     for cursor in (0, 1, I64_MAX, U64_MAX - 1, U64_MAX):  # forged, but with a good checksum
-        forged = make_token(kind, cursor)
-        result = exercise(world, method, listing(world, method, page_token=forged))
-        assert not isinstance(result, ServiceError), (cursor, result)
+        for forged in (make_token(kind, owner, cursor), make_legacy_token(kind, cursor)):
+            result = exercise(world, method, listing(world, method, page_token=forged))
+            assert not isinstance(result, ServiceError), (cursor, result)
 
 
 # 4. counters equal the real counts after any sequence of operations ------------------------

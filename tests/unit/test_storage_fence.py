@@ -19,21 +19,27 @@ from shard.group_commit import GroupCommit
 from shard.storage_fence import FencedDB
 from shard.store import Store
 
+NO_SPACE = b"No space left on device"
+
 
 class Flaky:
-    """A LevelDB whose next ``failures`` writes fail as a full disk does."""
+    """A LevelDB whose next ``failures`` writes fail as a full disk does
+    (or for ``reason``)."""
 
-    def __init__(self, db: plyvel.DB, failures: int = 1, after: int = 0) -> None:
+    def __init__(
+        self, db: plyvel.DB, failures: int = 1, after: int = 0, reason: bytes = NO_SPACE
+    ) -> None:
         self.db = db
         self.failures = failures
         self.after = after  # writes that succeed before the failures begin
+        self.reason = reason
         self.writes = 0
 
     def _maybe_fail(self) -> None:
         self.writes += 1
         if self.writes > self.after and self.failures > 0:
             self.failures -= 1
-            raise plyvel.IOError(b"IO error: 000003.log: No space left on device")
+            raise plyvel.IOError(b"IO error: 000003.log: " + self.reason)
 
     def write_batch(self, **options: Any) -> Any:
         inner = self.db.write_batch(**options)
@@ -70,8 +76,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-def flaky(store: Store, failures: int = 1, after: int = 0) -> Flaky:
-    inner = Flaky(store.db._db, failures, after)
+def flaky(store: Store, failures: int = 1, after: int = 0, reason: bytes = NO_SPACE) -> Flaky:
+    inner = Flaky(store.db._db, failures, after, reason)
     store.db = FencedDB(inner)  # type: ignore[arg-type]
     return inner
 
@@ -145,6 +151,40 @@ def test_callers_hear_unavailable_naming_the_shard_and_the_restart(store: Store)
     assert code == grpc.StatusCode.UNAVAILABLE
     assert message.startswith("shard 3 refuses writes: a write to its storage failed (IO error")
     assert "restart it" in message
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (NO_SPACE, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (b"File too large", grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (b"Input/output error", grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+def test_an_fsync_that_meets_a_full_disk_is_resource_exhausted(
+    store: Store, reason: bytes, code: grpc.StatusCode
+) -> None:
+    """The synced write appends to the log as the unsynced one does, so
+    either may be the one to meet a full disk (a file size limit's EFBIG
+    too): both tell the caller room must be made. The writes the fence
+    refuses after it are UNAVAILABLE, as ever: room may have been made
+    since, and it is the restart they wait for."""
+    commit(store, b"k")
+    flaky(store, reason=reason)
+    with pytest.raises(StorageFailed) as failed:
+        store.sync()
+    got, message = _unexpected(failed.value, "shard 3", "PostTweet")
+    assert got == code
+    assert message.startswith(
+        "shard 3 could not make the write durable: its storage failed (IO error"
+    )
+    assert reason.decode() in message
+    with pytest.raises(StorageFailed) as refused:
+        commit(store, b"after")
+    assert _unexpected(refused.value, "shard 3", "PostTweet")[0] == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(StorageFailed) as waiting:
+        store.sync()  # a later group's fsync, behind the closed fence
+    assert _unexpected(waiting.value, "shard 3", "PostTweet")[0] == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_fenced_store_skips_storing_inbox_sizes_so_stop_and_backup_go_on(store: Store) -> None:
