@@ -330,8 +330,10 @@ def emit_moves(session: AdminSession, seen: list[apb.MoveProgress], dry_run: boo
     # on shard 1" read as if only slot 100 had moved
     for step in [p.step for p in seen if " now on shard " in p.step] or [last.step]:
         click.echo(step)
+    moved = last.slots_done - last.slots_in_place
+    already = f" ({last.slots_in_place} already there)" if last.slots_in_place else ""
     click.echo(
-        f"moved {last.slots_done} of {last.slots_total} slots; map version {last.map_version}"
+        f"moved {moved} of {last.slots_total} slots{already}; map version {last.map_version}"
     )
 
 

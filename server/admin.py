@@ -285,9 +285,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return True
 
     async def _move(
-        self, slots: list[int], target: int, done: int, total: int
+        self, slots: list[int], target: int, done: int, total: int, in_place: int
     ) -> AsyncIterator[admin_pb2.MoveProgress]:
-        """Move ``slots`` (any owners) to ``target``, one source and chunk at a time."""
+        """Move ``slots`` (any owners) to ``target``, one source and chunk at
+        a time. ``in_place`` counts the slots, these among them, that were
+        already on their target (done without a copy)."""
         by_source: dict[int, list[int]] = defaultdict(list)
         for slot in slots:
             owner = self.table.owners[slot]
@@ -299,6 +301,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             yield admin_pb2.MoveProgress(
                 slots_done=done,
                 slots_total=total,
+                slots_in_place=in_place,
                 step=f"slots {describe_slots(slots)} are already on shard {target}:"
                 " nothing to move",
                 map_version=self.table.version,
@@ -326,6 +329,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         yield admin_pb2.MoveProgress(
                             slots_done=done,
                             slots_total=total,
+                            slots_in_place=in_place,
                             keys_copied=copied_before + copied,
                             step=f"shard {source} -> shard {target}: {status.step}",
                             map_version=self.table.version,
@@ -338,6 +342,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 yield admin_pb2.MoveProgress(
                     slots_done=done,
                     slots_total=total,
+                    slots_in_place=in_place,
                     keys_copied=copied_before,
                     step=f"slots {describe_slots(chunk)} now on shard {target}",
                     map_version=self.table.version,
@@ -361,9 +366,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 yield admin_pb2.MoveProgress(step="nothing to move", map_version=self.table.version)
             return
         await self._require_answering(plan)
-        done = 0
+        done = in_place = 0
         for slots, target in plan:
-            async for progress in self._move(slots, target, done, total):
+            in_place += sum(1 for slot in slots if self.table.owners[slot] == target)
+            async for progress in self._move(slots, target, done, total, in_place):
                 yield progress
             done += len(slots)
 

@@ -186,11 +186,17 @@ def test_move_slots_with_progress_bar(cluster: Cluster) -> None:
     status = {s["shard_id"]: s for s in cluster.json("status")["shards"]}
     assert status[1]["slots"][0] == {"start": 0, "end": 99}
     assert status[0]["slot_count"] == 1948
+    # half of them there already: the count says what moved
+    overlap = cluster.ok("move-slots", "90-109", "--to", "1")
+    lines = overlap.out.splitlines()
+    assert lines[0] == "slots 100-109 now on shard 1" and len(lines) == 2, lines
+    assert lines[1].startswith("moved 10 of 20 slots (10 already there); map version "), lines
     # and back, as JSON: every progress message; no bar unless asked (stderr is a pipe)
-    back = cluster.run("--json", "move-slots", "0-99", "--to", "0")
+    back = cluster.run("--json", "move-slots", "0-109", "--to", "0")
     assert back.code == 0 and back.err == ""
     progress = json.loads(back.out)["progress"]
-    assert progress[-1]["slots_done"] == progress[-1]["slots_total"] == 100
+    assert progress[-1]["slots_done"] == progress[-1]["slots_total"] == 110
+    assert progress[-1]["slots_in_place"] == 0
     assert [s["slot_count"] for s in cluster.json("status")["shards"]] == [2048, 2048]
     # nothing was lost on the way
     for user in cluster.users:

@@ -105,6 +105,23 @@ def test_a_real_move_still_reports_the_count(fake: FakeAdmin) -> None:
     assert result.stdout == "slots 0-3 now on shard 0\nmoved 4 of 4 slots; map version 9\n"
 
 
+def test_slots_already_in_place_are_not_counted_as_moved(fake: FakeAdmin) -> None:
+    fake.moves = [
+        apb.MoveProgress(
+            slots_done=21,
+            slots_total=21,
+            slots_in_place=11,
+            step="slots 11-20 now on shard 0",
+            map_version=7,
+        ),
+    ]
+    result = run(fake, "move-slots", "0-20", "--to", "0")
+    assert result.stdout.splitlines() == [
+        "slots 11-20 now on shard 0",
+        "moved 10 of 21 slots (11 already there); map version 7",
+    ]
+
+
 def test_a_move_in_chunks_names_every_chunk(fake: FakeAdmin) -> None:
     """The last chunk's line alone ("slots 100 now on shard 1") read as if
     only slot 100 had moved."""
