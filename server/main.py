@@ -36,6 +36,7 @@ SETTINGS_TIMEOUT_S = 60.0  # a new threshold re-evaluates every user on each sha
 
 
 MAX_CACHE_MS = 3_600_000.0
+MAX_SHARD_WAIT_S = 86_400.0  # a day: a start that waits longer is a typo
 
 
 def cache_ms(text: str) -> float:
@@ -48,6 +49,18 @@ def cache_ms(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
     if not 0 <= value <= MAX_CACHE_MS:  # NaN fails both comparisons
         raise argparse.ArgumentTypeError(f"{text} must be 0-{MAX_CACHE_MS:.0f} ms")
+    return value
+
+
+def shard_wait(text: str) -> float:
+    """--shard-wait, checked when parsed: a negative wait read as the
+    shortest ask, and NaN hung the start with no word."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_SHARD_WAIT_S:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text} must be 0-{MAX_SHARD_WAIT_S:.0f} seconds")
     return value
 
 
@@ -85,9 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--shard-wait",
-        type=float,
+        type=shard_wait,
         default=30.0,
-        help="seconds to wait for shards at start; silent ones are served without",
+        help="seconds to wait for shards at start (default 30); silent ones are served "
+        "without, and if none answers the router exits 1 naming them",
     )
     parser.add_argument(
         "--celebrity-cache-ms",
