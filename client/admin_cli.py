@@ -33,6 +33,7 @@ from client.cli import (
     TEXT,
     TIMEOUT,
     TLS_CA_PATH,
+    IdRange,
     LocalFailure,
     MurmurGroup,
     Utf8TextType,
@@ -51,7 +52,7 @@ from murmur.v1 import shard_pb2 as spb
 SLOT_COUNT = 4096
 CHECK_FOUND_PROBLEMS = 1  # `check` without --repair, like a failed call: scripts notice
 MAX_UINT32 = (1 << 32) - 1
-SHARD_ID = click.IntRange(min=0, max=MAX_UINT32)
+SHARD_ID = IdRange("a shard id", 0, MAX_UINT32)
 MB = 1024 * 1024
 TABLE_RANGES = 4  # slot ranges shown per shard in the status table before "…"
 

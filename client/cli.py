@@ -41,6 +41,7 @@ _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and othe
 _NEGATIVE = re.compile(r"-[0-9]+")
 # HOST:PORT or [V6]:PORT with a plain (maybe negative) number for a port
 _HOST_PORT = re.compile(r"(?:\[[^\]/]*\]|(?P<host>[^:/\[\]]+)):(?P<port>-?[0-9]+)")
+_NO_PORT = re.compile(r"[A-Za-z0-9._-]+")  # a bare host name or IPv4 address
 _TARGET_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock"})
 _T = TypeVar("_T")
 
@@ -227,6 +228,8 @@ class TargetType(click.ParamType):
         text = TEXT.convert(str(value), param, ctx)
         if not text:
             self.fail("the address is empty; give HOST:PORT", param, ctx)
+        if text.startswith(":"):
+            self.fail(f"{text!r} names no host; give HOST:PORT (localhost{text}, say)", param, ctx)
         if any(c.isspace() for c in text):
             self.fail(f"{text!r} holds white space; give HOST:PORT", param, ctx)
         problem = target_port_problem(text)
@@ -236,7 +239,30 @@ class TargetType(click.ParamType):
 
 
 TARGET = TargetType()
-ID = click.IntRange(min=1, max=MAX_ID)
+
+
+class IdRange(click.IntRange):
+    """An id in a range: click's own words for one that is no number at all
+    ("'abc' is not a valid integer range") name a type, not the id wanted."""
+
+    def __init__(self, what: str, low: int, high: int) -> None:
+        super().__init__(min=low, max=high)
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, int):
+            try:
+                int(value)
+            except (TypeError, ValueError):
+                self.fail(
+                    f"{value!r} is not {self.what} (a whole number {self.min} to {self.max})",
+                    param,
+                    ctx,
+                )
+        return super().convert(value, param, ctx)
+
+
+ID = IdRange("a tweet id", 1, MAX_ID)
 
 
 def _strip_at(handle: str) -> str:
@@ -316,6 +342,10 @@ def hint_for(error: MurmurError, target: str | None, tls_ca: str | None) -> str:
         return f" (is {target} a Murmur router? the server there does not serve this call)"
     if error.code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in details and not tls_ca:
         return " (if the server speaks TLS, pass --tls-ca)"
+    if error.code == grpc.StatusCode.UNAVAILABLE and target and _NO_PORT.fullmatch(target):
+        return (
+            f" ({target} names no port, so gRPC dialed 443; a router listens on 50051 by default)"
+        )
     return ""
 
 

@@ -368,6 +368,24 @@ def test_a_closed_socket_without_tls_suggests_tls() -> None:
     assert hint_for(Unavailable("shard 2 is not answering"), "h:1", None) == ""
 
 
+def test_a_target_without_a_port_says_grpc_dialed_443() -> None:
+    """gRPC's own words name 443 only inside its resolver's text."""
+    from client.cli import hint_for
+    from client.errors import Unavailable
+
+    refused = Unavailable("failed to connect to all addresses; ipv4:127.0.0.1:443: refused")
+    hint = " (localhost names no port, so gRPC dialed 443; a router listens on 50051 by default)"
+    assert hint_for(refused, "localhost", None) == hint
+    for target in ("localhost:50051", "dns:///localhost", "unix:/tmp/s", "[::1]:5"):
+        assert hint_for(refused, target, None) == "", target
+
+
+def test_a_shard_id_that_is_no_number_names_the_id_wanted(fake: FakeAdmin) -> None:
+    result = run(fake, "compact", "x1")
+    assert result.exit_code == 2
+    assert "'x1' is not a shard id (a whole number 0 to 4294967295)" in result.stderr
+
+
 def test_a_negative_shard_id_is_not_called_positive_only(fake: FakeAdmin) -> None:
     """Shard 0 is a shard: "ids are positive" was wrong here."""
     result = run(fake, "compact", "-1")

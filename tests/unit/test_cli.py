@@ -507,6 +507,11 @@ def test_render_table_aligns_and_right_aligns_numbers() -> None:
         (["tweet", "show", "-7"], "-7 is not an option, nor an id"),
         (["tweet", "show", str(1 << 63)], f"is not in the range 1<=x<={(1 << 63) - 1}"),
         (["user", "show", str(1 << 63)], f"too large for a user id (1 to {(1 << 63) - 1})"),
+        (
+            ["tweet", "show", "abc"],
+            f"'abc' is not a tweet id (a whole number 1 to {(1 << 63) - 1})",
+        ),
+        (["timeline", "alice", "--before", "1e5"], "'1e5' is not a tweet id"),
     ],
 )
 def test_ids_out_of_range_are_usage_errors_naming_the_range(
@@ -519,7 +524,14 @@ def test_ids_out_of_range_are_usage_errors_naming_the_range(
     assert message in result.stderr
 
 
-@pytest.mark.parametrize(("target", "message"), [("", "the address is empty"), ("a b:1", "white")])
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("", "the address is empty"),
+        ("a b:1", "white"),
+        (":52051", "':52051' names no host; give HOST:PORT (localhost:52051, say)"),
+    ],
+)
 def test_an_unusable_target_is_a_usage_error(target: str, message: str) -> None:
     """An empty one used to reach gRPC's resolver, which logged to stderr."""
     result = CliRunner().invoke(cli, ["--target", target, "ping"])
