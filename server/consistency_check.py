@@ -17,7 +17,7 @@ import asyncio
 from collections import defaultdict
 
 from murmur.errors import ServiceError
-from murmur.slots import SLOT_COUNT
+from murmur.slots import SLOT_COUNT, describe_slots
 from murmur.v1 import admin_pb2, shard_pb2
 from server.shard_pool import ShardPool
 
@@ -105,11 +105,15 @@ class ConsistencyCheck:
         if not gone:
             return
         self.report.ghost_inbox_copies += sum(copies[t] for t in gone)
+        # the chunk's slots tell one chunk's line from the next (a tweet that
+        # reached several chunks' inboxes read as the same line repeated) and
+        # are what `murmur-admin check --slots ... --repair` takes
+        where = f"on shard {holder} (inboxes in slots {describe_slots(chunk)})"
         for tweet_id in gone:
             held = copies[tweet_id]
             self._find(
                 f"tweet {tweet_id} no longer exists, but {held} inbox "
-                f"{'copy remains' if held == 1 else 'copies remain'} on shard {holder}"
+                f"{'copy remains' if held == 1 else 'copies remain'} {where}"
             )
         if self.repair:
             dropped = await self.pool.direct(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import signal
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import grpc
 import plyvel
 import pytest
 
+from client.admin_cli import parse_slot_ranges
 from client.admin_client import AdminClient
 from client.client import MurmurClient
 from client.errors import (
@@ -381,7 +383,13 @@ def test_copies_of_tweets_a_restore_lost_are_found_and_repair_removes_them(tmp_p
         found = admin.check_consistency()
         assert found.ghost_inbox_copies == 2, found  # one copy in each reader's inbox
         named = [line for line in found.findings if line.startswith(f"tweet {lost} no longer")]
-        assert named and all(line.endswith("on shard 1") for line in named), found.findings
+        assert named and len(set(named)) == len(named), found.findings
+        slots: set[int] = set()
+        for line in named:
+            where = re.fullmatch(r".* on shard 1 \(inboxes in slots ([0-9,-]+)\)", line)
+            assert where, line
+            slots.update(parse_slot_ranges(where[1]))
+        assert {slot_for_user(reader), slot_for_user(other)} <= slots, found.findings
         repaired = admin.repair()
         assert repaired.ghost_inbox_copies == 2 and repaired.repaired >= 2, repaired
         assert home() == [kept]
