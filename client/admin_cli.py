@@ -255,15 +255,32 @@ STATUS_HEADERS = (
 )
 
 
+WRITES_REFUSED = "SERVING READS; WRITES REFUSED"  # how the router words a fenced shard's health
+
+
+def answered(s: apb.ShardStatus) -> bool:
+    """Whether the shard answered (its counts are real), writes refused or not."""
+    return s.health == "SERVING" or s.health.startswith(WRITES_REFUSED)
+
+
+def health_cell(health: str) -> str:
+    """``health`` as a table shows it: the state, without the reason (a
+    gRPC error's full text widened every row's cell to ~200 columns); the
+    reasons follow the table."""
+    if health.startswith(WRITES_REFUSED):
+        return WRITES_REFUSED
+    return health.split(":", 1)[0]
+
+
 def _status_row(s: apb.ShardStatus) -> tuple[Any, ...]:
     """A shard that did not answer has no counts: ``-`` rather than a misleading 0."""
-    if s.health == "SERVING":
+    if answered(s):
         counts: list[Any] = [s.key_counts.get(name, 0) for name in COUNTED_TABLES]
         disk = _mb(s.disk_bytes)
     else:
         counts, disk = ["-"] * len(COUNTED_TABLES), "-"
     slots = format_ranges(s.slots, TABLE_RANGES)
-    return (s.shard_id, s.address, slots, s.slot_count, s.health, *counts, disk)
+    return (s.shard_id, s.address, slots, s.slot_count, health_cell(s.health), *counts, disk)
 
 
 def status_table(shards: Sequence[apb.ShardStatus]) -> str:
@@ -446,6 +463,9 @@ def status(session: AdminSession) -> None:
     owned = sum(s.slot_count for s in reply.shards)
     click.echo(f"map version {reply.map_version}; {len(reply.shards)} shards; {owned} slots owned")
     click.echo(status_table(reply.shards))
+    for s in reply.shards:
+        if s.health != health_cell(s.health):
+            click.echo(f"shard {s.shard_id}: {s.health}")
 
 
 def _parked(parked_ops: Any) -> str:
@@ -463,19 +483,22 @@ def shard_stats(session: AdminSession, shard_id: int, leveldb: bool) -> None:
 
     A shard that did not answer has none of them: they show as ``-`` (not
     a 0 that reads as "nothing queued" before a remove-shard), a line on
-    stderr says so and the exit code is 1, with --json too."""
+    stderr says so and the exit code is 1, with --json too. A shard that
+    answers but refuses writes shows them, with that line and exit code."""
     stats = session.client.get_shard_stats(shard_id)
     s = stats.status
-    answered = s.health == "SERVING"
     if session.as_json:
         emit_json(to_dict(stats))
     else:
-        click.echo(kv_table(_stats_pairs(stats, answered)))
+        click.echo(kv_table(_stats_pairs(stats, answered(s))))
         if leveldb and stats.leveldb_stats:
             click.echo("")
             click.echo(stats.leveldb_stats.rstrip())
-    if not answered:
+    if not answered(s):
         click.echo(f"error: shard {s.shard_id} did not answer: {s.health}", err=True)
+        sys.exit(1)
+    if s.health != "SERVING":
+        click.echo(f"error: shard {s.shard_id} is {s.health}", err=True)
         sys.exit(1)
 
 
@@ -497,7 +520,7 @@ def _stats_pairs(stats: apb.ShardStats, answered: bool) -> list[tuple[str, Any]]
     return [
         ("shard", s.shard_id),
         ("address", s.address),
-        ("health", s.health),
+        ("health", health_cell(s.health)),
         ("slots", format_ranges(s.slots)),
         ("slot_count", s.slot_count),
         *shown,

@@ -31,11 +31,12 @@ class FakeAdmin(apb_grpc.AdminServicer):
         self.backups: list[apb.BackupProgress] = []
         self.stats = apb.ShardStats()
         self.report = apb.ConsistencyReport()
+        self.status = apb.ClusterStatus(map_version=3)
         self.target = ""
 
     def GetClusterStatus(self, request: Any, context: Any) -> apb.ClusterStatus:
         self.calls["GetClusterStatus"] += 1
-        return apb.ClusterStatus(map_version=3)
+        return self.status
 
     def AddShard(self, request: apb.AddShardRequest, context: Any) -> apb.AddShardResponse:
         self.calls["AddShard"] += 1
@@ -186,6 +187,47 @@ def test_a_shard_that_did_not_answer_shows_no_zeros_and_fails(
     else:
         for name in ("outbox_backlog", "parked_ops", "disk_MB", "fsyncs"):
             assert _value(result.stdout, name) == "-", name
+        assert _value(result.stdout, "health") == "UNAVAILABLE"  # the reason is on stderr
+
+
+REFUSING = (
+    "SERVING READS; WRITES REFUSED since a write failed (IO error: 000003.log: No space left "
+    "on device): make room if the disk is full, then restart the shard"
+)
+
+
+def test_a_shard_that_refuses_writes_shows_its_stats_and_fails(fake: FakeAdmin) -> None:
+    """It answered: its counts are real. It did not fail to answer, as the
+    line on stderr used to say."""
+    fake.stats = _stats(REFUSING)
+    fake.stats.outbox_backlog = 7
+    result = run(fake, "shard-stats", "2")
+    assert result.exit_code == 1, result.output
+    assert _value(result.stdout, "outbox_backlog") == "7"
+    assert "SERVING READS; WRITES REFUSED" in result.stdout and "IO error" not in result.stdout
+    assert result.stderr == f"error: shard 2 is {REFUSING}\n"
+
+
+def test_status_keeps_reasons_out_of_the_table(fake: FakeAdmin) -> None:
+    """A silent shard's gRPC error in the health cell widened every row to
+    ~200 columns; the table shows the state and the reasons follow it."""
+    silent = "UNAVAILABLE: shard 1 (127.0.0.1:9) is unavailable: " + "failed to connect; " * 8
+    fake.status.shards.extend(
+        [
+            apb.ShardStatus(shard_id=0, address="a:1", health="SERVING", slot_count=2048),
+            apb.ShardStatus(shard_id=1, address="b:1", health=silent, slot_count=2048),
+            apb.ShardStatus(shard_id=2, address="c:1", health=REFUSING, slot_count=0),
+        ]
+    )
+    fake.status.shards[2].key_counts["users"] = 5
+    result = run(fake, "status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    rows = [line.split() for line in lines[2:5]]
+    assert [row[4] for row in rows] == ["SERVING", "UNAVAILABLE", "SERVING"], lines
+    assert rows[1][5:] == ["-"] * 5 and rows[2][8] == "5", lines  # the fenced shard's counts
+    assert max(len(line) for line in lines[:5]) < 120, lines
+    assert lines[5:] == [f"shard 1: {silent}", f"shard 2: {REFUSING}"]
 
 
 # -- backup -------------------------------------------------------------------------
