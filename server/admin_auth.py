@@ -37,6 +37,11 @@ class TwoTokens(ValueError):
     reads differs, so neither is taken."""
 
 
+class NotBearer(ValueError):
+    """An authorization header without the Bearer scheme (a bare token, say):
+    told apart from a wrong token, which is a different mistake to mend."""
+
+
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     headers = [
         value for key, value in context.invocation_metadata() or () if key == "authorization"
@@ -46,7 +51,9 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     if not headers:
         return None
     scheme, _, token = headers[0].partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() != "bearer":
+        raise NotBearer
+    return token.strip()
 
 
 async def refuse_unless_operator(expected: str | None, context: grpc.aio.ServicerContext) -> None:
@@ -61,6 +68,12 @@ async def refuse_unless_operator(expected: str | None, context: grpc.aio.Service
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "Admin calls carry one 'authorization' header; this one carried several",
+        )
+    except NotBearer:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the 'authorization' header must read 'Bearer <operator token>'; "
+            "this one does not start with 'Bearer '",
         )
     if presented is None:
         await context.abort(

@@ -124,14 +124,28 @@ def test_router_without_token_refuses_everything(
 
 
 def _raw_status(address: str, metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+    return _raw_answer(address, metadata)[0]
+
+
+def _raw_answer(address: str, metadata: tuple[tuple[str, str], ...]) -> tuple[grpc.StatusCode, str]:
     with grpc.insecure_channel(address) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             request = admin_pb2.GetClusterStatusRequest()
             stub.GetClusterStatus(request, metadata=metadata, timeout=10)
         except grpc.RpcError as exc:
-            return exc.code()
-    return grpc.StatusCode.OK
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_a_token_without_the_bearer_scheme_is_told_so(cluster: Cluster) -> None:
+    """A bare token used to hear "the operator token is not valid", which
+    sent the operator after the wrong mistake."""
+    for value in (cluster.token, f"Basic {cluster.token}", f"Token {cluster.token}"):
+        code, details = _raw_answer(cluster.router.address, (("authorization", value),))
+        assert code == grpc.StatusCode.UNAUTHENTICATED, value
+        assert "must read 'Bearer <operator token>'" in details, details
+        assert cluster.token not in details
 
 
 def test_authorization_header_forms(cluster: Cluster) -> None:
