@@ -55,10 +55,4 @@ class StorageFailed(Exception):
     LevelDB failed, and LevelDB 1.22 may then have left a torn record in
     its log, which a restart reads as corruption, silently dropping every
     write after it. So the shard takes no more writes until it restarts.
-    Reaches callers as UNAVAILABLE, the text following the shard's name, or
-    as RESOURCE_EXHAUSTED when ``full``: the fsync the caller waited on
-    itself failed for want of room, which a retry cannot mend."""
-
-    def __init__(self, message: str, full: bool = False) -> None:
-        super().__init__(message)
-        self.full = full
+    Reaches callers as UNAVAILABLE, the text following the shard's name."""

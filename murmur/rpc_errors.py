@@ -103,8 +103,7 @@ def _unexpected(exc: Exception, component: str, method: str) -> tuple[grpc.Statu
     INTERNAL, and the message sends the operator to the log."""
     if isinstance(exc, StorageFailed):  # the shard's storage fence (shard/storage_fence.py)
         log.error("%s: %s: %s", component, method, exc)
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
-        return code, f"{component} {exc}"
+        return grpc.StatusCode.UNAVAILABLE, f"{component} {exc}"
     if isinstance(exc, plyvel.Error | OSError):
         reason = storage_reason(exc)
         log.error("%s: storage failure in %s: %s", component, method, reason)

@@ -25,7 +25,7 @@ from typing import Any
 import plyvel
 
 from murmur.errors import StorageFailed
-from murmur.rpc_errors import storage_full, storage_reason
+from murmur.rpc_errors import storage_reason
 
 log = logging.getLogger("murmur.shard.storage")
 STORAGE_ERRORS = (plyvel.Error, OSError)
@@ -138,13 +138,12 @@ class FencedBatch:
 
 def sync_failed(exc: BaseException) -> StorageFailed:
     """A failed fsync (or synced write): the write may be in the log, to be
-    replayed at the next start, or not; the caller cannot know which. One
-    that failed for want of room says so (RESOURCE_EXHAUSTED), as a failed
-    unsynced write does: a synced write appends to the log too, and which of
-    the two meets the full disk first is chance."""
+    replayed at the next start, or not; the caller cannot know which. So it
+    is UNAVAILABLE even when the disk is full: RESOURCE_EXHAUSTED tells a
+    caller its write was not applied, and clients do not retry it, while a
+    retry with the request's id either finds the write or makes it."""
     return StorageFailed(
         f"could not make the write durable: its storage failed ({storage_reason(exc)}); it "
         "may or may not have been applied; writes are refused until the shard restarts (make "
-        "room first if the disk is full)",
-        full=not isinstance(exc, StorageFailed) and storage_full(exc),
+        "room first if the disk is full)"
     )
