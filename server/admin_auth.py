@@ -38,8 +38,9 @@ class TwoTokens(ValueError):
 
 
 class NotBearer(ValueError):
-    """An authorization header without the Bearer scheme (a bare token, say):
-    told apart from a wrong token, which is a different mistake to mend."""
+    """An authorization header that is not ``Bearer <token>`` (a bare token,
+    another scheme, the scheme alone): told apart from a wrong token, which
+    is a different mistake to mend."""
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -50,10 +51,10 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
         raise TwoTokens
     if not headers:
         return None
-    scheme, _, token = headers[0].partition(" ")
-    if scheme.lower() != "bearer":
+    parts = headers[0].split(maxsplit=1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
         raise NotBearer
-    return token.strip()
+    return parts[1].strip()
 
 
 async def refuse_unless_operator(expected: str | None, context: grpc.aio.ServicerContext) -> None:
@@ -73,7 +74,7 @@ async def refuse_unless_operator(expected: str | None, context: grpc.aio.Service
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "the 'authorization' header must read 'Bearer <operator token>'; "
-            "this one does not start with 'Bearer '",
+            "this one is not the word Bearer followed by a token",
         )
     if presented is None:
         await context.abort(

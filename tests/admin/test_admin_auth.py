@@ -141,11 +141,14 @@ def _raw_answer(address: str, metadata: tuple[tuple[str, str], ...]) -> tuple[gr
 def test_a_token_without_the_bearer_scheme_is_told_so(cluster: Cluster) -> None:
     """A bare token used to hear "the operator token is not valid", which
     sent the operator after the wrong mistake."""
-    for value in (cluster.token, f"Basic {cluster.token}", f"Token {cluster.token}"):
+    bare = ("Bearer", "Bearer ", "bearer  ")
+    for value in (cluster.token, f"Basic {cluster.token}", f"Token {cluster.token}", *bare):
         code, details = _raw_answer(cluster.router.address, (("authorization", value),))
         assert code == grpc.StatusCode.UNAUTHENTICATED, value
         assert "must read 'Bearer <operator token>'" in details, details
         assert cluster.token not in details
+    spaced = _raw_status(cluster.router.address, (("authorization", f"Bearer  {cluster.token}"),))
+    assert spaced == grpc.StatusCode.OK  # gRPC sends no tab in a header; spaces part them
 
 
 def test_authorization_header_forms(cluster: Cluster) -> None:
