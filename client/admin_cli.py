@@ -324,9 +324,8 @@ def follow_moves(
 
 
 def _moved_nothing(last: apb.MoveProgress) -> bool:
-    """True when the router reports that every slot was already in place.
-    MoveProgress has no field for it; the router's last step says so."""
-    return last.step.endswith("nothing to move")
+    """True when the router reports that every slot was already in place."""
+    return last.slots_in_place == last.slots_total
 
 
 def emit_moves(session: AdminSession, seen: list[apb.MoveProgress], dry_run: bool = False) -> None:

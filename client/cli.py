@@ -41,7 +41,8 @@ _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and othe
 _NEGATIVE = re.compile(r"-[0-9]+")
 # HOST:PORT or [V6]:PORT with a plain (maybe negative) number for a port
 _HOST_PORT = re.compile(r"(?:\[[^\]/]*\]|(?P<host>[^:/\[\]]+)):(?P<port>-?[0-9]+)")
-_NO_PORT = re.compile(r"[A-Za-z0-9._-]+")  # a bare host name or IPv4 address
+# a host name or IPv4 address without a port, bare or as dns:///HOST
+_NO_PORT = re.compile(r"(?:dns:///)?[A-Za-z0-9._-]+")
 _TARGET_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock"})
 _T = TypeVar("_T")
 
@@ -228,6 +229,8 @@ class TargetType(click.ParamType):
         text = TEXT.convert(str(value), param, ctx)
         if not text:
             self.fail("the address is empty; give HOST:PORT", param, ctx)
+        if text == ":":
+            self.fail("':' names no host and no port; give HOST:PORT", param, ctx)
         if text.startswith(":"):
             self.fail(f"{text!r} names no host; give HOST:PORT (localhost{text}, say)", param, ctx)
         if any(c.isspace() for c in text):

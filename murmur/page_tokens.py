@@ -48,8 +48,10 @@ def decode(kind: TokenKind, owner: int, token: str) -> int:
     """The cursor inside ``token``; 0 for an empty token (the first page).
 
     Version 1 tokens (made before tokens named their owner) are still read,
-    for any owner, so that a client paging through a rolling upgrade keeps
-    its place."""
+    for any owner, so that a client holding one from a router not yet
+    upgraded keeps its place on an upgraded one. The other way fails: a
+    router from before version 2 refuses its tokens, so while routers are
+    upgraded one by one, a client may have to start a listing over."""
     if not token:
         return 0
     body = _checked_body(token)

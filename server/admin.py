@@ -284,19 +284,27 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         await self._publish(merged)
         return True
 
-    async def _move(
-        self, slots: list[int], target: int, done: int, total: int, in_place: int
-    ) -> AsyncIterator[admin_pb2.MoveProgress]:
-        """Move ``slots`` (any owners) to ``target``, one source and chunk at
-        a time. ``in_place`` counts the slots, these among them, that were
-        already on their target (done without a copy)."""
+    def _sources(self, slots: list[int], target: int) -> dict[int, list[int]]:
+        """Those of ``slots`` not on ``target`` yet, by their owner."""
         by_source: dict[int, list[int]] = defaultdict(list)
         for slot in slots:
             owner = self.table.owners[slot]
             if owner != target:
                 by_source[owner].append(slot)
-            else:
-                done += 1
+        return by_source
+
+    async def _move(
+        self,
+        slots: list[int],
+        by_source: dict[int, list[int]],
+        target: int,
+        done: int,
+        total: int,
+        in_place: int,
+    ) -> AsyncIterator[admin_pb2.MoveProgress]:
+        """Move ``slots`` (``by_source``: those not on ``target`` yet, by
+        owner) to ``target``, one source and chunk at a time. ``done`` and
+        ``in_place`` count the slots already there, these among them."""
         if not by_source:
             yield admin_pb2.MoveProgress(
                 slots_done=done,
@@ -368,8 +376,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         await self._require_answering(plan)
         done = in_place = 0
         for slots, target in plan:
-            in_place += sum(1 for slot in slots if self.table.owners[slot] == target)
-            async for progress in self._move(slots, target, done, total, in_place):
+            by_source = self._sources(slots, target)
+            already = len(slots) - sum(len(moving) for moving in by_source.values())
+            in_place += already
+            moves = self._move(slots, by_source, target, done + already, total, in_place)
+            async for progress in moves:
                 yield progress
             done += len(slots)
 

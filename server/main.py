@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import grpc
 
@@ -39,29 +40,26 @@ MAX_CACHE_MS = 3_600_000.0
 MAX_SHARD_WAIT_S = 86_400.0  # a day: a start that waits longer is a typo
 
 
-def cache_ms(text: str) -> float:
-    """--celebrity-cache-ms, checked when parsed (before the router reaches
-    any shard): a copy kept for a negative, infinite or NaN time is no
-    setting anyone means."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= MAX_CACHE_MS:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"{text} must be 0-{MAX_CACHE_MS:.0f} ms")
-    return value
+def duration_flag(unit: str, short: str, high: float) -> Callable[[str], float]:
+    """An argparse type for a span of time from 0 to ``high``, checked when
+    parsed (before the router reaches any shard): a negative, infinite or
+    NaN span is no setting anyone means (a NaN --shard-wait hung the start
+    with no word, a negative one read as the shortest ask)."""
+
+    def duration(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not 0 <= value <= high:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"{text} must be 0-{high:.0f} {short}")
+        return value
+
+    return duration
 
 
-def shard_wait(text: str) -> float:
-    """--shard-wait, checked when parsed: a negative wait read as the
-    shortest ask, and NaN hung the start with no word."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= MAX_SHARD_WAIT_S:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"{text} must be 0-{MAX_SHARD_WAIT_S:.0f} seconds")
-    return value
+cache_ms = duration_flag("milliseconds", "ms", MAX_CACHE_MS)  # --celebrity-cache-ms
+shard_wait = duration_flag("seconds", "seconds", MAX_SHARD_WAIT_S)  # --shard-wait
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

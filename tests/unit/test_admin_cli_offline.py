@@ -88,7 +88,9 @@ def test_the_fake_answers(fake: FakeAdmin) -> None:
 def test_moving_slots_already_in_place_prints_one_truthful_line(fake: FakeAdmin) -> None:
     """The router's only message says nothing moved; no "moved 4 of 4 slots" after it."""
     step = "slots 0-3 are already on shard 0: nothing to move"
-    fake.moves = [apb.MoveProgress(slots_done=4, slots_total=4, step=step, map_version=9)]
+    fake.moves = [
+        apb.MoveProgress(slots_done=4, slots_total=4, slots_in_place=4, step=step, map_version=9)
+    ]
     result = run(fake, "move-slots", "0-3", "--to", "0")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{step}\n"
@@ -224,7 +226,8 @@ def test_status_keeps_reasons_out_of_the_table(fake: FakeAdmin) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     rows = [line.split() for line in lines[2:5]]
-    assert [row[4] for row in rows] == ["SERVING", "UNAVAILABLE", "SERVING"], lines
+    assert [row[4] for row in rows[:2]] == ["SERVING", "UNAVAILABLE"], lines
+    assert " ".join(rows[2][4:8]) == "SERVING READS; WRITES REFUSED", lines
     assert rows[1][5:] == ["-"] * 5 and rows[2][8] == "5", lines  # the fenced shard's counts
     assert max(len(line) for line in lines[:5]) < 120, lines
     assert lines[5:] == [f"shard 1: {silent}", f"shard 2: {REFUSING}"]
@@ -418,7 +421,8 @@ def test_a_target_without_a_port_says_grpc_dialed_443() -> None:
     refused = Unavailable("failed to connect to all addresses; ipv4:127.0.0.1:443: refused")
     hint = " (localhost names no port, so gRPC dialed 443; a router listens on 50051 by default)"
     assert hint_for(refused, "localhost", None) == hint
-    for target in ("localhost:50051", "dns:///localhost", "unix:/tmp/s", "[::1]:5"):
+    assert "dns:///localhost names no port" in hint_for(refused, "dns:///localhost", None)
+    for target in ("localhost:50051", "dns:///localhost:5", "unix:/tmp/s", "[::1]:5"):
         assert hint_for(refused, target, None) == "", target
 
 

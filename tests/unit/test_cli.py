@@ -530,6 +530,7 @@ def test_ids_out_of_range_are_usage_errors_naming_the_range(
         ("", "the address is empty"),
         ("a b:1", "white"),
         (":52051", "':52051' names no host; give HOST:PORT (localhost:52051, say)"),
+        (":", "':' names no host and no port; give HOST:PORT"),
     ],
 )
 def test_an_unusable_target_is_a_usage_error(target: str, message: str) -> None:
