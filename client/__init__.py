@@ -1,5 +1,7 @@
-"""Murmur's Python client (``MurmurClient``), its typed errors, and the ``murmur`` CLI."""
+"""Murmur's Python clients (``MurmurClient``, and ``AdminClient`` for
+operators), their typed errors, and the ``murmur`` CLI."""
 
+from client.admin_client import AdminClient
 from client.client import MurmurClient
 from client.errors import (
     Aborted,
@@ -25,6 +27,7 @@ from client.errors import (
 
 __all__ = [
     "Aborted",
+    "AdminClient",
     "AlreadyExists",
     "Cancelled",
     "ClientClosed",

@@ -27,6 +27,7 @@ import grpc
 
 from client.client import (
     DEFAULT_TARGET,
+    RECONNECT_OPTIONS,
     RETRY_POLICY,
     ChannelClient,
     check_timeout,
@@ -57,12 +58,17 @@ _T = TypeVar("_T")
 
 
 def admin_channel_options(retries: bool = True) -> list[tuple[str, Any]]:
-    """Channel options: retry UNAVAILABLE on the read-only Admin RPCs only."""
+    """Channel options: retry UNAVAILABLE on the read-only Admin RPCs only;
+    reconnect soon after a router comes back, as ``MurmurClient`` does."""
     if not retries:
-        return []
+        return list(RECONNECT_OPTIONS)
     names = [{"service": ADMIN_SERVICE_NAME, "method": m} for m in READ_ONLY_METHODS]
     config = {"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]}
-    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+    return [
+        *RECONNECT_OPTIONS,
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(config)),
+    ]
 
 
 class AdminClient(ChannelClient):

@@ -29,7 +29,9 @@ are listed:
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +39,9 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from client.errors import ClientClosed, Internal, error_from_rpc
+from client.errors import ClientClosed, Internal, InvalidArgument, error_from_rpc
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import murmur_pb2_grpc as pb_grpc
 
@@ -84,7 +87,19 @@ RETRY_POLICY: dict[str, Any] = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 
+# How long a channel waits before trying a router that refused it again:
+# gRPC's own backoff grows to 120 s, so a client that saw the router down
+# kept failing fast for ~25 s after it was back (measured: first success 30 s
+# after a 1.5 s outage ended). The shards' own channels cap it at 1 s.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+MAX_PAGE_SIZE = 200  # the server's cap on page_size; a bigger page is never sent
+log = logging.getLogger("murmur.client")
+
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=Message)
 
 
 class _Paged(Protocol):
@@ -102,10 +117,31 @@ def service_config() -> str:
 
 def channel_options(retries: bool = True) -> list[tuple[str, Any]]:
     """Channel options for a Murmur channel; exposed so callers that build their
-    own channel (TLS, interceptors) can still get the retry policy."""
+    own channel (TLS, interceptors) can still get the retry policy and the
+    short reconnect backoff."""
     if not retries:
-        return []
-    return [("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
+        return list(RECONNECT_OPTIONS)
+    return [
+        *RECONNECT_OPTIONS,
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config()),
+    ]
+
+
+def build_request(message: type[_M], **fields: Any) -> _M:
+    """``message(**fields)``, with a value protobuf cannot carry (a negative
+    or 65-bit id, a str for an int, text with a lone surrogate) raised as
+    ``InvalidArgument`` naming the field, so that ``except MurmurError``
+    catches it as it catches the server's refusals."""
+    try:
+        return message(**fields)
+    except (TypeError, ValueError) as exc:
+        for name, value in fields.items():
+            try:
+                message(**{name: value})
+            except (TypeError, ValueError) as field_exc:
+                raise InvalidArgument(f"{name} {value!r} cannot be sent: {field_exc}") from exc
+        raise InvalidArgument(f"{message.__name__} cannot be built: {exc}") from exc
 
 
 def check_timeout(name: str, value: float) -> float:
@@ -145,6 +181,7 @@ class ChannelClient:
     _channel: grpc.Channel
     _owns_channel: bool
     _closed: bool = False
+    _root: ChannelClient | None = None  # the client a ``with_options`` view shares a channel with
 
     def close(self) -> None:
         """Close the channel if this client created it; either way, later calls
@@ -156,7 +193,7 @@ class ChannelClient:
     def _check_open(self) -> None:
         """Raise ``ClientClosed`` (a ``MurmurError``) rather than let gRPC raise
         a bare ValueError that ``except MurmurError`` would miss."""
-        if self._closed:
+        if self._closed or (self._root is not None and self._root._closed):
             raise ClientClosed(f"the client for {self.target} is closed")
 
     def __enter__(self) -> Self:
@@ -197,14 +234,35 @@ class MurmurClient(ChannelClient):
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, channel_options(retries), tls_ca)
         self._stub = pb_grpc.MurmurStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         return f"MurmurClient(target={self.target!r}, timeout={self.timeout!r})"
 
+    def with_options(
+        self, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()
+    ) -> MurmurClient:
+        """This client with another deadline for each call (seconds, as for
+        the constructor) and ``metadata`` sent with each call (a tracing
+        header, say), for one request's budget without a second connection:
+        ``murmur.with_options(timeout=0.2).home_timeline(reader)``. The view
+        shares this client's channel: it needs no closing, and closing this
+        client closes it. Metadata keys are lowercase ASCII, as gRPC wants."""
+        view = copy.copy(self)
+        view._owns_channel = False
+        view._closed = False
+        view._root = self._root or self
+        if timeout is not None:
+            view.timeout = check_timeout("timeout", timeout)
+        view._metadata = self._metadata + tuple(metadata)
+        return view
+
     def _call(self, rpc: Callable[..., _T], request: Any) -> _T:
-        """Invoke one unary RPC with the default deadline and typed errors."""
+        """Invoke one unary RPC with the deadline, metadata and typed errors."""
         self._check_open()
         try:
+            if self._metadata:
+                return rpc(request, timeout=self.timeout, metadata=self._metadata)
             return rpc(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
@@ -216,7 +274,8 @@ class MurmurClient(ChannelClient):
     ) -> pb.User:
         """Register a user. An empty ``request_id`` gets a fresh uuid4 so that
         the channel's retries return this user rather than ALREADY_EXISTS."""
-        request = pb.CreateUserRequest(
+        request = build_request(
+            pb.CreateUserRequest,
             handle=handle,
             display_name=display_name,
             bio=bio,
@@ -228,37 +287,47 @@ class MurmurClient(ChannelClient):
         """Look a user up by exactly one of ``user_id`` or ``handle`` (case-insensitive)."""
         if (user_id is None) == (handle is None):
             raise ValueError("get_user needs exactly one of user_id or handle")
+        if isinstance(user_id, str):
+            raise InvalidArgument(
+                f"user_id must be an integer id; for the handle {user_id!r} pass handle={user_id!r}"
+            )
         if user_id is not None:
-            request = pb.GetUserRequest(user_id=user_id)
+            request = build_request(pb.GetUserRequest, user_id=user_id)
         else:
-            request = pb.GetUserRequest(handle=handle)
+            request = build_request(pb.GetUserRequest, handle=handle)
         return self._call(self._stub.GetUser, request)
 
     def follow(self, follower_id: int, followee_id: int) -> pb.FollowResponse:
         """Make ``follower_id`` follow ``followee_id`` (idempotent)."""
-        request = pb.FollowRequest(follower_id=follower_id, followee_id=followee_id)
+        request = build_request(pb.FollowRequest, follower_id=follower_id, followee_id=followee_id)
         return self._call(self._stub.Follow, request)
 
     def unfollow(self, follower_id: int, followee_id: int) -> pb.UnfollowResponse:
         """Stop ``follower_id`` following ``followee_id`` (a no-op if it did not)."""
-        request = pb.UnfollowRequest(follower_id=follower_id, followee_id=followee_id)
+        request = build_request(
+            pb.UnfollowRequest, follower_id=follower_id, followee_id=followee_id
+        )
         return self._call(self._stub.Unfollow, request)
 
     def list_followers(
         self, user_id: int, page_size: int = 0, page_token: str = ""
     ) -> pb.ListUsersResponse:
-        """One page of ``user_id``'s followers, in user-id order."""
-        request = pb.ListFollowersRequest(
-            user_id=user_id, page_size=page_size, page_token=page_token
+        """One page of ``user_id``'s followers, in user-id order. ``page_size``
+        0 means 20, above 200 means 200, below 0 is ``InvalidArgument``;
+        ``page_token`` is the ``next_page_token`` of the page before, for the
+        same call and ``user_id`` (another is ``InvalidArgument``)."""
+        request = build_request(
+            pb.ListFollowersRequest, user_id=user_id, page_size=page_size, page_token=page_token
         )
         return self._call(self._stub.ListFollowers, request)
 
     def list_following(
         self, user_id: int, page_size: int = 0, page_token: str = ""
     ) -> pb.ListUsersResponse:
-        """One page of the users ``user_id`` follows, in user-id order."""
-        request = pb.ListFollowingRequest(
-            user_id=user_id, page_size=page_size, page_token=page_token
+        """One page of the users ``user_id`` follows, in user-id order;
+        ``page_size`` and ``page_token`` as for ``list_followers``."""
+        request = build_request(
+            pb.ListFollowingRequest, user_id=user_id, page_size=page_size, page_token=page_token
         )
         return self._call(self._stub.ListFollowing, request)
 
@@ -292,23 +361,26 @@ class MurmurClient(ChannelClient):
         """Post a tweet. An empty ``request_id`` gets a fresh uuid4 so that the
         channel's automatic retries cannot post it twice; pass your own to make
         retries across separate calls (or processes) safe too."""
-        request = pb.PostTweetRequest(
-            user_id=user_id, text=text, request_id=request_id or uuid.uuid4().hex
+        request = build_request(
+            pb.PostTweetRequest,
+            user_id=user_id,
+            text=text,
+            request_id=request_id or uuid.uuid4().hex,
         )
         return self._call(self._stub.PostTweet, request)
 
     def get_tweet(self, tweet_id: int) -> pb.Tweet:
         """Read one tweet."""
-        return self._call(self._stub.GetTweet, pb.GetTweetRequest(tweet_id=tweet_id))
+        return self._call(self._stub.GetTweet, build_request(pb.GetTweetRequest, tweet_id=tweet_id))
 
     def edit_tweet(self, tweet_id: int, user_id: int, text: str) -> pb.Tweet:
         """Replace a tweet's text; ``user_id`` must be its author."""
-        request = pb.EditTweetRequest(tweet_id=tweet_id, user_id=user_id, text=text)
+        request = build_request(pb.EditTweetRequest, tweet_id=tweet_id, user_id=user_id, text=text)
         return self._call(self._stub.EditTweet, request)
 
     def delete_tweet(self, tweet_id: int, user_id: int) -> pb.DeleteTweetResponse:
         """Delete a tweet; ``user_id`` must be its author."""
-        request = pb.DeleteTweetRequest(tweet_id=tweet_id, user_id=user_id)
+        request = build_request(pb.DeleteTweetRequest, tweet_id=tweet_id, user_id=user_id)
         return self._call(self._stub.DeleteTweet, request)
 
     # -- timelines ---------------------------------------------------------
@@ -316,18 +388,20 @@ class MurmurClient(ChannelClient):
     def user_timeline(
         self, user_id: int, page_size: int = 0, page_token: str = ""
     ) -> pb.TimelineResponse:
-        """One page of ``user_id``'s own tweets, newest first."""
-        request = pb.GetUserTimelineRequest(
-            user_id=user_id, page_size=page_size, page_token=page_token
+        """One page of ``user_id``'s own tweets, newest first; ``page_size``
+        and ``page_token`` as for ``list_followers``."""
+        request = build_request(
+            pb.GetUserTimelineRequest, user_id=user_id, page_size=page_size, page_token=page_token
         )
         return self._call(self._stub.GetUserTimeline, request)
 
     def home_timeline(
         self, user_id: int, page_size: int = 0, page_token: str = ""
     ) -> pb.TimelineResponse:
-        """One page of ``user_id``'s home timeline, newest first (check ``partial``)."""
-        request = pb.GetHomeTimelineRequest(
-            user_id=user_id, page_size=page_size, page_token=page_token
+        """One page of ``user_id``'s home timeline, newest first (check
+        ``partial``); ``page_size`` and ``page_token`` as for ``list_followers``."""
+        request = build_request(
+            pb.GetHomeTimelineRequest, user_id=user_id, page_size=page_size, page_token=page_token
         )
         return self._call(self._stub.GetHomeTimeline, request)
 
@@ -342,7 +416,9 @@ class MurmurClient(ChannelClient):
         """``user_id``'s tweets, newest first, at most ``limit``, fetched lazily.
 
         ``on_partial`` is called with every page whose ``partial`` flag is set,
-        because a flat stream of tweets would otherwise hide missing shards.
+        because a flat stream of tweets would otherwise hide missing shards;
+        without it, such a page is logged as a warning (logger
+        ``murmur.client``). ``page_size`` as for ``user_timeline``.
         """
         return _paginate(
             lambda size, token: self.user_timeline(user_id, size, token),
@@ -350,7 +426,7 @@ class MurmurClient(ChannelClient):
             page_size=page_size,
             limit=limit,
             page_token=page_token,
-            on_page=_partial_hook(on_partial),
+            on_page=_partial_hook(on_partial, f"the timeline of user {user_id}"),
         )
 
     def iter_home_timeline(
@@ -369,14 +445,14 @@ class MurmurClient(ChannelClient):
             page_size=page_size,
             limit=limit,
             page_token=page_token,
-            on_page=_partial_hook(on_partial),
+            on_page=_partial_hook(on_partial, f"the home timeline of user {user_id}"),
         )
 
     # -- misc --------------------------------------------------------------
 
     def ping(self, user_id: int = 0) -> pb.PingResponse:
         """Round-trip through a router to the shard owning ``user_id`` (0: slot 0's)."""
-        return self._call(self._stub.Ping, pb.PingRequest(user_id=user_id))
+        return self._call(self._stub.Ping, build_request(pb.PingRequest, user_id=user_id))
 
 
 def _users(page: pb.ListUsersResponse) -> Sequence[pb.User]:
@@ -388,14 +464,25 @@ def _tweets(page: pb.TimelineResponse) -> Sequence[pb.Tweet]:
 
 
 def _partial_hook(
-    on_partial: Callable[[pb.TimelineResponse], None] | None,
-) -> Callable[[pb.TimelineResponse], None] | None:
-    if on_partial is None:
-        return None
+    on_partial: Callable[[pb.TimelineResponse], None] | None, listing: str
+) -> Callable[[pb.TimelineResponse], None]:
+    """Hand each partial page to ``on_partial``; without one, log a warning:
+    a flat stream of tweets would hide the shards that did not answer, and
+    the pages after it move on past the tweets they held."""
 
     def hook(page: pb.TimelineResponse) -> None:
-        if page.partial:
+        if not page.partial:
+            return
+        if on_partial is not None:
             on_partial(page)
+            return
+        shards = ", ".join(str(s) for s in page.unavailable_shards) or "unknown"
+        log.warning(
+            "%s is partial: shards %s did not answer, and their tweets are missing "
+            "(pass on_partial to handle this)",
+            listing,
+            shards,
+        )
 
     return hook
 
@@ -422,7 +509,7 @@ def _paginate(
     while remaining is None or remaining > 0:
         size = page_size
         if remaining is not None and (size <= 0 or size > remaining):
-            size = remaining
+            size = min(remaining, MAX_PAGE_SIZE)
         page = fetch(size, token)
         if on_page is not None:
             on_page(page)

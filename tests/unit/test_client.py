@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pickle
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -58,6 +59,8 @@ class FakeMurmur(pb_grpc.MurmurServicer):
         # Observability and failure injection.
         self.calls: Counter[str] = Counter()
         self.requests: defaultdict[str, list[Any]] = defaultdict(list)
+        self.metadata: list[dict[str, str]] = []  # each call's invocation metadata
+        self.time_left: list[float | None] = []  # each call's deadline, as the server saw it
         self.fail_next: Counter[str] = Counter()  # method -> UNAVAILABLE answers still to give
         self.forced: tuple[grpc.StatusCode, str] | None = None  # every call fails like this
         self.delay = 0.0  # seconds every call sleeps before answering
@@ -72,6 +75,8 @@ class FakeMurmur(pb_grpc.MurmurServicer):
         with self.lock:
             self.calls[name] += 1
             self.requests[name].append(request)
+            self.metadata.append(dict(context.invocation_metadata()))
+            self.time_left.append(context.time_remaining())
             fail = self.fail_next[name] > 0
             if fail:
                 self.fail_next[name] -= 1
@@ -565,6 +570,108 @@ def test_iter_home_timeline_reports_partial_pages(client: MurmurClient, fake: Fa
     assert seen == [[4, 9], [4, 9]]
 
 
+def test_a_partial_page_without_on_partial_is_logged(
+    client: MurmurClient, fake: FakeMurmur, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flat stream of tweets hid the shards that did not answer."""
+    alice = client.create_user("alice")
+    client.post_tweet(alice.user_id, "a0")
+    fake.partial_shards = [4, 9]
+    with caplog.at_level(logging.WARNING, logger="murmur.client"):
+        assert len(list(client.iter_home_timeline(alice.user_id))) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the home timeline of user {alice.user_id} is partial: shards 4, 9 did not answer, "
+        "and their tweets are missing (pass on_partial to handle this)"
+    ]
+    caplog.clear()
+    fake.partial_shards = []
+    with caplog.at_level(logging.WARNING, logger="murmur.client"):
+        list(client.iter_home_timeline(alice.user_id))
+    assert caplog.records == []
+
+
+def test_page_size_0_with_a_big_limit_asks_for_pages_the_server_gives(
+    client: MurmurClient, fake: FakeMurmur
+) -> None:
+    """The limit itself went out as the page size: past 2^31 protobuf refused it."""
+    alice = client.create_user("alice")
+    client.post_tweet(alice.user_id, "a0")
+    assert len(list(client.iter_user_timeline(alice.user_id, page_size=0, limit=1 << 31))) == 1
+    assert fake.requests["GetUserTimeline"][-1].page_size == 200
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.post_tweet(1, "hi \ud83d"), "text"),
+        (lambda c: c.get_tweet(-1), "tweet_id"),
+        (lambda c: c.user_timeline(1, page_size=1 << 31), "page_size"),
+        (lambda c: c.follow(1, 1 << 64), "followee_id"),
+        (lambda c: c.get_user("alice"), "user_id"),
+    ],
+)
+def test_a_value_protobuf_cannot_carry_is_invalid_argument_naming_the_field(
+    client: MurmurClient, fake: FakeMurmur, call: Callable[[MurmurClient], Any], field: str
+) -> None:
+    """``except MurmurError`` missed these: protobuf raised ValueError,
+    TypeError or UnicodeEncodeError while the request was built."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        call(client)
+    assert caught.value.details.startswith(field), caught.value.details
+    assert sum(fake.calls.values()) == 0  # refused before any call
+
+
+def test_get_user_with_a_handle_in_user_id_says_to_pass_handle(client: MurmurClient) -> None:
+    with pytest.raises(errors.InvalidArgument, match="pass handle='alice'"):
+        client.get_user("alice")  # type: ignore[arg-type]
+
+
+def test_with_options_sets_one_call_s_deadline_and_metadata(
+    client: MurmurClient, fake: FakeMurmur
+) -> None:
+    traced = client.with_options(timeout=0.5, metadata=[("x-trace-id", "abc")])
+    traced.ping()
+    client.ping()
+    (first_left, second_left) = fake.time_left[-2:]
+    assert first_left is not None and first_left <= 0.5
+    assert second_left is not None and second_left > 1  # the client's own 5 s stands
+    assert fake.metadata[-2]["x-trace-id"] == "abc" and "x-trace-id" not in fake.metadata[-1]
+    both = traced.with_options(metadata=[("x-tenant", "t1")])
+    both.ping()
+    assert fake.metadata[-1]["x-trace-id"] == "abc" and fake.metadata[-1]["x-tenant"] == "t1"
+    assert both.timeout == 0.5
+    with pytest.raises(ValueError, match="timeout must be"):
+        client.with_options(timeout=0)
+
+
+def test_a_view_shares_the_channel_and_closes_with_its_client(fake: FakeMurmur) -> None:
+    client = MurmurClient(fake.target, timeout=5.0)
+    view = client.with_options(timeout=1.0)
+    view.close()  # closes the view only
+    with pytest.raises(errors.ClientClosed):
+        view.ping()
+    client.ping()
+    other = client.with_options(timeout=1.0)
+    client.close()
+    with pytest.raises(errors.ClientClosed):
+        other.ping()
+
+
+def test_channels_reconnect_soon_after_a_router_comes_back() -> None:
+    """gRPC's default reconnect backoff grows to 120 s: a client that saw the
+    router down kept failing fast for ~25 s after it was back."""
+    from client.admin_client import admin_channel_options
+    from client.client import channel_options
+
+    for options in (
+        channel_options(),
+        channel_options(retries=False),
+        admin_channel_options(),
+        admin_channel_options(retries=False),
+    ):
+        assert dict(options)["grpc.max_reconnect_backoff_ms"] <= 5_000, options
+
+
 def test_ping(client: MurmurClient, fake: FakeMurmur) -> None:
     assert client.ping() == pb.PingResponse(shard_id=3)
     assert client.ping(user_id=7).shard_id == 5
@@ -686,7 +793,7 @@ def test_retry_policy_names_real_idempotent_methods() -> None:
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    assert channel_options(retries=False) == []
+    assert "grpc.enable_retries" not in dict(channel_options(retries=False))
 
 
 def test_unavailable_is_retried_until_it_succeeds(client: MurmurClient, fake: FakeMurmur) -> None:
