@@ -2,7 +2,8 @@
 
 The map lives on the shards. A router asks every shard it was given for its
 stored map and adopts the newest; a brand-new cluster (no shard has a map)
-gets an even assignment, pushed to every shard before the router serves.
+gets an even assignment, pushed to every shard before the router serves by
+the one router holding every shard's map lease (``_founding_leases``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from server.map_reconcile import diverged, reconciled_map
 log = logging.getLogger("murmur.router.slots")
 ATTEMPT_TIMEOUT_S = 2.0  # one GetShardInfo; a shard slower than this is silent
 BRIEF_ATTEMPT_S = 1.0  # the least an attempt gets; the one try a known-silent shard gets
+FOUNDING_ATTEMPTS = 20  # a router founding the cluster at once with this one: learn its map
+FOUNDING_PAUSE_S = 0.5
+FOUNDING_LEASE_MS = 30_000  # a founding router that dies holds the shards up this long at most
 
 
 class RoutingTable:
@@ -222,12 +226,28 @@ async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
     At start-up a router with no shard to learn the map from cannot serve, so
     silence here ends the process with one clear line.
     """
-    try:
-        infos = await fetch_infos(addresses, wait_s)
-    except ServiceError as exc:
-        raise SystemExit(exc.message) from None
-    if len(infos) < len(addresses) and max(i.map_version for i in infos.values()) == 0:
-        raise SystemExit("a new cluster needs every shard to answer before slots are assigned")
+    for _ in range(FOUNDING_ATTEMPTS):
+        try:
+            infos = await fetch_infos(addresses, wait_s)
+        except ServiceError as exc:
+            raise SystemExit(exc.message) from None
+        if max(i.map_version for i in infos.values()) > 0:
+            return await _adopt_stored(infos)
+        if len(infos) < len(addresses):
+            raise SystemExit("a new cluster needs every shard to answer before slots are assigned")
+        founded = await _found(addresses, infos)
+        if founded is not None:
+            return founded
+        await asyncio.sleep(FOUNDING_PAUSE_S)  # another router is founding it: learn its map
+    raise SystemExit(
+        f"another router kept founding the new cluster for {FOUNDING_ATTEMPTS} tries; "
+        "start this one again once it is up"
+    )
+
+
+async def _adopt_stored(infos: dict[str, shard_pb2.ShardInfo]) -> RoutingTable:
+    """Serve with the newest stored map (given addresses taken, a divergence
+    mended), pushing a new version under the map lease."""
     slot_map, push = plan_map(infos)
     if len(slot_map.owners) != SLOT_COUNT:
         raise SystemExit(f"stored slot map has {len(slot_map.owners)} slots, not {SLOT_COUNT}")
@@ -235,16 +255,86 @@ async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
         async with _start_lease(infos) as granted:  # a new version: a map change
             if granted:
                 await _push(slot_map, infos)
-    elif push:  # a new cluster's first map, or the newest to shards behind
+    elif push:  # the newest to shards behind
         await _push(slot_map, infos)
     return RoutingTable(slot_map)
+
+
+async def _found(
+    addresses: list[str], infos: dict[str, shard_pb2.ShardInfo]
+) -> RoutingTable | None:
+    """Push a new cluster's first map, holding every shard's map lease
+    (``_founding_leases``); None if another router holds one of them, or
+    founded the cluster while this one took them."""
+    async with _founding_leases(infos) as granted:
+        if not granted:
+            return None
+        try:
+            infos = await fetch_infos(addresses, ATTEMPT_TIMEOUT_S)
+        except ServiceError:
+            return None
+        if len(infos) < len(addresses) or max(i.map_version for i in infos.values()) > 0:
+            return None
+        slot_map, _ = plan_map(infos)
+        await _push(slot_map, infos)
+        return RoutingTable(slot_map)
+
+
+@contextlib.asynccontextmanager
+async def _founding_leases(infos: dict[str, shard_pb2.ShardInfo]) -> AsyncIterator[bool]:
+    """The map lease of every shard of a new cluster (a shard with no map
+    grants it), taken in shard-id order and released at the end: True if
+    all were granted. Two routers whose --shards lists share a shard both
+    need its lease, so one founds the cluster and the other then learns
+    its map; the order keeps two from each holding a lease the other waits
+    for."""
+    holder = f"router founding, pid {os.getpid()} {secrets.token_hex(4)}"
+    held: list[str] = []
+    try:
+        for address, _ in sorted(infos.items(), key=lambda item: item[1].shard_id):
+            if not await _acquire(address, holder):
+                yield False
+                return
+            held.append(address)
+        yield True
+    finally:
+        for address in held:
+            await _release(address, holder)
+
+
+async def _acquire(address: str, holder: str) -> bool:
+    async with tls.aio_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardStub(channel)
+        request = shard_pb2.AcquireMapLeaseRequest(holder=holder, ttl_ms=FOUNDING_LEASE_MS)
+        try:
+            lease = await stub.AcquireMapLease(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.info("no founding lease from %s (%s)", address, exc.details())
+            return False
+    if not lease.granted:
+        log.info("%s is founding the new cluster; waiting for its map", lease.holder)
+    return lease.granted
+
+
+async def _release(address: str, holder: str) -> None:
+    async with tls.aio_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # it expires by itself
+            await stub.ReleaseMapLease(shard_pb2.ReleaseMapLeaseRequest(holder=holder), timeout=5)
 
 
 async def _push(slot_map: shard_pb2.SlotMap, infos: dict[str, shard_pb2.ShardInfo]) -> None:
     for address in infos:
         async with tls.aio_channel(address) as channel:
             stub = shard_pb2_grpc.ShardStub(channel)
-            await stub.AssignSlots(shard_pb2.AssignSlotsRequest(slot_map=slot_map), timeout=10)
+            request = shard_pb2.AssignSlotsRequest(slot_map=slot_map)
+            try:
+                await stub.AssignSlots(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                raise SystemExit(
+                    f"the shard at {address} refused slot map version {slot_map.version}: "
+                    f"{exc.code().name}: {exc.details()}"
+                ) from None
     log.info("slot map version %d pushed to %d shards", slot_map.version, len(infos))
 
 

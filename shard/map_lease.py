@@ -9,7 +9,11 @@ this lease before a change and holds it (renewing) until the change is
 published. It lives on the coordinator, the shard with the lowest id that
 owns a slot (``map_coordinator``): a shard that is not the coordinator by
 its own map refuses, so a router whose map is behind cannot take a lease
-nobody else respects.
+nobody else respects. A shard with no map yet grants it too: a router
+founding a new cluster takes it on every shard, in shard-id order, before
+it pushes the first map, so two routers started at once with different
+(overlapping) --shards lists cannot each push their own first map to some
+of the shards (a split cluster that no later start could mend).
 The lease is stored (synced), so a coordinator that restarts still knows
 its holder, and it expires unless renewed, so a router that dies holding
 it blocks changes for one lease time at most.
@@ -83,6 +87,8 @@ class MapLeases:
         return shard_pb2.MapLease(holder=self.holder, expires_in_ms=left)
 
     def _require_coordinator(self) -> None:
+        if not self.ownership.assigned:  # no map yet: the founding router's lease
+            return
         coordinator = map_coordinator(self.ownership.slot_map.owners)
         if coordinator != self.ownership.shard_id:
             raise ServiceError(

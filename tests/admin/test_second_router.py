@@ -8,6 +8,7 @@ re-reads the map) and send those users to their new shard.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 
@@ -19,6 +20,7 @@ from client.client import MurmurClient
 from client.errors import FailedPrecondition, Unavailable
 from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import shard_pb2, shard_pb2_grpc
+from server.slot_map import RoutingTable, bootstrap
 from tests.admin.launcher import Processes, eventually
 
 pytestmark = pytest.mark.integration
@@ -142,3 +144,38 @@ def test_moves_made_at_once_through_two_routers_take_turns_and_lose_nothing(
                 for handle, user, tweet in written:
                     assert client.get_user(handle=handle).user_id == user
                     assert client.get_tweet(tweet).tweet_id == tweet
+
+
+def _shard_map(shard_address: str) -> tuple[int, list[int]]:
+    with grpc.insecure_channel(shard_address) as channel:
+        info = shard_pb2_grpc.ShardStub(channel).GetShardInfo(
+            shard_pb2.GetShardInfoRequest(), timeout=10
+        )
+    return info.map_version, list(info.slot_map.owners)
+
+
+async def found_together(*shard_lists: list[str]) -> list[RoutingTable]:
+    """Each list's router start (its map learnt or made), all at once."""
+    return list(await asyncio.gather(*(bootstrap(addresses, 10) for addresses in shard_lists)))
+
+
+def test_two_routers_founding_one_cluster_at_once_agree_on_its_map(tmp_path) -> None:
+    """Two routers started at once on brand-new shards, given different but
+    overlapping --shards lists: each pushed its own first map to part of the
+    shards, one exited with a traceback, and the shards held two version-1
+    maps claiming the same slots (a split cluster no later start mended). Now
+    the founding takes every shard's lease in shard-id order, so one router
+    founds the cluster and the other learns its map."""
+    for round_number in range(3):
+        with Processes(tmp_path / f"round-{round_number}") as procs:
+            shards = [procs.shard(i) for i in range(3)]
+            first = [shards[0].address, shards[1].address]
+            second = [shards[2].address, shards[1].address, shards[0].address]
+
+            tables = asyncio.run(found_together(first, second))
+            held = [_shard_map(shard.address) for shard in shards]
+            assert len({version for version, _ in held}) == 1, held
+            assert len({tuple(owners) for _, owners in held}) == 1, "the shards hold two maps"
+            owners = held[0][1]
+            assert all(table.owners == owners for table in tables)
+            assert len(owners) == SLOT_COUNT and set(owners) <= {0, 1, 2}

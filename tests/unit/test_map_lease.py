@@ -307,3 +307,22 @@ def test_a_router_counts_its_lease_lost_once_renewals_stop_reaching_it(tmp_path:
         asyncio.run(scenario())
     finally:
         store.close()
+
+
+def test_a_shard_with_no_map_grants_the_founding_lease_to_one_router(tmp_path: Path) -> None:
+    """A router founding a new cluster takes every shard's lease before it
+    pushes the first map: one router at a time, and the lease is the
+    coordinator's alone once a map says who that is."""
+    store = Store(str(tmp_path / "db"))
+    try:
+        ownership = SlotOwnership(store, 1)
+        leases = MapLeases(store, ownership, FakeClock(1_000))
+        assert leases.acquire("router-a", 30_000).granted
+        refused = leases.acquire("router-b", 30_000)
+        assert not refused.granted and refused.holder == "router-a"
+        leases.release("router-a")
+        ownership.adopt(shard_pb2.SlotMap(version=1, addresses={0: "a", 1: "b"}, owners=[0] * 4096))
+        with pytest.raises(ServiceError, match="shard 0 does; refresh the map"):
+            leases.acquire("router-b", 30_000)
+    finally:
+        store.close()
