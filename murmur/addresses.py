@@ -68,7 +68,11 @@ def listen_host(text: str) -> str:
     does not resolve, or an address this machine does not have, used to read
     as "port ... is taken" (murmur-cluster, which sent people looking for
     another cluster) or "address in use?" (router and shard, after a C-core
-    log line)."""
+    log line). An empty one (every address, to bind()) is refused, and a
+    bare IPv6 address comes back bracketed, as gRPC takes it ("::1:50061"
+    was "Misformatted domain name")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("it is empty; give an address of this machine")
     try:
         with socket.socket(bind_family(text)) as probe:
             probe.bind((bind_host(text), 0))
@@ -78,7 +82,7 @@ def listen_host(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"cannot listen on {text!r} ({exc.strerror}); give an address of this machine"
         ) from None
-    return text
+    return f"[{text}]" if ":" in text and not text.startswith("[") else text
 
 
 def shard_list(text: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,22 @@ def configure_from(args: argparse.Namespace) -> TlsFiles | None:
         return None
     if not all(given):
         raise SystemExit("--tls-cert, --tls-key and --tls-ca go together")
+    check_key_pair(args.tls_cert, args.tls_key)
     return configure(TlsFiles.load(args.tls_cert, args.tls_key, args.tls_ca))
+
+
+def check_key_pair(cert: str, key: str) -> None:
+    """Whether ``key`` is the private key of ``cert``: gRPC finds out only
+    when it binds the port, and said "address in use?" after C-core lines."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise SystemExit(
+            f"--tls-key {key} is not the private key of --tls-cert {cert} ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise SystemExit(f"cannot read TLS file: {exc}") from None
 
 
 def configure(files: TlsFiles | None) -> TlsFiles | None:

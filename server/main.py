@@ -21,6 +21,7 @@ from murmur.serving import (
     ServingProcess,
     add_logging_flags,
     install_event_loop,
+    run_server,
     setup_logging,
 )
 from murmur.setting_limits import setting_flag
@@ -158,6 +159,18 @@ async def serve(args: argparse.Namespace) -> None:
     addresses = [a.strip() for a in args.shards.split(",") if a.strip()]
     if not addresses:
         raise SystemExit("--shards needs at least one address")
+    services = [
+        murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    ]
+    # the port first: a start that cannot serve changes nothing on the shards
+    process = ServingProcess(
+        args.host,
+        args.port,
+        services,
+        tls_files=tls_files,
+        max_request_bytes=ROUTER_MAX_REQUEST_BYTES,
+    )
     table = await bootstrap(addresses, args.shard_wait)
     pool = ShardPool(table)
     update = shard_pb2.UpdateSettingsRequest()
@@ -167,17 +180,6 @@ async def serve(args: argparse.Namespace) -> None:
         update.inbox_cap = args.inbox_cap
     if update.ListFields():
         await push_settings(pool, update)
-    services = [
-        murmur_pb2.DESCRIPTOR.services_by_name["Murmur"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-    ]
-    process = ServingProcess(
-        args.host,
-        args.port,
-        services,
-        tls_files=tls_files,
-        max_request_bytes=ROUTER_MAX_REQUEST_BYTES,
-    )
     serve_metrics(args.host, args.metrics_port, "router")
     murmur_service = murmur_pb2.DESCRIPTOR.services_by_name["Murmur"]
     admin_service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     install_event_loop()
-    asyncio.run(serve(args))
+    run_server(serve(args), "murmur-router")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ from murmur.addresses import listen_host, port_flag
 from murmur.errors import StorageFailed
 from murmur.observability import serve_metrics
 from murmur.registration import add_service
-from murmur.serving import ServingProcess, add_logging_flags, install_event_loop, setup_logging
+from murmur.rpc_errors import storage_reason
+from murmur.serving import (
+    ServingProcess,
+    add_logging_flags,
+    install_event_loop,
+    run_server,
+    setup_logging,
+)
 from murmur.setting_limits import setting_flag
 from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
@@ -99,6 +106,8 @@ def write_buffer_mb(text: str) -> int:
 
 def check_data_dir(path: str) -> None:
     """Fail at start-up, clearly, rather than on the first write."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"data folder {path} is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -119,10 +128,29 @@ def open_state(args: argparse.Namespace, overrides: dict[str, int]) -> ShardStat
             write_buffer_mb=args.write_buffer_mb,
         )
     except (plyvel.Error, StorageFailed) as exc:
-        raise SystemExit(f"cannot open the LevelDB in {args.data_dir}: {exc}") from None
+        raise SystemExit(
+            f"cannot open the LevelDB in {args.data_dir}: {open_problem(exc)}"
+        ) from None
+
+
+def open_problem(exc: BaseException) -> str:
+    """LevelDB's reason as text (plyvel's is bytes), and what a held lock
+    means here: another process has the folder open."""
+    reason = storage_reason(exc)
+    if "/LOCK:" in reason and "unavailable" in reason.lower():
+        return f"{reason} (another process holds its lock: is a shard already running on it?)"
+    return reason
 
 
 async def serve(args: argparse.Namespace) -> None:
+    # the port first: a start that cannot serve leaves no folder made or stamped
+    process = ServingProcess(
+        args.host,
+        args.port,
+        [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name],
+        tls_files=tls.configure_from(args),
+        require_client_cert=True,  # only routers and shards hold cluster certificates
+    )
     check_data_dir(args.data_dir)
     overrides = {
         name: value
@@ -137,13 +165,6 @@ async def serve(args: argparse.Namespace) -> None:
     if state.threshold_unapplied:
         reevaluate_all(state)  # skips the sealed slots
     applier = DeliveryApplier(state)
-    process = ServingProcess(
-        args.host,
-        args.port,
-        [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name],
-        tls_files=tls.configure_from(args),
-        require_client_cert=True,  # only routers and shards hold cluster certificates
-    )
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)
     servicer = ShardServicer(state, applier, worker, peers)
@@ -180,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     install_event_loop()
-    asyncio.run(serve(args))
+    run_server(serve(args), "murmur-shard")
 
 
 if __name__ == "__main__":

@@ -261,3 +261,44 @@ def test_an_operator_token_no_caller_could_send_is_a_usage_error(
     assert "argument --admin-token: the operator token " in err and token not in err
     monkeypatch.setenv("MURMUR_ADMIN_TOKEN", token)  # the default comes from here
     assert "the operator token " in usage_error(program, [], capsys)
+
+
+def test_a_key_that_is_not_the_certificates_is_one_line_naming_both(
+    certs: dict[str, Path],
+) -> None:
+    """gRPC found out only when binding the port, and said "address in use?"."""
+    from argparse import Namespace
+
+    from murmur import tls
+
+    wrong = Namespace(tls_cert=str(certs["cert"]), tls_key=str(certs["client_key"]), tls_ca="ca")
+    with pytest.raises(SystemExit) as caught:
+        tls.configure_from(wrong)
+    assert str(caught.value).startswith(
+        f"--tls-key {certs['client_key']} is not the private key of --tls-cert {certs['cert']} ("
+    )
+    right = Namespace(tls_cert=str(certs["cert"]), tls_key=str(certs["key"]), tls_ca=certs["ca"])
+    try:
+        assert tls.configure_from(right) is not None
+    finally:
+        tls.configure(None)
+
+
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_an_empty_host_is_a_usage_error(program: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """bind() takes "" as every address, so the probe passed; gRPC then
+    refused "host must not be empty" as "address in use?"."""
+    err = usage_error(program, ["--host", " "], capsys)
+    assert "argument --host: it is empty; give an address of this machine" in err
+
+
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_a_bare_ipv6_host_is_bracketed_for_grpc(program: str) -> None:
+    """gRPC read "::1:50061" as a misformatted name."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 here")
+    parse, required = PROGRAMS[program]
+    assert parse([*required, "--host", "::1"]).host == "[::1]"
