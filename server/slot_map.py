@@ -186,7 +186,16 @@ def take_given_addresses(slot_map: shard_pb2.SlotMap, by_id: dict[int, str]) -> 
     for shard_id, address in by_id.items():
         if shard_id not in owners:
             log.warning("shard %d at %s owns no slots; migrate slots to it", shard_id, address)
-        if slot_map.addresses.get(shard_id) != address:
+        stored = slot_map.addresses.get(shard_id)
+        if stored != address:
+            if stored:  # every router given another spelling changes it back at its start
+                log.warning(
+                    "shard %d's stored address %s becomes %s, as --shards gives it; give "
+                    "every router the same spelling, or they rewrite it at each start",
+                    shard_id,
+                    stored,
+                    address,
+                )
             slot_map.addresses[shard_id] = address
             changed = True
     missing = owners - set(by_id)

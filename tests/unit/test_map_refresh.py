@@ -6,6 +6,7 @@ answering is an error, not an exit."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import selectors
 from typing import Any
 
@@ -244,3 +245,18 @@ def test_a_refresh_with_no_shard_answering_is_unavailable(monkeypatch) -> None:
         asyncio.run(pool.refresh_map())
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert info.value.message.startswith("cannot refresh the slot map: shards at s0, s1")
+
+
+def test_a_router_that_rewrites_a_stored_address_says_from_what_to_what(caplog) -> None:
+    """Routers given different spellings of one shard (localhost and
+    127.0.0.1) rewrite its address at each start; it was logged at INFO
+    without the addresses."""
+    stored = map_where_slot_is_on(1, 0)
+    stored.addresses[0] = "127.0.0.1:7000"
+    with caplog.at_level(logging.WARNING, logger="murmur.router.slots"):
+        assert slot_map.take_given_addresses(stored, {0: "localhost:7000", 1: stored.addresses[1]})
+    assert stored.addresses[0] == "localhost:7000"
+    (record,) = [r for r in caplog.records if "stored address" in r.getMessage()]
+    assert record.getMessage().startswith(
+        "shard 0's stored address 127.0.0.1:7000 becomes localhost:7000, as --shards gives it"
+    )
