@@ -2,7 +2,10 @@
 
 The router is stateless apart from its cached slot map: every request is
 checked against the documented rules here, then sent to the shard that owns
-the key, carrying the caller's remaining deadline.
+the key, carrying the caller's remaining deadline. What goes to a shard is
+rebuilt from the checked fields, never the caller's message itself: fields
+a client added that this router does not know would travel along (up to the
+1 MB limit each) and fill the shard's batched calls.
 """
 
 from __future__ import annotations
@@ -224,8 +227,10 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     @rpc
     async def Unfollow(self, request, context):
         follower = check_id("follower_id", request.follower_id)
-        check_id("followee_id", request.followee_id)
-        return await self._user_call(follower, "Unfollow", request, context)
+        forwarded = murmur_pb2.UnfollowRequest(
+            follower_id=follower, followee_id=check_id("followee_id", request.followee_id)
+        )
+        return await self._user_call(follower, "Unfollow", forwarded, context)
 
     async def _list_users(self, request, context, direction: int, kind: TokenKind):
         user_id = check_id("user_id", request.user_id)
@@ -293,8 +298,9 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def DeleteTweet(self, request, context):
         tweet_id = check_tweet_id(request.tweet_id)
         author = check_id("user_id", request.user_id)
+        forwarded = murmur_pb2.DeleteTweetRequest(tweet_id=tweet_id, user_id=author)
         try:
-            return await self._tweet_call(tweet_id, "DeleteTweet", request, context)
+            return await self._tweet_call(tweet_id, "DeleteTweet", forwarded, context)
         finally:
             self._forget_copy(author)
 
@@ -351,10 +357,12 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
 
     @rpc
     async def Ping(self, request, context):
-        if request.user_id:
-            return await self._user_call(request.user_id, "Ping", request, context)
+        user_id = request.user_id
+        forwarded = murmur_pb2.PingRequest(user_id=user_id)
+        if user_id:
+            return await self._user_call(user_id, "Ping", forwarded, context)
         return await self.pool.call(
-            self.table.shard_for_slot(0), "Ping", request, self._timeout(context)
+            self.table.shard_for_slot(0), "Ping", forwarded, self._timeout(context)
         )
 
 
