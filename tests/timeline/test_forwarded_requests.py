@@ -7,11 +7,12 @@ limit and fail every call in the batch)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from murmur.v1 import murmur_pb2
-from tests.timeline.memory_cluster import MemoryCluster, run
+from tests.timeline.memory_cluster import MemoryCluster
 
 PADDING = 99  # a field number no Murmur message has
 
@@ -31,9 +32,10 @@ def with_unknown_field(message: Any, size: int) -> Any:
 
 
 def test_requests_reach_the_shards_without_fields_the_router_did_not_check(
-    make_cluster: Callable[..., MemoryCluster],
+    make_cluster: Callable[..., MemoryCluster], loop: asyncio.AbstractEventLoop
 ) -> None:
     cluster = make_cluster(shards=2)
+    run = loop.run_until_complete
     alice = run(cluster.call("CreateUser", murmur_pb2.CreateUserRequest(handle="alice")))
     bob = run(cluster.call("CreateUser", murmur_pb2.CreateUserRequest(handle="bob")))
     follow = murmur_pb2.FollowRequest(follower_id=alice.user_id, followee_id=bob.user_id)
