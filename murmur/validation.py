@@ -17,6 +17,11 @@ MAX_TWEET = 280
 MAX_REQUEST_ID = 64
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
+# The most accounts one user may follow (Twitter's own long-standing limit):
+# every home read past the inbox's complete stretch, every celebrity pull
+# and every unfollow's inbox scan grows with it, so no caller may grow it
+# without end.
+MAX_FOLLOWING = 5_000
 # Router -> shard: the most tweets one per_author PullTimelines may return
 # (authors x limit); the shard enforces it, the router splits its pulls by it.
 MAX_PER_AUTHOR_TWEETS = 20_000

@@ -19,7 +19,7 @@ from murmur.ids import now_ms, slot_of_tweet
 from murmur.rpc_errors import refuse_unparseable, rpc, streamed
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
-from murmur.validation import MAX_PER_AUTHOR_TWEETS
+from murmur.validation import MAX_FOLLOWING, MAX_PER_AUTHOR_TWEETS
 from shard.backup import backup
 from shard.batch_execute import BatchStreams, run_calls
 from shard.celebrity import consistent_slots, reevaluate_all
@@ -141,6 +141,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if state.graph.following_edge(txn, follower, followee) is not None:
             await self.commits.durable()  # the edge we saw may still be syncing
             return murmur_pb2.FollowResponse()
+        if record.user.following_count >= MAX_FOLLOWING:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"user {follower} already follows {record.user.following_count:,} accounts, "
+                f"the most one may follow ({MAX_FOLLOWING:,}); unfollow some first",
+            )
         edge = shard_pb2.FollowEdge(
             followed_ms=now_ms(),
             celebrity=request.followee_celebrity,

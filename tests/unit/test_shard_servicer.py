@@ -21,6 +21,7 @@ from murmur.errors import WRONG_SLOT_METADATA
 from murmur.ids import IdClock, compose_tweet_id, lowest_id_at, now_ms, slot_of_tweet
 from murmur.slots import SLOT_COUNT, slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
+from murmur.validation import MAX_FOLLOWING
 from shard import keys
 from shard.delivery import DeliveryApplier, trim_threshold
 from shard.servicer import ShardServicer
@@ -1315,3 +1316,30 @@ def test_pull_timelines_per_author_and_its_limit(shard: Shard) -> None:
     )
     details = shard.fails("PullTimelines", too_many, grpc.StatusCode.INVALID_ARGUMENT)
     assert "29 authors x limit 1000" in details and "20000" in details
+
+
+def test_a_user_follows_at_most_max_following_accounts(shard: Shard) -> None:
+    """Home reads past the inbox's complete stretch, celebrity pulls and
+    unfollows' inbox scans all grow with a user's followees."""
+    a, b, c = shard.create_user("a"), shard.create_user("b"), shard.create_user("c")
+    txn = shard.state.store.txn()
+    record = shard.state.users.require(txn, a, "follower")
+    record.user.following_count = MAX_FOLLOWING - 1  # as if 4,999 follows had come before
+    shard.state.users.put(txn, record)
+    txn.commit(sync=True)
+    shard.follow(a, b)  # the 5,000th
+    details = shard.fails(
+        "Follow",
+        shard_pb2.ShardFollowRequest(follower_id=a, followee_id=c),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert details == (
+        f"user {a} already follows 5,000 accounts, the most one may follow (5,000); "
+        "unfollow some first"
+    )
+    shard.follow(a, b)  # still idempotent at the limit
+    assert shard.user(a).user.following_count == MAX_FOLLOWING
+    assert shard.edges(a, shard_pb2.FOLLOWING) == [b]
+    shard.ok("Unfollow", murmur_pb2.UnfollowRequest(follower_id=a, followee_id=b))
+    shard.follow(a, c)
+    assert shard.edges(a, shard_pb2.FOLLOWING) == [c]
