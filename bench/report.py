@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def _get(data: dict, *path: Any, default: Any = None) -> Any:
@@ -54,6 +54,26 @@ def _row(name: str, goal: str, value: Any, met: bool | None, note: str = "") -> 
     return {"target": name, "goal": goal, "measured": value, "met": met, "note": note}
 
 
+class FloorTarget(NamedTuple):
+    """One target stated as a ratio to Ping: ``limit`` is a floor for
+    throughput and a ceiling for p99 (``key`` names the side-by-side ratio)."""
+
+    what: str
+    goal: str
+    key: str
+    limit: float
+    unit: str
+
+
+HOME_THROUGHPUT = FloorTarget(
+    "home-timeline throughput", ">= 1.0x floor (aim 1.5x)", "home_throughput", 1.0, "calls/s"
+)
+HOME_P99 = FloorTarget("home-timeline p99", "<= 1.5x floor", "home_p99", 1.5, "ms")
+POST_THROUGHPUT = FloorTarget(
+    "PostTweet throughput", ">= 1.0x floor", "post_throughput", 1.0, "calls/s"
+)
+
+
 def _floor_rows(result: dict) -> list[dict]:
     """Home reads and posts against Ping, the floor, at c16 (or the run's
     one concurrency when it had no c16)."""
@@ -66,56 +86,26 @@ def _floor_rows(result: dict) -> list[dict]:
     post_key = next(iter(_get(murmur, "post", default={}) or {}), None)
     post = _get(murmur, "post", post_key, default={})
     ping_post = _get(murmur, "ping", post_key, default=ping)
+    home_p99 = (_get(home, "ops", "home", "p99_ms"), _get(ping, "ops", "ping", "p99_ms"))
     return [
+        _floor_row(result, HOME_THROUGHPUT, (home.get("throughput"), ping.get("throughput")), c16),
+        _floor_row(result, HOME_P99, home_p99, c16),
         _floor_row(
             result,
-            "home-timeline throughput",
-            ">= 1.0x floor (aim 1.5x)",
-            "home_throughput",
-            1.0,
-            (home.get("throughput"), ping.get("throughput")),
-            c16,
-            "calls/s",
-        ),
-        _floor_row(
-            result,
-            "home-timeline p99",
-            "<= 1.5x floor",
-            "home_p99",
-            1.5,
-            (_get(home, "ops", "home", "p99_ms"), _get(ping, "ops", "ping", "p99_ms")),
-            c16,
-            "ms",
-        ),
-        _floor_row(
-            result,
-            "PostTweet throughput",
-            ">= 1.0x floor",
-            "post_throughput",
-            1.0,
+            POST_THROUGHPUT,
             (post.get("throughput"), ping_post.get("throughput")),
             post_key,
-            "calls/s",
         ),
     ]
 
 
-def _floor_row(
-    result: dict,
-    what: str,
-    goal: str,
-    key: str,
-    limit: float,
-    pair: tuple,
-    phase: str | None,
-    unit: str,
-) -> dict:
-    """A ratio to Ping: the median of the interleaved rounds when the run
-    has them (with the long phases' own ratio beside it), else the
-    phases'. ``limit`` is a floor for throughput and a ceiling for p99."""
+def _floor_row(result: dict, target: FloorTarget, pair: tuple, phase: str | None) -> dict:
+    """The ratio ``pair`` (Murmur's value, Ping's) makes in the long
+    ``phase``, or the median of the interleaved rounds when the run has them
+    (with the phases' own ratio beside it)."""
     phases = _ratio(*pair)
-    phases_text = f"{_fmt(pair[0])} vs {_fmt(pair[1])} {unit}"
-    rounds = _get(result, "side_by_side", "ratios", key, default={})
+    phases_text = f"{_fmt(pair[0])} vs {_fmt(pair[1])} {target.unit}"
+    rounds = _get(result, "side_by_side", "ratios", target.key, default={})
     measured = [x for x in rounds.get("per_round", []) if x is not None]
     if rounds.get("median") is None:
         value, note, at = phases, phases_text, phase
@@ -126,9 +116,10 @@ def _floor_row(
             f"({_fmt(min(measured))}-{_fmt(max(measured))}); the {phase} phases alone: "
             f"{_fmt(phases)} ({phases_text})"
         )
-    at_most = key == "home_p99"
+    at_most = target.key == "home_p99"
+    limit = target.limit
     met = None if value is None else (value <= limit if at_most else value >= limit)
-    return _row(f"{what} vs floor ({at})", goal, value, met, note)
+    return _row(f"{target.what} vs floor ({at})", target.goal, value, met, note)
 
 
 def _fanout_rows(result: dict) -> list[dict]:
