@@ -45,6 +45,7 @@ from client.cli import (
 from client.client import DEFAULT_TARGET
 from murmur.addresses import address_problem
 from murmur.backup_paths import backup_path_problem
+from murmur.errors import WRITES_REFUSED_HEALTH
 from murmur.setting_limits import LIMITS, check_value
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import shard_pb2 as spb
@@ -255,20 +256,17 @@ STATUS_HEADERS = (
 )
 
 
-WRITES_REFUSED = "SERVING READS; WRITES REFUSED"  # how the router words a fenced shard's health
-
-
 def answered(s: apb.ShardStatus) -> bool:
     """Whether the shard answered (its counts are real), writes refused or not."""
-    return s.health == "SERVING" or s.health.startswith(WRITES_REFUSED)
+    return s.health == "SERVING" or s.health.startswith(WRITES_REFUSED_HEALTH)
 
 
 def health_cell(health: str) -> str:
     """``health`` as a table shows it: the state, without the reason (a
     gRPC error's full text widened every row's cell to ~200 columns); the
     reasons follow the table."""
-    if health.startswith(WRITES_REFUSED):
-        return WRITES_REFUSED
+    if health.startswith(WRITES_REFUSED_HEALTH):
+        return WRITES_REFUSED_HEALTH
     return health.split(":", 1)[0]
 
 

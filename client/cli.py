@@ -35,8 +35,8 @@ from murmur.header_values import header_problem
 from murmur.ids import MAX_ID
 from murmur.page_tokens import TokenKind
 from murmur.v1 import murmur_pb2 as pb
+from murmur.validation import MAX_PAGE_SIZE  # the server's cap: asking for more is pointless
 
-MAX_PAGE_SIZE = 200  # the server caps page_size here; asking for more is pointless
 _DIGITS = re.compile(r"[0-9]+")  # not str.isdigit(): that accepts "²" and other digits
 _NEGATIVE = re.compile(r"-[0-9]+")
 # HOST:PORT or [V6]:PORT with a plain (maybe negative) number for a port

@@ -44,6 +44,7 @@ from google.protobuf.message import Message
 from client.errors import ClientClosed, Internal, InvalidArgument, error_from_rpc
 from murmur.v1 import murmur_pb2 as pb
 from murmur.v1 import murmur_pb2_grpc as pb_grpc
+from murmur.validation import MAX_PAGE_SIZE  # the server's cap: a bigger page is never sent
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -95,7 +96,6 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 )
-MAX_PAGE_SIZE = 200  # the server's cap on page_size; a bigger page is never sent
 log = logging.getLogger("murmur.client")
 
 _T = TypeVar("_T")

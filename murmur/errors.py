@@ -50,6 +50,11 @@ def wrong_slot(shard_id: int, slot: int) -> ServiceError:
     )
 
 
+# ShardStatus.health of a shard whose storage fence is closed (the router
+# words it so, murmur-admin shows it); the reason follows it
+WRITES_REFUSED_HEALTH = "SERVING READS; WRITES REFUSED"
+
+
 class StorageFailed(Exception):
     """A shard's storage refused a write for good: one write (or fsync) to
     LevelDB failed, and LevelDB 1.22 may then have left a torn record in

@@ -23,7 +23,7 @@ import grpc
 
 from murmur import tls
 from murmur.addresses import address_problem
-from murmur.errors import ServiceError, invalid, not_found
+from murmur.errors import WRITES_REFUSED_HEALTH, ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2, shard_pb2_grpc
@@ -159,7 +159,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         status.health = "SERVING"
         if stats.writes_refused:  # the shard's storage fence is closed
             status.health = (
-                f"SERVING READS; WRITES REFUSED since a write failed ({stats.writes_refused}): "
+                f"{WRITES_REFUSED_HEALTH} since a write failed ({stats.writes_refused}): "
                 "make room if the disk is full, then restart the shard"
             )
         status.key_counts.update(stats.key_counts)

@@ -36,7 +36,7 @@ ATTEMPT_TIMEOUT_S = 2.0  # one GetShardInfo; a shard slower than this is silent
 BRIEF_ATTEMPT_S = 1.0  # the least an attempt gets; the one try a known-silent shard gets
 FOUNDING_ATTEMPTS = 20  # a router founding the cluster at once with this one: learn its map
 FOUNDING_PAUSE_S = 0.5
-FOUNDING_LEASE_MS = 30_000  # a founding router that dies holds the shards up this long at most
+START_LEASE_MS = 30_000  # a starting router that dies holds map changes up this long at most
 
 
 class RoutingTable:
@@ -240,7 +240,7 @@ async def bootstrap(addresses: list[str], wait_s: float = 30.0) -> RoutingTable:
             infos = await fetch_infos(addresses, wait_s)
         except ServiceError as exc:
             raise SystemExit(exc.message) from None
-        if max(i.map_version for i in infos.values()) > 0:
+        if newest_info(infos).map_version > 0:
             return await _adopt_stored(infos)
         if len(infos) < len(addresses):
             raise SystemExit("a new cluster needs every shard to answer before slots are assigned")
@@ -282,7 +282,7 @@ async def _found(
             infos = await fetch_infos(addresses, ATTEMPT_TIMEOUT_S)
         except ServiceError:
             return None
-        if len(infos) < len(addresses) or max(i.map_version for i in infos.values()) > 0:
+        if len(infos) < len(addresses) or newest_info(infos).map_version > 0:
             return None
         slot_map, _ = plan_map(infos)
         await _push(slot_map, infos)
@@ -301,7 +301,9 @@ async def _founding_leases(infos: dict[str, shard_pb2.ShardInfo]) -> AsyncIterat
     held: list[str] = []
     try:
         for address, _ in sorted(infos.items(), key=lambda item: item[1].shard_id):
-            if not await _acquire(address, holder):
+            refused = await _acquire(address, holder)
+            if refused is not None:
+                log.info("no founding lease from %s: %s; waiting for its map", address, refused)
                 yield False
                 return
             held.append(address)
@@ -311,18 +313,17 @@ async def _founding_leases(infos: dict[str, shard_pb2.ShardInfo]) -> AsyncIterat
             await _release(address, holder)
 
 
-async def _acquire(address: str, holder: str) -> bool:
+async def _acquire(address: str, holder: str) -> str | None:
+    """Take the map lease at ``address`` for ``holder`` at start-up: None
+    once held, else why not."""
     async with tls.aio_channel(address) as channel:
         stub = shard_pb2_grpc.ShardStub(channel)
-        request = shard_pb2.AcquireMapLeaseRequest(holder=holder, ttl_ms=FOUNDING_LEASE_MS)
+        request = shard_pb2.AcquireMapLeaseRequest(holder=holder, ttl_ms=START_LEASE_MS)
         try:
             lease = await stub.AcquireMapLease(request, timeout=5)
         except grpc.aio.AioRpcError as exc:
-            log.info("no founding lease from %s (%s)", address, exc.details())
-            return False
-    if not lease.granted:
-        log.info("%s is founding the new cluster; waiting for its map", lease.holder)
-    return lease.granted
+            return f"no map lease ({exc.details()})"
+    return None if lease.granted else f"{lease.holder} is changing the map"
 
 
 async def _release(address: str, holder: str) -> None:
@@ -361,24 +362,12 @@ async def _start_lease(infos: dict[str, shard_pb2.ShardInfo]) -> AsyncIterator[b
         yield False
         return
     holder = f"router starting, pid {os.getpid()} {secrets.token_hex(4)}"
-    async with tls.aio_channel(address) as channel:
-        stub = shard_pb2_grpc.ShardStub(channel)
-        try:
-            lease = await stub.AcquireMapLease(
-                shard_pb2.AcquireMapLeaseRequest(holder=holder, ttl_ms=30_000), timeout=5
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("the new map is not pushed: no map lease (%s)", exc.details())
-            yield False
-            return
-        if not lease.granted:
-            log.warning("the new map is not pushed: %s is changing the map", lease.holder)
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.ReleaseMapLease(
-                    shard_pb2.ReleaseMapLeaseRequest(holder=holder), timeout=5
-                )
+    refused = await _acquire(address, holder)
+    if refused is not None:
+        log.warning("the new map is not pushed: %s", refused)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        await _release(address, holder)
