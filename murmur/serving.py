@@ -141,19 +141,28 @@ def install_event_loop() -> None:
     uvloop.install()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def run_server(main: Coroutine[Any, Any, None], program: str) -> None:
     """``asyncio.run(main)``, where SIGINT or SIGTERM before the server's own
     handlers are in place (opening the store, waiting for shards) ends the
     start with one line and exit 1: SIGINT printed screens of traceback and
     SIGTERM ended the process without a word. What was stored is safe as
-    after any crash: every write is durable before it is acknowledged."""
-    previous = signal.signal(signal.SIGTERM, _interrupt_start)
+    after any crash: every write is durable before it is acknowledged.
+
+    SIGINT gets the handler too, not Python's default: a process started in
+    the background by a shell without job control inherits SIGINT ignored,
+    and then honoured it once serving (``add_signal_handler``) but not while
+    starting."""
+    previous = {sig: signal.signal(sig, _interrupt_start) for sig in STOP_SIGNALS}
     try:
         asyncio.run(main)
     except KeyboardInterrupt:
         raise SystemExit(f"{program}: stopped by a signal while starting") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt_start(signum: int, frame: Any) -> None:
@@ -215,7 +224,7 @@ class ServingProcess:
         await self.server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._stop.set)
         print(banner.format(address=f"{self.host}:{self.port}"), flush=True)
         await self._stop.wait()
