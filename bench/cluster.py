@@ -239,6 +239,12 @@ class MurmurCluster:
                         str(self.celebrity_threshold),
                         "--inbox-cap",
                         str(self.inbox_cap),
+                        # the load generator posts and follows for thousands
+                        # of accounts at once, far past any one user's pace
+                        "--post-rate-limit",
+                        "0",
+                        "--follow-rate-limit",
+                        "0",
                         "--metrics-port",
                         str(self.metrics_ports[index]),
                     ],

@@ -158,7 +158,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="smoke-test size (generated graph)")
     parser.add_argument("--name", default=None, help="result file stem (default by mode)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="result folder")
-    parser.add_argument("--target", default=None, help="use a running router (loopback only)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="use a running router (loopback only) whose per-user rate limits are off "
+        "(murmur-admin settings post_rate_limit=0 follow_rate_limit=0)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds per timed phase")
     parser.add_argument("--shards", type=int, default=2, help="shards to start (default 2)")
     parser.add_argument(

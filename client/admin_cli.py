@@ -637,7 +637,8 @@ def backup(session: AdminSession, shard_id: int, path: str) -> None:
 def settings(session: AdminSession, assignments: tuple[str, ...]) -> None:
     """Show the cluster-wide settings, or change some on every shard.
 
-    Keys: celebrity_threshold, inbox_cap, backfill_limit.
+    Keys: celebrity_threshold, inbox_cap, backfill_limit, post_rate_limit,
+    follow_rate_limit (the rate limits per user per minute; 0 = no limit).
     """
     changes = parse_settings(assignments)
     if changes:

@@ -195,15 +195,21 @@ class AdminClient(ChannelClient):
         celebrity_threshold: int | None = None,
         inbox_cap: int | None = None,
         backfill_limit: int | None = None,
+        post_rate_limit: int | None = None,
+        follow_rate_limit: int | None = None,
     ) -> spb.Settings:
-        """Change the given settings on every shard; the others stay as they are."""
-        request = spb.UpdateSettingsRequest()
-        if celebrity_threshold is not None:
-            request.celebrity_threshold = celebrity_threshold
-        if inbox_cap is not None:
-            request.inbox_cap = inbox_cap
-        if backfill_limit is not None:
-            request.backfill_limit = backfill_limit
+        """Change the given settings on every shard; the others stay as they are.
+        The rate limits are per user per minute, 0 for none."""
+        given = {
+            "celebrity_threshold": celebrity_threshold,
+            "inbox_cap": inbox_cap,
+            "backfill_limit": backfill_limit,
+            "post_rate_limit": post_rate_limit,
+            "follow_rate_limit": follow_rate_limit,
+        }
+        request = spb.UpdateSettingsRequest(
+            **{name: value for name, value in given.items() if value is not None}
+        )
         return self._call(self._stub.UpdateSettings, request, long=True)
 
     # -- consistency ---------------------------------------------------------

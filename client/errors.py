@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import grpc
 
+from murmur.retry_info import retry_after
+
 __all__ = [
     "Aborted",
     "AlreadyExists",
@@ -114,9 +116,23 @@ class Unauthenticated(MurmurError):
 
 
 class ResourceExhausted(MurmurError):
-    """A quota, rate limit or message-size limit was hit."""
+    """A quota, rate limit or message-size limit was hit; nothing was done.
+
+    ``retry_after`` is the seconds the server says to wait before the same
+    call would pass (a per-user rate limit: post_rate_limit,
+    follow_rate_limit), or None when waiting will not help (too big a
+    request, 5,000 followees already, a full disk)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        details: str = "",
+        code: grpc.StatusCode | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(details, code)
+        self.retry_after = retry_after
 
 
 class Internal(MurmurError):
@@ -223,4 +239,9 @@ def error_from_rpc(exc: grpc.RpcError) -> MurmurError:
     details = details_fn() if callable(details_fn) else None
     if details is None:
         details = str(exc)
-    return exception_class_for(code)(details, code)
+    error_type = exception_class_for(code)
+    if error_type is ResourceExhausted:
+        trailing_fn = getattr(exc, "trailing_metadata", None)
+        wait = retry_after(trailing_fn() if callable(trailing_fn) else None)
+        return ResourceExhausted(details, code, retry_after=wait)
+    return error_type(details, code)

@@ -19,11 +19,15 @@ class ServiceError(Exception):
         code: grpc.StatusCode,
         message: str,
         trailing: tuple[tuple[str, str], ...] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.trailing = trailing
+        # seconds until the same call would be let through (a rate limit):
+        # callers get it as a google.rpc.RetryInfo (murmur/retry_info.py)
+        self.retry_after = retry_after
 
 
 def invalid(message: str) -> ServiceError:

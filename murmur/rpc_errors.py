@@ -16,6 +16,7 @@ import plyvel
 from murmur.errors import ServiceError, StorageFailed
 from murmur.observability import observe_call
 from murmur.registration import Unparseable
+from murmur.retry_info import retry_trailer
 from murmur.validation import InvalidInput
 
 log = logging.getLogger("murmur.rpc")
@@ -41,8 +42,9 @@ def rpc(method: Handler) -> Handler:
             return await method(self, request, context)
         except ServiceError as exc:
             code = exc.code
-            if exc.trailing:
-                context.set_trailing_metadata(exc.trailing)
+            trailing = _trailing(exc)
+            if trailing:
+                context.set_trailing_metadata(trailing)
             await _abort(context, exc.code, exc.message)
         except InvalidInput as exc:
             code = grpc.StatusCode.INVALID_ARGUMENT
@@ -68,6 +70,14 @@ def rpc(method: Handler) -> Handler:
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _trailing(exc: ServiceError) -> tuple:
+    """The error's own trailers, and when a rate limit refused the call, the
+    RetryInfo saying when to come back."""
+    if exc.retry_after is None:
+        return exc.trailing
+    return (*exc.trailing, retry_trailer(exc.code, exc.message, exc.retry_after))
 
 
 # a disk that is full, or a quota or file-size limit reached: room must be

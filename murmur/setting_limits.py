@@ -13,6 +13,8 @@ LIMITS = {
     "celebrity_threshold": (0, NEVER),
     "inbox_cap": (1, 100_000),  # 0 would trim every inbox away: fan-out on read by stealth
     "backfill_limit": (0, 10_000),
+    "post_rate_limit": (0, 1_000_000),  # per user per minute; 0 = no limit
+    "follow_rate_limit": (0, 1_000_000),
 }
 
 

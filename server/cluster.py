@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="entries per inbox (800; 1 to 100000)",
     )
+    for name, what in (("post", "posts"), ("follow", "follows and unfollows")):
+        parser.add_argument(
+            f"--{name}-rate-limit",
+            type=setting_flag(f"{name}_rate_limit"),
+            default=None,
+            help=f"{what} one user may make per minute (300; 0 = no limit)",
+        )
     parser.add_argument(
         "--celebrity-cache-ms",
         type=cache_ms,
@@ -123,6 +130,10 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--celebrity-threshold", str(args.celebrity_threshold)]
     if args.inbox_cap is not None:
         flags += ["--inbox-cap", str(args.inbox_cap)]
+    for name in ("post", "follow"):
+        value = getattr(args, f"{name}_rate_limit")
+        if value is not None:
+            flags += [f"--{name}-rate-limit", str(value)]
     return flags
 
 

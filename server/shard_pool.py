@@ -30,6 +30,7 @@ from google.protobuf import message_factory
 from murmur.errors import WRONG_SLOT_METADATA, ServiceError
 from murmur.execute_stream import STATUS_BY_NUMBER
 from murmur.loop_metrics import LoopHistogram
+from murmur.retry_info import retry_after
 from murmur.shard_stubs import ShardStubs
 from murmur.v1 import murmur_pb2, shard_pb2, shard_pb2_grpc
 from murmur.validation import MAX_PER_AUTHOR_TWEETS
@@ -205,8 +206,15 @@ class ShardLane:
                 _settle(item, result=RESPONSE_TYPES[item.method].FromString(result.response))
             else:
                 code = STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
-                error_type = WrongSlot if result.wrong_slot else ServiceError
-                _settle(item, error=error_type(code, result.message))
+                if result.wrong_slot:
+                    error = WrongSlot(code, result.message)
+                else:
+                    error = ServiceError(code, result.message, retry_after=_seconds(result))
+                _settle(item, error=error)
+
+
+def _seconds(result: shard_pb2.ShardCallResult) -> float | None:
+    return result.retry_after_ms / 1000 if result.retry_after_ms else None
 
 
 def _settle(item: Pending, result: Any = None, error: BaseException | None = None) -> None:
@@ -412,7 +420,11 @@ class ShardPool:
         trailing = exc.trailing_metadata() or ()
         if any(key == WRONG_SLOT_METADATA for key, _ in trailing):
             return WrongSlot(code, exc.details() or "wrong slot")
-        return ServiceError(code, exc.details() or f"{code.name} from {self.describe(shard_id)}")
+        return ServiceError(
+            code,
+            exc.details() or f"{code.name} from {self.describe(shard_id)}",
+            retry_after=retry_after(trailing),
+        )
 
     async def close(self) -> None:
         for task in self._probes.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from google.protobuf import message_factory
 
 from murmur.errors import WRONG_SLOT_METADATA
 from murmur.registration import Unparseable
+from murmur.retry_info import retry_after
 from murmur.serving import GRACE_S
 from murmur.v1 import shard_pb2
 
@@ -62,6 +64,12 @@ class CapturingContext:
         raise _Aborted(code, message)
 
 
+def _retry_after_ms(trailing: tuple) -> int:
+    """A rate limit's wait, rounded up so a caller that waits it is let through."""
+    seconds = retry_after(trailing)
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
 async def run_call(
     servicer: Any, call: shard_pb2.ShardCall, remaining: float | None
 ) -> shard_pb2.ShardCallResult:
@@ -86,6 +94,7 @@ async def run_call(
             code=aborted.code.value[0],
             message=aborted.message,
             wrong_slot=any(key == WRONG_SLOT_METADATA for key, _ in context.trailing),
+            retry_after_ms=_retry_after_ms(context.trailing),
         )
     except Exception:  # one broken call must not fail its neighbours
         log.exception("call %s inside Execute failed", call.method)

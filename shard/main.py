@@ -61,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="entries per home inbox (800; 1 to 100000); stored like UpdateSettings",
     )
+    for name, what in (("post", "posts"), ("follow", "follows and unfollows")):
+        parser.add_argument(
+            f"--{name}-rate-limit",
+            type=setting_flag(f"{name}_rate_limit"),
+            default=None,
+            help=f"{what} one user may make per minute (300; 0 = no limit); "
+            "stored like UpdateSettings",
+        )
     parser.add_argument(
         "--compress-tables",
         action="store_true",
@@ -157,6 +165,8 @@ async def serve(args: argparse.Namespace) -> None:
         for name, value in (
             ("celebrity_threshold", args.celebrity_threshold),
             ("inbox_cap", args.inbox_cap),
+            ("post_rate_limit", args.post_rate_limit),
+            ("follow_rate_limit", args.follow_rate_limit),
         )
         if value is not None
     }

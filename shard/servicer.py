@@ -33,6 +33,7 @@ from shard.metrics import INBOX_SIZE
 from shard.migration import SlotMigrator, import_entries, take_map
 from shard.outbox import add_follower_record, remove_follower_record
 from shard.peers import PeerShards
+from shard.rate_limits import UserRateLimiter
 from shard.settings import apply_update, check_update, to_message
 from shard.state import ShardState
 from shard.storage_fence import WRITE_FAILURES
@@ -60,6 +61,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.batch_streams = BatchStreams(self)
         self.worker = worker
         self.peers = peers
+        self.post_limits = UserRateLimiter("post_rate_limit", "posts")
+        self.follow_limits = UserRateLimiter("follow_rate_limit", "follows and unfollows")
 
     @property
     def component(self) -> str:
@@ -147,6 +150,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 f"user {follower} already follows {record.user.following_count:,} accounts, "
                 f"the most one may follow ({MAX_FOLLOWING:,}); unfollow some first",
             )
+        self.follow_limits.charge(follower, state.settings.follow_rate_limit)
         edge = shard_pb2.FollowEdge(
             followed_ms=now_ms(),
             celebrity=request.followee_celebrity,
@@ -172,6 +176,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if state.graph.following_edge(txn, follower, followee) is None:
             await self.commits.durable()
             return murmur_pb2.UnfollowResponse()
+        self.follow_limits.charge(follower, state.settings.follow_rate_limit)
         state.graph.delete_following(txn, follower, followee)
         state.inbox.remove_author(txn, follower, followee)
         record.user.following_count = max(0, record.user.following_count - 1)
@@ -208,6 +213,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 tweet = self._retried_post(txn, existing, request.request_id)
                 await self.commits.durable()  # the first attempt may still be syncing
                 return tweet
+        self.post_limits.charge(author, state.settings.post_rate_limit)
         tweet = state.tweets.create(txn, author, request.text, request.request_id)
         record.user.tweet_count += 1
         state.users.put(txn, record)

@@ -16,6 +16,11 @@ class ShardSettings:
     celebrity_threshold: int = 10_000
     inbox_cap: int = 800
     backfill_limit: int = 200
+    # per user per minute: 5 a second sustained stops a runaway loop (which
+    # would post thousands a second, each fanned out to every follower)
+    # while no person, and few bots, ever meet it; 0 = no limit
+    post_rate_limit: int = 300
+    follow_rate_limit: int = 300
     fanout_batch_entries: int = 4_000
 
 
@@ -37,7 +42,21 @@ def is_celebrity(currently: bool, followers: int, threshold: int) -> bool:
     return followers >= threshold
 
 
-RUNTIME_FIELDS = ("celebrity_threshold", "inbox_cap", "backfill_limit")
+RUNTIME_FIELDS = (
+    "celebrity_threshold",
+    "inbox_cap",
+    "backfill_limit",
+    "post_rate_limit",
+    "follow_rate_limit",
+)
+
+
+def is_stored(stored: shard_pb2.Settings, name: str) -> bool:
+    """Whether stored settings hold ``name``: those written before a setting
+    existed lack it (proto3 would read 0, which for a rate limit means none),
+    and the default applies."""
+    field = stored.DESCRIPTOR.fields_by_name[name]
+    return not field.has_presence or stored.HasField(name)
 
 
 def to_message(settings: ShardSettings) -> shard_pb2.Settings:

@@ -12,7 +12,7 @@ from shard.inbox import InboxStore
 from shard.outbox import Outbox
 from shard.ownership import SlotOwnership
 from shard.parked import ParkedQueues
-from shard.settings import RUNTIME_FIELDS, ShardSettings, to_message
+from shard.settings import RUNTIME_FIELDS, ShardSettings, is_stored, to_message
 from shard.store import DEFAULT_WRITE_BUFFER_MB, Store
 from shard.tweets import TweetStore
 from shard.users import UserStore
@@ -67,7 +67,8 @@ class ShardState:
         if raw is not None:
             stored = shard_pb2.Settings.FromString(raw)
             for name in RUNTIME_FIELDS:
-                setattr(settings, name, getattr(stored, name))
+                if is_stored(stored, name):
+                    setattr(settings, name, getattr(stored, name))
         for name, value in (overrides or {}).items():
             setattr(settings, name, value)
         state = cls(store=store, ownership=SlotOwnership(store, shard_id), settings=settings)

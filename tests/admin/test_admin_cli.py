@@ -139,10 +139,20 @@ def test_shard_stats(cluster: Cluster) -> None:
 
 def test_settings_show_change_and_refuse(cluster: Cluster) -> None:
     shown = dict(line.split() for line in cluster.ok("settings").out.splitlines()[1:])
-    assert set(shown) == {"celebrity_threshold", "inbox_cap", "backfill_limit"}
+    assert set(shown) == {
+        "celebrity_threshold",
+        "inbox_cap",
+        "backfill_limit",
+        "post_rate_limit",
+        "follow_rate_limit",
+    }
+    assert (shown["post_rate_limit"], shown["follow_rate_limit"]) == ("300", "300")
     try:
-        changed = cluster.json("settings", "inbox_cap=700", "backfill-limit=150")
+        changed = cluster.json(
+            "settings", "inbox_cap=700", "backfill-limit=150", "post-rate-limit=0"
+        )
         assert (changed["inbox_cap"], changed["backfill_limit"]) == (700, 150)
+        assert (changed["post_rate_limit"], changed["follow_rate_limit"]) == (0, 300)
         assert changed["celebrity_threshold"] == shown["celebrity_threshold"]  # uint64: a string
         table = dict(line.split() for line in cluster.ok("settings").out.splitlines()[1:])
         assert table["inbox_cap"] == "700" and table["backfill_limit"] == "150"

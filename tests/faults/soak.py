@@ -38,7 +38,7 @@ from tests.faults.operators import (
     wrong_statuses,
 )
 from tests.faults.workload import Workload, verify
-from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.cluster import NO_RATE_LIMITS, LocalCluster, eventually
 from tests.timeline.oracle import JoinOracle
 
 
@@ -144,7 +144,11 @@ def main() -> None:
     rng = random.Random(11)
     with tempfile.TemporaryDirectory(prefix="murmur-soak-") as tmp:
         cluster = LocalCluster(
-            Path(tmp), shards=3, celebrity_threshold=200, router_args=["--admin-token", TOKEN]
+            Path(tmp),
+            shards=3,
+            celebrity_threshold=200,
+            router_args=["--admin-token", TOKEN],
+            shard_args=NO_RATE_LIMITS,  # the graph loads thousands of follows a second
         ).start()
         try:
             oracle = JoinOracle()

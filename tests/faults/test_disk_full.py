@@ -18,7 +18,7 @@ import pytest
 
 from client import MurmurClient
 from client.errors import MurmurError
-from tests.integration.cluster import LocalCluster
+from tests.integration.cluster import NO_RATE_LIMITS, LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_a_full_disk_is_a_clear_error_and_never_corrupts_the_store(tmp_path):
     if not mount_tmpfs(data, "2m"):
         pytest.skip("needs root and tmpfs mounts to make a small disk")
     try:
-        with LocalCluster(root, shards=1) as cluster:
+        with LocalCluster(root, shards=1, shard_args=NO_RATE_LIMITS) as cluster:
             author, acknowledged = fill_until_refused(cluster)
             cluster.kill_shard(0)
             subprocess.run(["mount", "-o", "remount,size=64m", str(data)], check=True)
@@ -106,7 +106,7 @@ def limit_file_size(pid: int, data: Path) -> int:
 
 
 def test_a_file_size_limit_is_a_clear_error_and_never_corrupts_the_store(tmp_path):
-    with LocalCluster(tmp_path, shards=1) as cluster:
+    with LocalCluster(tmp_path, shards=1, shard_args=NO_RATE_LIMITS) as cluster:
         pid = cluster.shard_pid(0)
         assert pid is not None
         limit = limit_file_size(pid, cluster.data_dir(0))
@@ -129,7 +129,7 @@ def test_room_again_without_a_restart_takes_no_write_until_the_shard_restarts(tm
     the shard refuses writes, naming the restart it needs, even with room
     again, and serves reads; after the restart every acknowledged write is
     there and writes are taken again."""
-    with LocalCluster(tmp_path, shards=1) as cluster:
+    with LocalCluster(tmp_path, shards=1, shard_args=NO_RATE_LIMITS) as cluster:
         pid = cluster.shard_pid(0)
         assert pid is not None
         limit_file_size(pid, cluster.data_dir(0))

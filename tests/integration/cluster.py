@@ -186,6 +186,10 @@ class ServerProcess:
         self._close_log()
 
 
+# for tests that write far faster than one person could (filling a disk)
+NO_RATE_LIMITS = ["--post-rate-limit", "0", "--follow-rate-limit", "0"]
+
+
 class LocalCluster:
     """A router and ``shards`` shard processes with data under ``tmp_path``.
 
@@ -206,6 +210,7 @@ class LocalCluster:
         shard_ports: list[int] | None = None,
         extra_args: list[str] | None = None,
         router_args: list[str] | None = None,
+        shard_args: list[str] | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError("a cluster needs at least one shard")
@@ -239,6 +244,7 @@ class LocalCluster:
                     "--inbox-cap",
                     str(inbox_cap),
                     *self.extra_args,
+                    *(shard_args or []),
                 ],
                 self.tmp_path / f"shard-{i}.log",
                 SHARD_BANNER,

@@ -95,6 +95,12 @@ class InProcessPeers:
         return None
 
 
+def limits_off(settings: dict[str, Any]) -> ShardSettings:
+    """The models follow and post thousands of times a second for one user:
+    rate limits off unless a test sets them."""
+    return ShardSettings(**{"post_rate_limit": 0, "follow_rate_limit": 0, **settings})
+
+
 class MemoryCluster:
     def __init__(self, root: Path, shards: int = 3, **settings: Any) -> None:
         owners = even_assignment(list(range(shards)))
@@ -105,9 +111,7 @@ class MemoryCluster:
         servicers: dict[int, ShardServicer] = {}
         self.appliers: dict[int, DeliveryApplier] = {}
         for shard_id in range(shards):
-            state = ShardState.open(
-                str(root / f"shard-{shard_id}"), shard_id, ShardSettings(**settings)
-            )
+            state = ShardState.open(str(root / f"shard-{shard_id}"), shard_id, limits_off(settings))
             state.ownership.adopt(slot_map)
             self.states[shard_id] = state
             self.appliers[shard_id] = DeliveryApplier(state)
