@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="entries per home inbox (800; 1 to 100000); stored like UpdateSettings",
     )
-    for name, what in (("post", "posts"), ("follow", "follows and unfollows")):
+    for name, what in (("post", "posts and edits"), ("follow", "follows and unfollows")):
         parser.add_argument(
             f"--{name}-rate-limit",
             type=setting_flag(f"{name}_rate_limit"),

@@ -61,7 +61,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.batch_streams = BatchStreams(self)
         self.worker = worker
         self.peers = peers
-        self.post_limits = UserRateLimiter("post_rate_limit", "posts")
+        self.post_limits = UserRateLimiter("post_rate_limit", "posts and edits")
         self.follow_limits = UserRateLimiter("follow_rate_limit", "follows and unfollows")
 
     @property
@@ -267,6 +267,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         txn = state.store.txn()
         tweet = state.tweets.require_own(txn, request.tweet_id, request.user_id)
         author = state.users.require(txn, tweet.user_id)
+        self.post_limits.charge(tweet.user_id, state.settings.post_rate_limit)  # fans out again
         tweet.text = request.text
         tweet.edited_at.CopyFrom(timestamp_ms(now_ms()))
         state.tweets.put(txn, tweet)

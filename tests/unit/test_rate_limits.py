@@ -164,6 +164,24 @@ def test_posts_over_the_limit_are_refused_with_retry_info_and_change_nothing(
     assert shard.user(author).user.tweet_count == 3
 
 
+def test_an_edit_fans_out_again_and_counts_like_a_post(open_shard: Callable[..., Shard]) -> None:
+    shard = open_shard(post_rate_limit=2)
+    slow_clock(shard)
+    author = shard.create_user("editor")
+    tweet = shard.post(author, "first")
+    edit = murmur_pb2.EditTweetRequest(tweet_id=tweet.tweet_id, user_id=author, text="second")
+    shard.ok("EditTweet", edit)
+    queued = len(shard.outbox())
+    edit.text = "third"
+    details = shard.fails("EditTweet", edit, EXHAUSTED)
+    assert details.startswith(f"user {author} is over post_rate_limit: at most 2 posts and edits")
+    assert len(shard.outbox()) == queued
+    stored = shard.ok("GetTweets", shard_pb2.GetTweetsRequest(tweet_ids=[tweet.tweet_id]))
+    assert stored.tweets[0].text == "second"
+    delete = murmur_pb2.DeleteTweetRequest(tweet_id=tweet.tweet_id, user_id=author)
+    shard.ok("DeleteTweet", delete)  # deletes are never refused
+
+
 def test_only_follow_changes_count_against_the_follow_limit(
     open_shard: Callable[..., Shard],
 ) -> None:
