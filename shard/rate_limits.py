@@ -13,59 +13,79 @@ The rule is GCRA, the generic cell rate algorithm: a token bucket held as one
 number per user, the "theoretical arrival time" at which the user's bucket
 would be full again. ``limit`` writes per minute means one every
 ``60 / limit`` seconds sustained, and a user idle for a minute may burst
-``limit`` at once.
+``limit`` at once. Times are whole nanoseconds: float seconds summed
+interval by interval drift at large limits and long uptimes (a burst of
+999 for a limit of 1,000 once the clock reads 10^8 s).
+
+A write is admitted before it is made and spent once it is committed, so a
+write the disk refuses costs nothing (no handler awaits in between, so two
+writes of one user cannot both be admitted on the same budget).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from murmur.errors import ServiceError
 
-WINDOW_S = 60.0
+WINDOW_NS = 60 * 10**9
 # forgotten users are pruned once the table doubles past this (a user whose
 # bucket is full again needs no entry)
 MIN_PRUNE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A write let through, to be spent once it is committed."""
+
+    user_id: int
+    full_at_ns: int | None  # the user's bucket full again; None: no limit
 
 
 class UserRateLimiter:
     """One kind of write's per-user budget on one shard."""
 
     def __init__(
-        self, setting: str, what: str, clock: Callable[[], float] = time.monotonic
+        self, setting: str, what: str, clock: Callable[[], int] = time.monotonic_ns
     ) -> None:
         self.setting = setting  # the Settings field, named in refusals
-        self.what = what  # "posts", "follows and unfollows"
+        self.what = what  # "posts and edits", "follows and unfollows"
         self.clock = clock
-        self._full_at: dict[int, float] = {}
+        self._full_at: dict[int, int] = {}
         self._prune_at = MIN_PRUNE_SIZE
 
-    def charge(self, user_id: int, limit: int) -> None:
-        """Count one write by ``user_id``, or refuse it (RESOURCE_EXHAUSTED:
+    def admit(self, user_id: int, limit: int) -> Admission:
+        """Let one write by ``user_id`` through, or refuse it (RESOURCE_EXHAUSTED:
         nothing was done, with the seconds until it would pass) if the user
         is over ``limit`` per minute (0: no limit). Call only when the write
-        will happen: a refused or no-op write must not spend the budget."""
+        is otherwise going to happen: a no-op write must not spend the budget."""
         if limit <= 0:
-            return
+            return Admission(user_id, None)
         now = self.clock()
-        interval = WINDOW_S / limit
-        full_at = max(self._full_at.get(user_id, now), now)
-        wait = full_at + interval - now - WINDOW_S
-        if wait > 1e-6:  # not 0: sixty 1 s intervals may sum to a hair over 60
+        full_at = max(self._full_at.get(user_id, now), now) + WINDOW_NS // limit
+        wait_s = (full_at - now - WINDOW_NS) / 1e9
+        if wait_s > 0:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"user {user_id} is over {self.setting}: at most {limit:,} {self.what} "
-                f"per user per minute; retry in {max(0.1, round(wait, 1)):.1f} s",
-                retry_after=wait,
+                f"per user per minute; retry in {max(0.1, round(wait_s, 1)):.1f} s",
+                retry_after=wait_s,
             )
-        self._full_at[user_id] = full_at + interval
-        if len(self._full_at) >= self._prune_at:
-            self._prune(now)
+        return Admission(user_id, full_at)
 
-    def _prune(self, now: float) -> None:
+    def spend(self, admission: Admission) -> None:
+        """Count a write ``admit`` let through, now that it is committed."""
+        if admission.full_at_ns is None:
+            return
+        self._full_at[admission.user_id] = admission.full_at_ns
+        if len(self._full_at) >= self._prune_at:
+            self._prune(self.clock())
+
+    def _prune(self, now: int) -> None:
         """Drop users whose bucket is full again: they behave as new ones."""
         self._full_at = {user: at for user, at in self._full_at.items() if at > now}
         self._prune_at = max(MIN_PRUNE_SIZE, 2 * len(self._full_at))

@@ -150,7 +150,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 f"user {follower} already follows {record.user.following_count:,} accounts, "
                 f"the most one may follow ({MAX_FOLLOWING:,}); unfollow some first",
             )
-        self.follow_limits.charge(follower, state.settings.follow_rate_limit)
+        admitted = self.follow_limits.admit(follower, state.settings.follow_rate_limit)
         edge = shard_pb2.FollowEdge(
             followed_ms=now_ms(),
             celebrity=request.followee_celebrity,
@@ -161,6 +161,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.users.put(txn, record)
         state.outbox.append(txn, add_follower_record(followee, follower))
         txn.commit(sync=False)
+        self.follow_limits.spend(admitted)
         await self.commits.durable()
         return murmur_pb2.FollowResponse()
 
@@ -176,13 +177,14 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if state.graph.following_edge(txn, follower, followee) is None:
             await self.commits.durable()
             return murmur_pb2.UnfollowResponse()
-        self.follow_limits.charge(follower, state.settings.follow_rate_limit)
+        admitted = self.follow_limits.admit(follower, state.settings.follow_rate_limit)
         state.graph.delete_following(txn, follower, followee)
         state.inbox.remove_author(txn, follower, followee)
         record.user.following_count = max(0, record.user.following_count - 1)
         state.users.put(txn, record)
         state.outbox.append(txn, remove_follower_record(followee, follower))
         txn.commit(sync=False)
+        self.follow_limits.spend(admitted)
         await self.commits.durable()
         return murmur_pb2.UnfollowResponse()
 
@@ -213,7 +215,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 tweet = self._retried_post(txn, existing, request.request_id)
                 await self.commits.durable()  # the first attempt may still be syncing
                 return tweet
-        self.post_limits.charge(author, state.settings.post_rate_limit)
+        admitted = self.post_limits.admit(author, state.settings.post_rate_limit)
         tweet = state.tweets.create(txn, author, request.text, request.request_id)
         record.user.tweet_count += 1
         state.users.put(txn, record)
@@ -221,6 +223,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if not record.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_PUT, tweet)
         txn.commit(sync=False)
+        self.post_limits.spend(admitted)
         if own_inbox_size > trim_threshold(state.settings.inbox_cap):
             self._trim_own_inbox(author)
         await self.commits.durable()
@@ -267,7 +270,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         txn = state.store.txn()
         tweet = state.tweets.require_own(txn, request.tweet_id, request.user_id)
         author = state.users.require(txn, tweet.user_id)
-        self.post_limits.charge(tweet.user_id, state.settings.post_rate_limit)  # fans out again
+        admitted = self.post_limits.admit(tweet.user_id, state.settings.post_rate_limit)
         tweet.text = request.text
         tweet.edited_at.CopyFrom(timestamp_ms(now_ms()))
         state.tweets.put(txn, tweet)
@@ -275,6 +278,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if not author.user.celebrity:
             self._queue_fanout(txn, shard_pb2.FANOUT_EDIT, tweet)
         txn.commit(sync=False)
+        self.post_limits.spend(admitted)  # an edit fans out again, as a post does
         await self.commits.durable()
         return tweet
 

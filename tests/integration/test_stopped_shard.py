@@ -20,7 +20,7 @@ import pytest
 from client import MurmurClient
 from client.errors import DeadlineExceeded, Unavailable
 from murmur.v1 import shard_pb2, shard_pb2_grpc
-from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.cluster import NO_RATE_LIMITS, LocalCluster, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_fanout_goes_on_to_the_other_shards_while_one_is_down(tmp_path):
     is dead: shard 1's reader gets every one of them at once, shard 0 holds
     shard 2's share parked, and shard 2's reader gets them all once it is
     back."""
-    with LocalCluster(tmp_path, shards=3) as cluster:
+    with LocalCluster(tmp_path, shards=3, shard_args=NO_RATE_LIMITS) as cluster:
         client = MurmurClient(cluster.target, timeout=10.0)
         author = client.create_user(cluster.handle_on_shard(0)).user_id
         near = client.create_user(cluster.handle_on_shard(1)).user_id

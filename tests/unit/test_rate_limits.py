@@ -31,20 +31,29 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """Nanoseconds, like ``time.monotonic_ns``; moved in seconds by ``advance``."""
 
-    def __call__(self) -> float:
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now = round(start_s * 1e9)
+
+    def __call__(self) -> int:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += round(seconds * 1e9)
 
 
 def limiter(clock: FakeClock) -> UserRateLimiter:
     return UserRateLimiter("post_rate_limit", "posts", clock=clock)
 
 
+def charge(limits: UserRateLimiter, user: int, limit: int) -> None:
+    limits.spend(limits.admit(user, limit))
+
+
 def refusal(limits: UserRateLimiter, user: int, limit: int) -> ServiceError:
     with pytest.raises(ServiceError) as refused:
-        limits.charge(user, limit)
+        limits.admit(user, limit)
     return refused.value
 
 
@@ -55,17 +64,17 @@ def test_a_burst_of_the_limit_passes_then_one_per_interval() -> None:
     clock = FakeClock()
     limits = limiter(clock)
     for _ in range(60):
-        limits.charge(7, 60)
+        charge(limits, 7, 60)
     error = refusal(limits, 7, 60)
     assert error.code is EXHAUSTED
     assert error.retry_after == pytest.approx(1.0)
     assert error.message == (
         "user 7 is over post_rate_limit: at most 60 posts per user per minute; retry in 1.0 s"
     )
-    clock.now += 0.99
+    clock.advance(0.99)
     assert refusal(limits, 7, 60).retry_after == pytest.approx(0.01)
-    clock.now += 0.01
-    limits.charge(7, 60)  # waiting what it said lets exactly one more through
+    clock.advance(0.01)
+    charge(limits, 7, 60)  # waiting what it said lets exactly one more through
     refusal(limits, 7, 60)
 
 
@@ -73,19 +82,39 @@ def test_users_have_their_own_budgets_and_an_idle_minute_refills_one() -> None:
     clock = FakeClock()
     limits = limiter(clock)
     for _ in range(3):
-        limits.charge(1, 3)
+        charge(limits, 1, 3)
     refusal(limits, 1, 3)
-    limits.charge(2, 3)  # another user is untouched
-    clock.now += 60
+    charge(limits, 2, 3)  # another user is untouched
+    clock.advance(60)
     for _ in range(3):
-        limits.charge(1, 3)
+        charge(limits, 1, 3)
     refusal(limits, 1, 3)
+
+
+@pytest.mark.parametrize(
+    ("limit", "clock_s"), [(1_000, 1e8), (99_999, 1e7), (1_000_000, 1e7), (7, 3e9), (300, 0)]
+)
+def test_a_burst_is_exactly_the_limit_at_any_clock(limit: int, clock_s: float) -> None:
+    """Float seconds summed interval by interval let 999 or 1,000,007
+    through for these; nanoseconds are exact."""
+    limits = limiter(FakeClock(clock_s))
+    for _ in range(limit):
+        charge(limits, 1, limit)
+    refusal(limits, 1, limit)
+
+
+def test_a_write_admitted_but_not_spent_costs_nothing() -> None:
+    limits = limiter(FakeClock())
+    for _ in range(5):
+        limits.admit(1, 1)  # each write failed before it was committed
+    charge(limits, 1, 1)
+    refusal(limits, 1, 1)
 
 
 def test_no_limit_is_never_refused_and_keeps_no_state() -> None:
     limits = limiter(FakeClock())
     for _ in range(10_000):
-        limits.charge(1, 0)
+        charge(limits, 1, 0)
     assert len(limits) == 0
 
 
@@ -95,11 +124,11 @@ def test_users_whose_budget_refilled_are_forgotten() -> None:
     clock = FakeClock()
     limits = limiter(clock)
     for user in range(MIN_PRUNE_SIZE - 1):
-        limits.charge(user + 1, 100)
-    clock.now += 61
-    limits.charge(MIN_PRUNE_SIZE, 100)  # the table reaches the prune size
+        charge(limits, user + 1, 100)
+    clock.advance(61)
+    charge(limits, MIN_PRUNE_SIZE, 100)  # the table reaches the prune size
     assert len(limits) == 1
-    limits.charge(1, 100)
+    charge(limits, 1, 100)
     assert len(limits) == 2
 
 
@@ -159,9 +188,26 @@ def test_posts_over_the_limit_are_refused_with_retry_info_and_change_nothing(
     assert len(shard.inbox_ids(author)) == 2
     # a retry of a post already made is answered, not counted nor refused
     assert shard.post(author, "one", request_id="r1") == first
-    clock.now += 30
+    clock.advance(30)
     shard.post(author, "three")
     assert shard.user(author).user.tweet_count == 3
+
+
+def test_a_post_the_disk_refuses_spends_no_budget(
+    open_shard: Callable[..., Shard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shard = open_shard(post_rate_limit=2)
+    slow_clock(shard)
+    author = shard.create_user("unlucky")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shard.state.store.db, "write_all", disk_full, raising=False)
+    for n in range(3):
+        _, _, code, details = shard.call("PostTweet", post_request(author, f"lost {n}"))
+        assert code is not grpc.StatusCode.OK and "post_rate_limit" not in details
+    assert len(shard.servicer.post_limits) == 0
 
 
 def test_an_edit_fans_out_again_and_counts_like_a_post(open_shard: Callable[..., Shard]) -> None:
