@@ -9,6 +9,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -130,6 +131,14 @@ def fanout_lines(offsets: dict[Path, int]) -> dict[int, tuple[int, int]]:
     return found
 
 
+class BurstPost(NamedTuple):
+    """One acknowledged post of a burst: what the rate and the waits need."""
+
+    tweet_id: int
+    followers: int
+    author: int
+
+
 async def burst(
     stub: pb_grpc.MurmurStub,
     authors: list[tuple[int, int, int]],
@@ -142,13 +151,37 @@ async def burst(
     """Every author posts ``posts_per_author`` tweets at once; fan-out rate is
     inbox entries / (last delivery finished - first post sent)."""
     offsets = log_offsets(logs) if logs else {}
-    jobs = [(a, w, f, k) for (a, w, f) in authors for k in range(posts_per_author)]
+    jobs = [(a, f, k) for (a, _w, f) in authors for k in range(posts_per_author)]
     started_ms = time.time() * 1000
     started = time.perf_counter()
+    posted = await _post_all(stub, jobs, texts, tag)
+    posting_s = time.perf_counter() - started
+    entries = sum(post.followers for post in posted)
+    result: dict = {
+        "authors": [{"author": a, "followers": f} for a, _, f in authors],
+        "posts": len(posted),
+        "posts_per_author": posts_per_author,
+        "inbox_entries": entries,
+        "posting_s": round(posting_s, 3),
+    }
+    if offsets:
+        from_logs = await _rate_from_logs(offsets, posted, entries, started_ms, timeout_s)
+        if from_logs is not None:
+            result.update(from_logs)
+            return result
+    result.update(await _rate_by_polling(stub, authors, posted, entries, started, timeout_s))
+    return result
+
+
+async def _post_all(
+    stub: pb_grpc.MurmurStub, jobs: list[tuple[int, int, int]], texts: list[str], tag: str
+) -> list[BurstPost]:
+    """jobs: (author, follower count, post number). All sent at once so the
+    shards see a burst, yet at most 32 in flight; each post's own request id
+    lets ``call_retrying`` retry it without posting it twice."""
     semaphore = asyncio.Semaphore(32)
 
-    async def post(job: tuple[int, int, int, int]) -> tuple[int, int, int]:
-        author, _watcher, followers, k = job
+    async def post(author: int, followers: int, k: int) -> BurstPost:
         async with semaphore:
             tweet = await call_retrying(
                 stub.PostTweet,
@@ -156,64 +189,106 @@ async def burst(
                     user_id=author, text=texts[k % len(texts)], request_id=f"{tag}-{author}-{k}"
                 ),
             )
-        return tweet.tweet_id, followers, author
+        return BurstPost(tweet.tweet_id, followers, author)
 
-    posted = await asyncio.gather(*(post(job) for job in jobs))
-    posts_done = time.perf_counter() - started
-    entries = sum(f for _, f, _ in posted)
-    expected = {tid for tid, f, _ in posted if f > 0}
-    result: dict = {
-        "authors": [{"author": a, "followers": f} for a, _, f in authors],
-        "posts": len(posted),
-        "posts_per_author": posts_per_author,
-        "inbox_entries": entries,
-        "posting_s": round(posts_done, 3),
+    return await asyncio.gather(*(post(*job) for job in jobs))
+
+
+async def _rate_from_logs(
+    offsets: dict[Path, int],
+    posted: list[BurstPost],
+    entries: int,
+    started_ms: float,
+    timeout_s: float,
+) -> dict | None:
+    """The shards log when each tweet's fan-out finished, so the burst ends
+    at the last of those times, not when a poll happened to notice it.
+    None if no line showed up in time: the caller then polls instead."""
+    expected = {post.tweet_id for post in posted if post.followers > 0}
+    lines = await _wait_for_fanout_lines(offsets, expected, timeout_s)
+    done = [tid for tid in expected if tid in lines]
+    if not done:
+        return None
+    ends = [millis_of_id(tid) + lines[tid][1] for tid in done]
+    lags = [lines[tid][1] for tid in done]
+    span_s = max(0.001, (max(ends) - started_ms) / 1000)
+    return {
+        "method": "shard log lines (fanout round delivered tweet=... lag_ms=...)",
+        "delivered_tweets": len(done),
+        "missing_tweets": len(expected) - len(done),
+        "span_s": round(span_s, 3),
+        "entries_per_s": round(entries / span_s, 1),
+        "lag_ms_p50": sorted(lags)[len(lags) // 2],
+        "lag_ms_max": max(lags),
     }
-    if offsets:
-        lines: dict[int, tuple[int, int]] = {}
-        wait_until = time.perf_counter() + timeout_s
-        while time.perf_counter() < wait_until:
-            lines = fanout_lines(offsets)
-            if expected <= set(lines):
-                break
-            await asyncio.sleep(0.1)
-        done = [tid for tid in expected if tid in lines]
-        ends = [millis_of_id(tid) + lines[tid][1] for tid in done]
-        lags = [lines[tid][1] for tid in done]
-        if ends:
-            span_s = max(0.001, (max(ends) - started_ms) / 1000)
-            result.update(
-                method="shard log lines (fanout round delivered tweet=... lag_ms=...)",
-                delivered_tweets=len(done),
-                missing_tweets=len(expected) - len(done),
-                span_s=round(span_s, 3),
-                entries_per_s=round(entries / span_s, 1),
-                lag_ms_p50=sorted(lags)[len(lags) // 2],
-                lag_ms_max=max(lags),
-            )
-            return result
-    # no logs (an external --target): poll each author's last follower for its last tweet
+
+
+async def _wait_for_fanout_lines(
+    offsets: dict[Path, int], expected: set[int], timeout_s: float
+) -> dict[int, tuple[int, int]]:
+    """Fan-out finishes after the posts are acknowledged: reread the logs
+    until every expected tweet has its line, or ``timeout_s`` passed (the
+    caller counts what is missing)."""
+    lines: dict[int, tuple[int, int]] = {}
+    wait_until = time.perf_counter() + timeout_s
+    while time.perf_counter() < wait_until:
+        lines = fanout_lines(offsets)
+        if expected <= set(lines):
+            break
+        await asyncio.sleep(0.1)
+    return lines
+
+
+async def _rate_by_polling(
+    stub: pb_grpc.MurmurStub,
+    authors: list[tuple[int, int, int]],
+    posted: list[BurstPost],
+    entries: int,
+    started: float,
+    timeout_s: float,
+) -> dict:
+    """Without shard logs (an external --target) the end of the burst is
+    only seen from outside: when each author's last follower has the
+    author's last tweet."""
+    pending = await _wait_for_last_tweets(stub, authors, posted, timeout_s)
+    span_s = time.perf_counter() - started
+    return {
+        "method": "polling each author's last follower",
+        "missing_tweets": len(pending),
+        "span_s": round(span_s, 3),
+        "entries_per_s": round(entries / span_s, 1),
+    }
+
+
+async def _wait_for_last_tweets(
+    stub: pb_grpc.MurmurStub,
+    authors: list[tuple[int, int, int]],
+    posted: list[BurstPost],
+    timeout_s: float,
+) -> dict[int, int]:
+    """Author -> last tweet id of the authors whose watcher never showed it
+    within ``timeout_s``; an author leaves the poll as soon as it arrives."""
     last: dict[int, int] = {}
-    for tid, _f, author in posted:
-        last[author] = max(last.get(author, 0), tid)
+    for post in posted:
+        last[post.author] = max(last.get(post.author, 0), post.tweet_id)
     watchers = {a: w for a, w, _ in authors}
     wait_until = time.perf_counter() + timeout_s
     pending = dict(last)
     while pending and time.perf_counter() < wait_until:
         for author, tid in list(pending.items()):
-            page = await stub.GetHomeTimeline(
-                pb.GetHomeTimelineRequest(user_id=watchers[author], page_size=100), timeout=5.0
-            )
-            if any(t.tweet_id <= tid and t.user_id == author for t in page.tweets) and any(
-                t.tweet_id == tid for t in page.tweets
-            ):
+            if await _home_shows(stub, watchers[author], author, tid):
                 pending.pop(author)
         await asyncio.sleep(0.01)
-    span_s = time.perf_counter() - started
-    result.update(
-        method="polling each author's last follower",
-        missing_tweets=len(pending),
-        span_s=round(span_s, 3),
-        entries_per_s=round(entries / span_s, 1),
+    return pending
+
+
+async def _home_shows(stub: pb_grpc.MurmurStub, watcher: int, author: int, tid: int) -> bool:
+    """One page of ``watcher``'s home: does it hold ``author``'s tweet ``tid``?
+    A failed read is not caught here (unlike in ``probe_one``): it ends the
+    burst with the error."""
+    page = await stub.GetHomeTimeline(
+        pb.GetHomeTimelineRequest(user_id=watcher, page_size=100), timeout=5.0
     )
-    return result
+    return any(t.tweet_id <= tid and t.user_id == author for t in page.tweets) and any(
+        t.tweet_id == tid for t in page.tweets
+    )

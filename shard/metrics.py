@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from murmur.loop_metrics import LoopHistogram
@@ -49,97 +49,142 @@ class ShardCollector(Collector):
         self._celebrities = (time.monotonic(), count)
         return count
 
-    def collect(self) -> Iterator:
-        state, stats = self.state, self.worker.stats
-        labels = [str(state.shard_id)]
+    def collect(self) -> Iterator[Metric]:
+        """Each group is a generator, so every value is read from the live
+        state as its family is yielded; the groups come in one fixed order
+        (outbox, delivery, group commit, placement, storage) so that two
+        scrapes compare line by line."""
+        yield from self._outbox_families()
+        yield from self._delivery_families()
+        yield from self._group_commit_families()
+        yield from self._placement_families()
+        yield from self._storage_families()
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(labels, value)
-            return family
+    def _shard_label(self) -> list[str]:
+        """Every series carries the shard id, so one dashboard can hold a
+        whole cluster's scrapes side by side."""
+        return [str(self.state.shard_id)]
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(labels, value)
-            return family
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["shard"])
+        family.add_metric(self._shard_label(), value)
+        return family
 
-        yield gauge(
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["shard"])
+        family.add_metric(self._shard_label(), value)
+        return family
+
+    def _outbox_families(self) -> Iterator[Metric]:
+        """What is still waiting to be delivered: a growing backlog or an
+        aging oldest record is the first sign that fan-out falls behind."""
+        yield self._gauge(
             "murmur_fanout_backlog_records",
             "Outbox records not yet delivered",
-            state.outbox.backlog(),
+            self.state.outbox.backlog(),
         )
+        yield self._parked_family()
+        yield self._gauge(
+            "murmur_fanout_oldest_record_seconds",
+            "Age of the oldest outbox record",
+            oldest_outbox_age_ms(self.state) / 1000,
+        )
+
+    def _parked_family(self) -> GaugeMetricFamily:
+        """One series per destination, so the shard that did not answer is
+        named rather than hidden in a total."""
         parked = GaugeMetricFamily(
             "murmur_fanout_parked_ops",
             "Fan-out ops parked for a destination shard that did not answer",
             labels=["shard", "destination"],
         )
-        for destination, count in sorted(dict(state.parked.counts).items()):
-            parked.add_metric([*labels, str(destination)], count)
-        yield parked
-        yield gauge(
-            "murmur_fanout_oldest_record_seconds",
-            "Age of the oldest outbox record",
-            oldest_outbox_age_ms(state) / 1000,
-        )
-        yield gauge(
+        for destination, count in sorted(dict(self.state.parked.counts).items()):
+            parked.add_metric([*self._shard_label(), str(destination)], count)
+        return parked
+
+    def _delivery_families(self) -> Iterator[Metric]:
+        """How the fan-out worker is doing: lags users notice, and counters
+        to take rates of (entries per second, failed rounds per round)."""
+        stats = self.worker.stats
+        yield self._gauge(
             "murmur_fanout_lag_p50_seconds",
             "Recent post-to-inbox lag, median",
             stats.percentile(0.5) / 1000,
         )
-        yield gauge(
+        yield self._gauge(
             "murmur_fanout_lag_p99_seconds",
             "Recent post-to-inbox lag, p99",
             stats.percentile(0.99) / 1000,
         )
-        yield counter(
+        yield self._counter(
             "murmur_fanout_inbox_entries",
             "Inbox entries delivered by this shard's worker",
             stats.inbox_entries,
         )
-        yield counter("murmur_fanout_rounds", "Fan-out rounds completed", stats.rounds)
-        yield counter(
+        yield self._counter("murmur_fanout_rounds", "Fan-out rounds completed", stats.rounds)
+        yield self._counter(
             "murmur_fanout_failures", "Fan-out rounds that failed and were retried", stats.failures
         )
-        yield counter("murmur_fsyncs", "Group-commit fsyncs", self.commits.syncs)
-        yield counter(
+
+    def _group_commit_families(self) -> Iterator[Metric]:
+        """Writes wait for fsyncs, so these explain slow writes: writes per
+        fsync, time spent syncing, and how long the event loop itself
+        waited on the disk for the fsyncs it ran inline."""
+        commits = self.commits
+        yield self._counter("murmur_fsyncs", "Group-commit fsyncs", commits.syncs)
+        yield self._counter(
             "murmur_synced_writes",
             "Writes made durable by those fsyncs",
-            self.commits.synced_writes,
+            commits.synced_writes,
         )
-        yield counter(
+        yield self._counter(
             "murmur_inline_fsyncs",
             "Fsyncs run on the event loop, the disk being fast enough (the rest use a thread)",
-            self.commits.inline_syncs,
+            commits.inline_syncs,
         )
-        yield counter(
+        yield self._counter(
             "murmur_fsync_seconds",
             "Wall time spent in group-commit fsyncs",
-            self.commits.sync_seconds,
+            commits.sync_seconds,
         )
-        yield counter(
+        yield self._counter(
             "murmur_inline_fsync_seconds",
             "Wall time of the fsyncs run on the event loop: the time it waited on the disk",
-            self.commits.inline_sync_seconds,
+            commits.inline_sync_seconds,
         )
-        yield gauge(
+        yield self._gauge(
             "murmur_fsync_seconds_average",
             "Moving average of fsync wall time; it decides where fsyncs run",
-            self.commits.sync_s,
+            commits.sync_s,
         )
-        yield gauge("murmur_celebrities", "Celebrity users on this shard", self._celebrity_count())
-        yield gauge("murmur_slots_owned", "Slots this shard owns", sum(state.ownership.owned))
-        yield gauge(
-            "murmur_slots_frozen", "Slots in the last step of a move", len(state.ownership.frozen)
+
+    def _placement_families(self) -> Iterator[Metric]:
+        """Who lives here and what is moving: celebrities are pulled at read
+        time instead of fanned out, and frozen slots refuse callers until
+        their move completes."""
+        ownership = self.state.ownership
+        yield self._gauge(
+            "murmur_celebrities", "Celebrity users on this shard", self._celebrity_count()
         )
-        yield gauge(
+        yield self._gauge("murmur_slots_owned", "Slots this shard owns", sum(ownership.owned))
+        yield self._gauge(
+            "murmur_slots_frozen", "Slots in the last step of a move", len(ownership.frozen)
+        )
+
+    def _storage_families(self) -> Iterator[Metric]:
+        """A shard whose storage failed still serves reads, so only this gauge
+        (and murmur-admin's health) tells a scraper that writes stopped; the
+        folder size is what a full-disk alert watches."""
+        store = self.state.store
+        yield self._gauge(
             "murmur_storage_writes_refused",
             "1 once a write to the shard's storage failed: it refuses writes until restarted",
-            1 if state.store.db.closed else 0,
+            1 if store.db.closed else 0,
         )
-        yield gauge(
+        yield self._gauge(
             "murmur_leveldb_bytes",
             "Bytes of the shard's LevelDB folder",
-            disk_bytes(state.store.path),
+            disk_bytes(store.path),
         )
 
 
