@@ -599,7 +599,7 @@ def cli(ctx: click.Context, target: str, as_json: bool, timeout: float, tls_ca: 
 
 @cli.group()
 def user() -> None:
-    """Create and show users."""
+    """Create, change and show users."""
 
 
 @user.command("create")
@@ -613,6 +613,19 @@ def user_create(session: Session, handle: str, display_name: str, bio: str) -> N
     """Register HANDLE."""
     created = session.client.create_user(_strip_at(handle), display_name=display_name, bio=bio)
     emit_user(session, created)
+
+
+@user.command("update")
+@click.argument("who", metavar="HANDLE|ID", type=USER)
+@click.option("--name", "display_name", type=TEXT, default=None, help="New display name.")
+@click.option("--bio", type=TEXT, default=None, help="New bio.")
+@pass_session
+def user_update(session: Session, who: UserRef, display_name: str | None, bio: str | None) -> None:
+    """Change WHO's display name and/or bio ("" clears one); handles never change."""
+    if display_name is None and bio is None:
+        raise click.UsageError("give --name or --bio (or both)")
+    updated = session.client.update_user(session.resolve(who), display_name=display_name, bio=bio)
+    emit_user(session, updated)
 
 
 @user.command("show")

@@ -67,6 +67,7 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Murmur"].full_name  # "murmu
 IDEMPOTENT_METHODS: tuple[str, ...] = (
     "CreateUser",
     "GetUser",
+    "UpdateUser",
     "Follow",
     "Unfollow",
     "ListFollowers",
@@ -296,6 +297,22 @@ class MurmurClient(ChannelClient):
         else:
             request = build_request(pb.GetUserRequest, handle=handle)
         return self._call(self._stub.GetUser, request)
+
+    def update_user(
+        self, user_id: int, *, display_name: str | None = None, bio: str | None = None
+    ) -> pb.User:
+        """Change a user's display name and/or bio (None leaves one as it is,
+        "" clears it); the handle cannot change. Safe to retry: the same
+        values again change nothing."""
+        if display_name is None and bio is None:
+            raise ValueError("update_user needs display_name or bio (or both)")
+        fields = {"display_name": display_name, "bio": bio}
+        request = build_request(
+            pb.UpdateUserRequest,
+            user_id=user_id,
+            **{name: value for name, value in fields.items() if value is not None},
+        )
+        return self._call(self._stub.UpdateUser, request)
 
     def follow(self, follower_id: int, followee_id: int) -> pb.FollowResponse:
         """Make ``follower_id`` follow ``followee_id`` (idempotent)."""

@@ -206,6 +206,20 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
             return (await self._require_user(user_id, "user", context)).user
         raise invalid("one of user_id or handle is required")
 
+    @rpc
+    async def UpdateUser(self, request, context):
+        user_id = check_id("user_id", request.user_id)
+        forwarded = murmur_pb2.UpdateUserRequest(user_id=user_id)
+        if request.HasField("display_name"):
+            forwarded.display_name = check_short_text(
+                "display_name", request.display_name, MAX_DISPLAY_NAME
+            )
+        if request.HasField("bio"):
+            forwarded.bio = check_short_text("bio", request.bio, MAX_BIO)
+        if not forwarded.HasField("display_name") and not forwarded.HasField("bio"):
+            raise invalid("nothing to update: set display_name or bio (or both)")
+        return await self._user_call(user_id, "UpdateUser", forwarded, context)
+
     # follows ------------------------------------------------------------------
     @rpc
     async def Follow(self, request, context):

@@ -127,6 +127,16 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             raise not_found(f"no user has the handle {request.handle!r}")
         return record.user
 
+    @rpc
+    async def UpdateUser(self, request, context):
+        self._own_user(request.user_id)
+        txn = self.state.store.txn()
+        record = self.state.users.require(txn, request.user_id)
+        if self.state.users.update_profile(txn, record, request):
+            txn.commit(sync=False)
+        await self.commits.durable()  # an equal update may repeat one still syncing
+        return record.user
+
     # follows ----------------------------------------------------------------
     @rpc
     async def Follow(self, request, context):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from murmur.errors import already_exists, invalid, not_found
-from murmur.ids import IdClock, millis_of_id
+from murmur.ids import IdClock, millis_of_id, now_ms
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
 from shard import keys
@@ -24,10 +24,12 @@ def _same_request(
 ) -> shard_pb2.UserRecord:
     """The user an earlier attempt made, if this is its retry: the same
     request_id with another profile is a client's bug, and answering OK
-    would drop the new profile without a word (no call changes a profile)."""
+    would drop the new profile without a word. The comparison is with the
+    profile as created, which UpdateUser may since have changed."""
     user = earlier.user
+    made_by = earlier.created_profile if earlier.HasField("created_profile") else user
     sent = {"handle": handle, "display_name": display_name, "bio": bio}
-    made = {"handle": user.handle, "display_name": user.display_name, "bio": user.bio}
+    made = {"handle": user.handle, "display_name": made_by.display_name, "bio": made_by.bio}
     differing = [field for field in sent if sent[field] != made[field]]
     if differing:
         raise invalid(
@@ -80,6 +82,31 @@ class UserStore:
         txn.put(keys.clock(slot), keys.u64(self.clock.floor(slot)))
         self.put(txn, record)
         return record
+
+    def update_profile(
+        self, txn: Txn, record: shard_pb2.UserRecord, request: murmur_pb2.UpdateUserRequest
+    ) -> bool:
+        """Apply the profile fields set in ``request``; False if they change
+        nothing (and nothing is written, so a retry costs no write)."""
+        user = record.user
+        changes = {
+            name: getattr(request, name)
+            for name in ("display_name", "bio")
+            if request.HasField(name) and getattr(request, name) != getattr(user, name)
+        }
+        if not changes:
+            return False
+        if record.create_request_id and not record.HasField("created_profile"):
+            record.created_profile.CopyFrom(
+                murmur_pb2.CreateUserRequest(
+                    handle=user.handle, display_name=user.display_name, bio=user.bio
+                )
+            )
+        for name, value in changes.items():
+            setattr(user, name, value)
+        user.profile_updated_at.CopyFrom(timestamp_ms(now_ms()))
+        self.put(txn, record)
+        return True
 
     def get(self, txn: Txn, user_id: int) -> shard_pb2.UserRecord | None:
         raw = txn.get(keys.user(slot_for_user(user_id), user_id))

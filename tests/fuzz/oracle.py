@@ -29,6 +29,7 @@ NOT_FOUND = Code.NOT_FOUND
 RPCS = (
     "CreateUser",
     "GetUser",
+    "UpdateUser",
     "Follow",
     "Unfollow",
     "ListFollowers",
@@ -41,10 +42,19 @@ RPCS = (
     "GetHomeTimeline",
     "Ping",
 )
-WRITES = {"CreateUser", "Follow", "Unfollow", "PostTweet", "EditTweet", "DeleteTweet"}
+WRITES = {
+    "CreateUser",
+    "UpdateUser",
+    "Follow",
+    "Unfollow",
+    "PostTweet",
+    "EditTweet",
+    "DeleteTweet",
+}
 ALLOWED: dict[str, set[Code]] = {
     "CreateUser": {INVALID, Code.ALREADY_EXISTS},
     "GetUser": {INVALID, NOT_FOUND},
+    "UpdateUser": {INVALID, NOT_FOUND},
     "Follow": {INVALID, NOT_FOUND},
     "Unfollow": {INVALID, NOT_FOUND},
     "ListFollowers": {INVALID, NOT_FOUND},
@@ -145,6 +155,24 @@ def _listing(world: World, method: str, request: Any, expect: Expect) -> None:
         expect.code, expect.names = NOT_FOUND, (str(request.user_id),)
 
 
+PROFILE_FIELDS = (("display_name", MAX_DISPLAY_NAME), ("bio", MAX_BIO))
+
+
+def _update_user(world: World, request: Any, expect: Expect) -> None:
+    _id("user_id", request.user_id, expect)
+    given = [name for name, _ in PROFILE_FIELDS if request.HasField(name)]
+    if not given:
+        expect.invalid += ["display_name", "bio"]
+    for name, limit in PROFILE_FIELDS:
+        if name in given and bad_short_text(getattr(request, name), limit):
+            expect.invalid.append(name)
+    if request.user_id not in world.users:
+        expect.code, expect.names = NOT_FOUND, (str(request.user_id),)
+        return
+    held = dict(zip(("display_name", "bio"), world.profiles[request.user_id], strict=True))
+    expect.changes = any(nfc(getattr(request, name)) != held[name] for name in given)
+
+
 def predict(world: World, method: str, request: Any) -> Expect:
     expect = Expect()
     users, tweets = world.users, world.tweets
@@ -171,6 +199,8 @@ def predict(world: World, method: str, request: Any) -> Expect:
             _id("user_id", request.user_id, expect)
             if request.user_id not in users:
                 expect.code, expect.names = NOT_FOUND, (str(request.user_id),)
+    elif method == "UpdateUser":
+        _update_user(world, request, expect)
     elif method in ("Follow", "Unfollow"):
         follower, followee = request.follower_id, request.followee_id
         _id("follower_id", follower, expect)
@@ -299,6 +329,13 @@ def check_success(world: World, method: str, request: Any, response: Any) -> Non
             assert response.text == nfc(request.text), where
             assert response.tweet_id not in world.tweets and response.tweet_id > 0, where
             world.posted(response, request.request_id)
+    elif method == "UpdateUser":
+        held = dict(zip(("display_name", "bio"), world.profiles[request.user_id], strict=True))
+        for name, _ in PROFILE_FIELDS:
+            want = nfc(getattr(request, name)) if request.HasField(name) else held[name]
+            assert getattr(response, name) == want, where
+        assert response.handle == world.users[request.user_id], where
+        world.updated(response)
     elif method == "GetTweet":
         assert response.tweet_id == request.tweet_id, where
         assert response.user_id == world.tweets[request.tweet_id], where

@@ -273,6 +273,13 @@ def requests(world: World, method: str) -> st.SearchStrategy[tuple[type, dict[st
         return fields(handle=handles(), display_name=short_texts(), bio=short_texts())
     if method == "GetUser":
         return st.one_of(fields(), fields(user_id=uid), fields(handle=handles()))
+    if method == "UpdateUser":
+        return st.one_of(
+            fields(user_id=uid),
+            fields(user_id=uid, display_name=short_texts()),
+            fields(user_id=uid, bio=short_texts()),
+            fields(user_id=uid, display_name=short_texts(), bio=short_texts()),
+        )
     if method in ("Follow", "Unfollow"):
         same = uid.map(lambda i: (message, {"follower_id": i, "followee_id": i}))
         pair = fields(follower_id=uid, followee_id=uid)

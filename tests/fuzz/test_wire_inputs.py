@@ -46,6 +46,8 @@ STRING_FIELDS = [
     ("CreateUser", 2),  # display_name
     ("CreateUser", 3),  # bio
     ("GetUser", 2),  # handle
+    ("UpdateUser", 2),  # display_name
+    ("UpdateUser", 3),  # bio
     ("ListFollowers", 3),  # page_token
     ("ListFollowing", 3),  # page_token
     ("PostTweet", 2),  # text
@@ -138,6 +140,7 @@ class Wire:
             return pb.DeleteTweetRequest(tweet_id=self.post(a, "doomed").tweet_id, user_id=a)
         return {
             "GetUser": pb.GetUserRequest(user_id=a),
+            "UpdateUser": pb.UpdateUserRequest(user_id=a, bio=f"bio {next(self.handles)}"),
             "Follow": pb.FollowRequest(follower_id=a, followee_id=b),
             "Unfollow": pb.UnfollowRequest(follower_id=b, followee_id=a),
             "ListFollowers": pb.ListFollowersRequest(user_id=b),

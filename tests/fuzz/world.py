@@ -30,6 +30,7 @@ class World:
         self.cluster = cluster
         self.loop = loop
         self.users: dict[int, str] = {}  # user id -> handle as created
+        self.profiles: dict[int, tuple[str, str]] = {}  # user id -> (display_name, bio)
         self.by_handle: dict[str, int] = {}  # lower-cased handle -> user id
         self.tweets: dict[int, int] = {}  # live tweet id -> author
         self.deleted: set[int] = set()
@@ -65,6 +66,10 @@ class World:
     def created(self, user: pb.User) -> None:
         self.users[user.user_id] = user.handle
         self.by_handle[user.handle.lower()] = user.user_id
+        self.profiles[user.user_id] = (user.display_name, user.bio)
+
+    def updated(self, user: pb.User) -> None:
+        self.profiles[user.user_id] = (user.display_name, user.bio)
 
     def posted(self, tweet: pb.Tweet, request_id: str) -> None:
         self.tweets[tweet.tweet_id] = tweet.user_id

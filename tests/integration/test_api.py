@@ -34,6 +34,7 @@ MISSING_USER = 987_654_321_012
 RPC_NAMES = {
     "CreateUser",
     "GetUser",
+    "UpdateUser",
     "Follow",
     "Unfollow",
     "ListFollowers",
@@ -104,6 +105,40 @@ def test_create_user_and_get_it_by_id(client: MurmurClient) -> None:
     assert not user.celebrity
     assert before - 5 <= user.created_at.ToMilliseconds() / 1000 <= time.time() + 5
     assert client.get_user(user_id=user.user_id) == user
+
+
+def test_update_user_changes_the_profile_and_refuses_bad_fields(client: MurmurClient) -> None:
+    handle = unique_handle("Grace")
+    user = client.create_user(handle, display_name="Grace", bio="COBOL", request_id="g1")
+    changed = client.update_user(user.user_id, display_name="Grace Hopper")
+    assert (changed.handle, changed.display_name, changed.bio) == (handle, "Grace Hopper", "COBOL")
+    assert changed.profile_updated_at.ToMilliseconds() >= user.created_at.ToMilliseconds()
+    assert client.get_user(handle=handle) == changed
+    # the create's own retry still gets the user back
+    retried = client.create_user(handle, display_name="Grace", bio="COBOL", request_id="g1")
+    assert retried == changed
+    for fields, message in [
+        ({"display_name": "x" * 51}, "display_name"),
+        ({"bio": "y" * 161}, "bio"),
+        ({"bio": "bad\x00"}, "bio"),
+    ]:
+        with pytest.raises(errors.InvalidArgument) as refused:
+            client.update_user(user.user_id, **fields)
+        assert message in refused.value.details
+    with pytest.raises(errors.NotFound):
+        client.update_user(2**63 + 12_345, bio="nobody")
+    with pytest.raises(ValueError, match="display_name or bio"):
+        client.update_user(user.user_id)
+    assert client.get_user(user_id=user.user_id) == changed
+
+
+def test_update_user_with_nothing_set_names_the_fields(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.target) as channel:
+        stub = pb_grpc.MurmurStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.UpdateUser(pb.UpdateUserRequest(user_id=1), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "nothing to update: set display_name or bio (or both)"
 
 
 def test_get_user_by_handle_ignores_case(client: MurmurClient) -> None:

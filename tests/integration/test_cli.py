@@ -82,6 +82,20 @@ def test_user_create_and_show_by_handle_and_id(cli: Cli) -> None:
     assert created["follower_count"] == "0"
 
 
+def test_user_update_changes_name_and_bio(cli: Cli) -> None:
+    handle = unique_handle("Upd")
+    cli.ok("user", "create", handle, "--name", "Before", "--bio", "old bio")
+    table = rows(cli.ok("user", "update", "@" + handle, "--name", "After"))
+    assert table[1][1:3] == [handle, "After"]
+    cleared = cli.json("user", "update", handle, "--bio", "")
+    assert (cleared["display_name"], cleared.get("bio", "")) == ("After", "")
+    assert "profile_updated_at" in cleared
+    nothing = cli.fails("user", "update", handle)
+    assert nothing.returncode == 2 and "give --name or --bio" in nothing.stderr
+    too_long = cli.fails("user", "update", handle, "--name", "n" * 51)
+    assert "INVALID_ARGUMENT" in too_long.stderr and "display_name" in too_long.stderr
+
+
 def test_follow_post_edit_delete_and_timelines(cli: Cli, cluster: LocalCluster) -> None:
     reader = cluster.handle_on_shard(0, "clir")
     author = cluster.handle_on_shard(2, "clia")
