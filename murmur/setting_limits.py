@@ -18,6 +18,29 @@ LIMITS = {
 }
 
 
+# the per-user rate limits and what each counts (in refusals, flags' help);
+# per user per minute: 5 a second sustained stops a runaway loop (which
+# would post thousands a second, each fanned out to every follower) while
+# no person, and few bots, ever meet it
+DEFAULT_RATE_LIMIT = 300
+RATE_LIMITS = {
+    "post_rate_limit": "posts and edits",
+    "follow_rate_limit": "follows and unfollows",
+}
+
+
+def add_rate_limit_flags(parser: argparse.ArgumentParser, stored: str = "") -> None:
+    """--post-rate-limit and --follow-rate-limit, held to the settings' limits."""
+    for name, what in RATE_LIMITS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=setting_flag(name),
+            default=None,
+            help=f"{what} one user may make per minute "
+            f"({DEFAULT_RATE_LIMIT}; 0 = no limit){stored}",
+        )
+
+
 def check_value(name: str, value: int) -> None:
     """Reject a value that would break the service, naming the setting."""
     low, high = LIMITS[name]

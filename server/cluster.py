@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from murmur import tls
 from murmur.addresses import MAX_PORT, bind_family, bind_host, listen_host, port_flag
 from murmur.serving import add_logging_flags
-from murmur.setting_limits import setting_flag
+from murmur.setting_limits import RATE_LIMITS, add_rate_limit_flags, setting_flag
 from server.admin_auth import operator_token
 from server.main import cache_ms
 
@@ -85,13 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="entries per inbox (800; 1 to 100000)",
     )
-    for name, what in (("post", "posts and edits"), ("follow", "follows and unfollows")):
-        parser.add_argument(
-            f"--{name}-rate-limit",
-            type=setting_flag(f"{name}_rate_limit"),
-            default=None,
-            help=f"{what} one user may make per minute (300; 0 = no limit)",
-        )
+    add_rate_limit_flags(parser)
     parser.add_argument(
         "--celebrity-cache-ms",
         type=cache_ms,
@@ -130,10 +124,9 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--celebrity-threshold", str(args.celebrity_threshold)]
     if args.inbox_cap is not None:
         flags += ["--inbox-cap", str(args.inbox_cap)]
-    for name in ("post", "follow"):
-        value = getattr(args, f"{name}_rate_limit")
-        if value is not None:
-            flags += [f"--{name}-rate-limit", str(value)]
+    for name in RATE_LIMITS:
+        if getattr(args, name) is not None:
+            flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     return flags
 
 

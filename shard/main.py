@@ -21,7 +21,7 @@ from murmur.serving import (
     run_server,
     setup_logging,
 )
-from murmur.setting_limits import setting_flag
+from murmur.setting_limits import RATE_LIMITS, add_rate_limit_flags, setting_flag
 from murmur.v1 import shard_pb2
 from shard.celebrity import reevaluate_all
 from shard.delivery import DeliveryApplier
@@ -61,14 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="entries per home inbox (800; 1 to 100000); stored like UpdateSettings",
     )
-    for name, what in (("post", "posts and edits"), ("follow", "follows and unfollows")):
-        parser.add_argument(
-            f"--{name}-rate-limit",
-            type=setting_flag(f"{name}_rate_limit"),
-            default=None,
-            help=f"{what} one user may make per minute (300; 0 = no limit); "
-            "stored like UpdateSettings",
-        )
+    add_rate_limit_flags(parser, stored="; stored like UpdateSettings")
     parser.add_argument(
         "--compress-tables",
         action="store_true",
@@ -165,8 +158,7 @@ async def serve(args: argparse.Namespace) -> None:
         for name, value in (
             ("celebrity_threshold", args.celebrity_threshold),
             ("inbox_cap", args.inbox_cap),
-            ("post_rate_limit", args.post_rate_limit),
-            ("follow_rate_limit", args.follow_rate_limit),
+            *((name, getattr(args, name)) for name in RATE_LIMITS),
         )
         if value is not None
     }

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 
 from murmur.errors import ServiceError
+from murmur.setting_limits import RATE_LIMITS
 
 WINDOW_NS = 60 * 10**9
 # forgotten users are pruned once the table doubles past this (a user whose
@@ -49,11 +50,9 @@ class Admission:
 class UserRateLimiter:
     """One kind of write's per-user budget on one shard."""
 
-    def __init__(
-        self, setting: str, what: str, clock: Callable[[], int] = time.monotonic_ns
-    ) -> None:
+    def __init__(self, setting: str, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.setting = setting  # the Settings field, named in refusals
-        self.what = what  # "posts and edits", "follows and unfollows"
+        self.what = RATE_LIMITS[setting]  # "posts and edits", what it counts
         self.clock = clock
         self._full_at: dict[int, int] = {}
         self._prune_at = MIN_PRUNE_SIZE

@@ -61,8 +61,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.batch_streams = BatchStreams(self)
         self.worker = worker
         self.peers = peers
-        self.post_limits = UserRateLimiter("post_rate_limit", "posts and edits")
-        self.follow_limits = UserRateLimiter("follow_rate_limit", "follows and unfollows")
+        self.post_limits = UserRateLimiter("post_rate_limit")
+        self.follow_limits = UserRateLimiter("follow_rate_limit")
 
     @property
     def component(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from murmur.setting_limits import check_value
+from murmur.setting_limits import DEFAULT_RATE_LIMIT, check_value
 from murmur.v1 import shard_pb2
 
 
@@ -16,11 +16,8 @@ class ShardSettings:
     celebrity_threshold: int = 10_000
     inbox_cap: int = 800
     backfill_limit: int = 200
-    # per user per minute: 5 a second sustained stops a runaway loop (which
-    # would post thousands a second, each fanned out to every follower)
-    # while no person, and few bots, ever meet it; 0 = no limit
-    post_rate_limit: int = 300
-    follow_rate_limit: int = 300
+    post_rate_limit: int = DEFAULT_RATE_LIMIT  # per user per minute; 0 = no limit
+    follow_rate_limit: int = DEFAULT_RATE_LIMIT
     fanout_batch_entries: int = 4_000
 
 

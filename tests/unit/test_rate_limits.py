@@ -44,7 +44,7 @@ class FakeClock:
 
 
 def limiter(clock: FakeClock) -> UserRateLimiter:
-    return UserRateLimiter("post_rate_limit", "posts", clock=clock)
+    return UserRateLimiter("post_rate_limit", clock=clock)
 
 
 def charge(limits: UserRateLimiter, user: int, limit: int) -> None:
@@ -69,7 +69,8 @@ def test_a_burst_of_the_limit_passes_then_one_per_interval() -> None:
     assert error.code is EXHAUSTED
     assert error.retry_after == pytest.approx(1.0)
     assert error.message == (
-        "user 7 is over post_rate_limit: at most 60 posts per user per minute; retry in 1.0 s"
+        "user 7 is over post_rate_limit: at most 60 posts and edits per user per minute; "
+        "retry in 1.0 s"
     )
     clock.advance(0.99)
     assert refusal(limits, 7, 60).retry_after == pytest.approx(0.01)
