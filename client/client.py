@@ -17,8 +17,11 @@ are listed:
 * reads (GetUser, ListFollowers, ListFollowing, GetTweet, GetUserTimeline,
   GetHomeTimeline, Ping) change nothing;
 * Follow and Unfollow are idempotent by contract;
-* EditTweet sets the text to a given value, so repeating it converges
-  (edited_at may move forward); DeleteTweet repeated after a lost success
+* EditTweet and UpdateUser set fields to given values, so repeating one
+  converges (edited_at may move forward; an UpdateUser repeating the values
+  held writes nothing). Both are last-writer-wins: a retry of an update
+  whose first answer was lost lands after, and so undoes, another caller's
+  change to the same field made in between; DeleteTweet repeated after a lost success
   answers NOT_FOUND rather than deleting anything else;
 * PostTweet and CreateUser carry a ``request_id`` (this client always fills
   one in), and the server returns the first tweet for a repeated

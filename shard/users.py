@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from murmur.errors import already_exists, invalid, not_found
@@ -19,6 +21,17 @@ def timestamp_ms(ms: int) -> Timestamp:
     return stamp
 
 
+def text_digest(text: str) -> int:
+    """Eight bytes standing for ``text`` in a CreatedProfile."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def profile_of(user: murmur_pb2.User) -> shard_pb2.CreatedProfile:
+    return shard_pb2.CreatedProfile(
+        display_name_digest=text_digest(user.display_name), bio_digest=text_digest(user.bio)
+    )
+
+
 def _same_request(
     earlier: shard_pb2.UserRecord, handle: str, display_name: str, bio: str
 ) -> shard_pb2.UserRecord:
@@ -27,10 +40,12 @@ def _same_request(
     would drop the new profile without a word. The comparison is with the
     profile as created, which UpdateUser may since have changed."""
     user = earlier.user
-    made_by = earlier.created_profile if earlier.HasField("created_profile") else user
-    sent = {"handle": handle, "display_name": display_name, "bio": bio}
-    made = {"handle": user.handle, "display_name": made_by.display_name, "bio": made_by.bio}
-    differing = [field for field in sent if sent[field] != made[field]]
+    made = earlier.created_profile if earlier.HasField("created_profile") else profile_of(user)
+    differing = [] if handle == user.handle else ["handle"]
+    if made.display_name_digest != text_digest(display_name):
+        differing.append("display_name")
+    if made.bio_digest != text_digest(bio):
+        differing.append("bio")
     if differing:
         raise invalid(
             f"request_id {earlier.create_request_id!r} was used for user {user.user_id} "
@@ -97,11 +112,7 @@ class UserStore:
         if not changes:
             return False
         if record.create_request_id and not record.HasField("created_profile"):
-            record.created_profile.CopyFrom(
-                murmur_pb2.CreateUserRequest(
-                    handle=user.handle, display_name=user.display_name, bio=user.bio
-                )
-            )
+            record.created_profile.CopyFrom(profile_of(user))
         for name, value in changes.items():
             setattr(user, name, value)
         user.profile_updated_at.CopyFrom(timestamp_ms(now_ms()))

@@ -112,7 +112,7 @@ def test_update_user_changes_the_profile_and_refuses_bad_fields(client: MurmurCl
     user = client.create_user(handle, display_name="Grace", bio="COBOL", request_id="g1")
     changed = client.update_user(user.user_id, display_name="Grace Hopper")
     assert (changed.handle, changed.display_name, changed.bio) == (handle, "Grace Hopper", "COBOL")
-    assert changed.profile_updated_at.ToMilliseconds() >= user.created_at.ToMilliseconds()
+    assert changed.HasField("profile_updated_at") and not user.HasField("profile_updated_at")
     assert client.get_user(handle=handle) == changed
     # the create's own retry still gets the user back
     retried = client.create_user(handle, display_name="Grace", bio="COBOL", request_id="g1")

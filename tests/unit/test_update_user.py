@@ -29,6 +29,18 @@ def test_only_the_fields_set_change_and_the_change_survives_a_restart(shard: Sha
     assert again.user(user_id).user == changed
 
 
+def test_only_users_made_with_a_request_id_keep_their_created_profile(shard: Shard) -> None:
+    plain = shard.create_user("frank", display_name="Frank")
+    update(shard, plain, display_name="F.")
+    assert not shard.user(plain).HasField("created_profile")
+    request = murmur_pb2.CreateUserRequest(handle="gina", display_name="Gina", request_id="r")
+    keyed = shard.ok("CreateUser", request).user_id
+    update(shard, keyed, display_name="G.")
+    kept = shard.user(keyed).created_profile
+    assert kept.display_name_digest and kept.bio_digest  # digests, not a copy
+    assert len(kept.SerializeToString()) == 18
+
+
 def test_an_update_to_the_values_held_writes_nothing(shard: Shard) -> None:
     user_id = shard.create_user("dave", display_name="Dave")
     before = shard.user(user_id)
