@@ -196,7 +196,7 @@ def main() -> None:
             eventually(lambda: one_owner_each(cluster), timeout=60, interval=1)
             with MurmurClient(cluster.target, timeout=30) as client:
                 eventually(
-                    lambda: verify(client, oracle, users, rng.sample(users, 100)),
+                    lambda: verify(client, oracle, users, rng.sample(users, 100), workload.bios),
                     timeout=120,
                     interval=2,
                 )

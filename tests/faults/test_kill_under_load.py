@@ -31,7 +31,7 @@ def run_with_chaos(loaded, chaos) -> Workload:
     finally:
         workload.stop()
     settled(client, oracle, users)
-    verify(client, oracle, users, rng.sample(users, 40))
+    verify(client, oracle, users, rng.sample(users, 40), workload.bios)
     assert set(workload.errors) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}, (
         workload.errors
     )

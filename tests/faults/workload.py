@@ -2,8 +2,10 @@
 oracle knows the outcome of every operation even while processes die.
 
 Posts carry request ids (a retry returns the first tweet), follows and
-unfollows are idempotent, and a delete retried after an unknown outcome that
-answers NOT_FOUND was applied. Reads tolerate failures and are counted.
+unfollows are idempotent, profile updates set a value (one workload thread
+makes them in turn, so the last acknowledged is the one that must hold), and
+a delete retried after an unknown outcome that answers NOT_FOUND was
+applied. Reads tolerate failures and are counted.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Workload:
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
         self._seq = 0
+        self.bios: dict[int, str] = {}  # user -> the bio last acknowledged
 
     # plumbing ---------------------------------------------------------------
     def client(self) -> MurmurClient:
@@ -116,6 +119,13 @@ class Workload:
         )
         self.oracle.edit(tweet_id, edited.text)
 
+    def update_profile(self) -> None:
+        user = self.rng.choice(self.users)
+        self._seq += 1
+        bio = f"bio {self._seq}"
+        self.until_acknowledged("update_user", lambda c: c.update_user(user, bio=bio))
+        self.bios[user] = bio
+
     def delete(self) -> None:
         if not self.oracle.tweets:
             return
@@ -147,6 +157,8 @@ class Workload:
             self.edit()
         elif roll < 0.56:
             self.delete()
+        elif roll < 0.58:
+            self.update_profile()
         else:
             self.read()
 
@@ -172,9 +184,15 @@ class Workload:
             raise self.failure
 
 
-def verify(client: MurmurClient, oracle: JoinOracle, users: list[int], readers: list[int]) -> None:
+def verify(
+    client: MurmurClient,
+    oracle: JoinOracle,
+    users: list[int],
+    readers: list[int],
+    bios: dict[int, str] | None = None,
+) -> None:
     """Every acknowledged write is there exactly once; counters are exact;
-    home timelines equal the join."""
+    home timelines equal the join; each profile holds its last acknowledged bio."""
     for tweet_id, (author, text) in oracle.tweets.items():
         tweet = client.get_tweet(tweet_id)
         assert (tweet.user_id, tweet.text) == (author, text), tweet_id
@@ -184,6 +202,8 @@ def verify(client: MurmurClient, oracle: JoinOracle, users: list[int], readers: 
         assert got.tweet_count == mine, f"tweet_count of {user}"
         assert got.following_count == len(oracle.follows[user]), f"following_count of {user}"
         assert got.follower_count == oracle.followers_of(user), f"follower_count of {user}"
+        if bios and user in bios:
+            assert got.bio == bios[user], f"bio of {user}"
     for reader in readers:
         ids = [t.tweet_id for t in client.iter_home_timeline(reader, page_size=100, limit=300)]
         assert len(ids) == len(set(ids)), f"duplicate in home of {reader}"
