@@ -31,8 +31,14 @@ from dataclasses import dataclass
 import grpc
 
 from murmur.errors import ServiceError
+from murmur.loop_metrics import LoopCounter
 from murmur.setting_limits import RATE_LIMITS
 
+REFUSED = LoopCounter(
+    "murmur_rate_limited_total",
+    "Writes a per-user rate limit refused, by setting (post_rate_limit, follow_rate_limit)",
+    ["setting"],
+)
 WINDOW_NS = 60 * 10**9
 # forgotten users are pruned once the table doubles past this (a user whose
 # bucket is full again needs no entry)
@@ -54,6 +60,7 @@ class UserRateLimiter:
         self.setting = setting  # the Settings field, named in refusals
         self.what = RATE_LIMITS[setting]  # "posts and edits", what it counts
         self.clock = clock
+        self._refused = REFUSED.labels(setting)
         self._full_at: dict[int, int] = {}
         self._prune_at = MIN_PRUNE_SIZE
 
@@ -68,6 +75,7 @@ class UserRateLimiter:
         full_at = max(self._full_at.get(user_id, now), now) + WINDOW_NS // limit
         wait_s = (full_at - now - WINDOW_NS) / 1e9
         if wait_s > 0:
+            self._refused.inc()
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"user {user_id} is over {self.setting}: at most {limit:,} {self.what} "

@@ -12,14 +12,18 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from grpc_status import rpc_status
+from prometheus_client import generate_latest
 
 from murmur.errors import ServiceError
 from murmur.retry_info import DETAILS_KEY, retry_after, retry_trailer
+from murmur.slots import even_assignment
 from murmur.v1 import murmur_pb2, shard_pb2
+from server.shard_pool import ShardPool
+from server.slot_map import RoutingTable
 from shard import keys
 from shard.batch_execute import run_call
 from shard.main import parse_args
-from shard.rate_limits import MIN_PRUNE_SIZE, UserRateLimiter
+from shard.rate_limits import MIN_PRUNE_SIZE, REFUSED, UserRateLimiter
 from shard.settings import ShardSettings, check_update
 from shard.state import ShardState
 from tests.unit import test_shard_servicer as harness
@@ -77,6 +81,19 @@ def test_a_burst_of_the_limit_passes_then_one_per_interval() -> None:
     clock.advance(0.01)
     charge(limits, 7, 60)  # waiting what it said lets exactly one more through
     refusal(limits, 7, 60)
+
+
+def test_refusals_are_counted_for_operators_by_setting() -> None:
+    """murmur_rate_limited_total{setting=...}: which limit callers meet."""
+    posts, follows = REFUSED.labels("post_rate_limit"), REFUSED.labels("follow_rate_limit")
+    before = (posts.value, follows.value)
+    limits = limiter(FakeClock())
+    charge(limits, 1, 1)
+    refusal(limits, 1, 1)
+    refusal(limits, 1, 1)
+    assert (posts.value, follows.value) == (before[0] + 2, before[1])
+    text = generate_latest().decode()
+    assert 'murmur_rate_limited_total{setting="post_rate_limit"}' in text
 
 
 def test_users_have_their_own_budgets_and_an_idle_minute_refills_one() -> None:
@@ -299,3 +316,16 @@ def test_limit_flags_and_updates_are_checked() -> None:
     assert (args.post_rate_limit, args.follow_rate_limit) == (0, 9)
     with pytest.raises(ValueError, match="follow_rate_limit is 1000001; it must be 0-1000000"):
         check_update(shard_pb2.UpdateSettingsRequest(follow_rate_limit=1_000_001))
+
+
+def test_a_plain_shard_call_refused_by_a_limit_keeps_its_wait_in_the_router() -> None:
+    """Writes travel in batches, but a call the router makes alone (no
+    coalescing) must carry the wait back too."""
+    table = RoutingTable(
+        shard_pb2.SlotMap(version=1, addresses={0: "a"}, owners=even_assignment([0]))
+    )
+    message = "user 5 is over post_rate_limit: at most 1 posts and edits per user per minute"
+    trailing = grpc.aio.Metadata(retry_trailer(EXHAUSTED, message, 12.5))
+    refused = grpc.aio.AioRpcError(EXHAUSTED, grpc.aio.Metadata(), trailing, message)
+    error = ShardPool(table)._translate(0, refused)
+    assert (error.code, error.message, error.retry_after) == (EXHAUSTED, message, 12.5)
