@@ -624,6 +624,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f" ({first.message}); they may disagree until the same update is"
                 " repeated and reaches every shard",
             )
+        ignored = _settings_ignored(request, replies)
+        if ignored:
+            names = sorted({name for fields in ignored.values() for name in fields})
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shards [{', '.join(str(s) for s in ignored)}] answered without taking "
+                f"{', '.join(names)} (they run a Murmur from before it); the rest of the "
+                "update changed every shard: upgrade those, then repeat it",
+            )
         return replies[min(replies)]
 
     # consistency --------------------------------------------------------------
@@ -644,3 +653,24 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @rpc
     async def Repair(self, request, context):
         return await self._check(request, repair=True)
+
+
+def _settings_ignored(
+    request: shard_pb2.UpdateSettingsRequest, replies: dict[int, shard_pb2.Settings]
+) -> dict[int, list[str]]:
+    """The fields each shard's reply does not hold as asked: a shard from
+    before a setting existed skips it without a word (protobuf drops fields
+    it does not know), and the update must not look applied there."""
+    asked = [field.name for field, _ in request.ListFields()]
+    ignored = {}
+    for shard_id, reply in sorted(replies.items()):
+        missing = [name for name in asked if not _holds(reply, name, getattr(request, name))]
+        if missing:
+            ignored[shard_id] = missing
+    return ignored
+
+
+def _holds(reply: shard_pb2.Settings, name: str, value: int) -> bool:
+    field = reply.DESCRIPTOR.fields_by_name[name]
+    present = not field.has_presence or reply.HasField(name)
+    return present and getattr(reply, name) == value

@@ -18,6 +18,7 @@ from murmur.errors import ServiceError
 from murmur.retry_info import DETAILS_KEY, retry_after, retry_trailer
 from murmur.slots import even_assignment
 from murmur.v1 import murmur_pb2, shard_pb2
+from server.admin import _settings_ignored
 from server.shard_pool import ShardPool
 from server.slot_map import RoutingTable
 from shard import keys
@@ -329,3 +330,19 @@ def test_a_plain_shard_call_refused_by_a_limit_keeps_its_wait_in_the_router() ->
     refused = grpc.aio.AioRpcError(EXHAUSTED, grpc.aio.Metadata(), trailing, message)
     error = ShardPool(table)._translate(0, refused)
     assert (error.code, error.message, error.retry_after) == (EXHAUSTED, message, 12.5)
+
+
+def test_a_shard_from_before_the_limits_is_named_when_it_skips_them() -> None:
+    """An older shard drops fields it does not know and answers OK: the
+    router must not report the update as applied there."""
+    asked = shard_pb2.UpdateSettingsRequest(inbox_cap=700, post_rate_limit=60)
+    new = shard_pb2.Settings(
+        celebrity_threshold=10_000, inbox_cap=700, backfill_limit=200, post_rate_limit=60
+    )
+    old = shard_pb2.Settings(celebrity_threshold=10_000, inbox_cap=700, backfill_limit=200)
+    assert _settings_ignored(asked, {0: new, 1: old, 2: new}) == {1: ["post_rate_limit"]}
+    unset = shard_pb2.UpdateSettingsRequest(post_rate_limit=0)  # 0 turns a limit off
+    assert _settings_ignored(unset, {0: shard_pb2.Settings(post_rate_limit=0), 1: old}) == {
+        1: ["post_rate_limit"]
+    }
+    assert _settings_ignored(shard_pb2.UpdateSettingsRequest(inbox_cap=700), {1: old}) == {}
