@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 NEVER = (1 << 63) - 1  # a celebrity threshold no account reaches
 
@@ -39,6 +40,14 @@ def add_rate_limit_flags(parser: argparse.ArgumentParser, stored: str = "") -> N
             help=f"{what} one user may make per minute "
             f"({DEFAULT_RATE_LIMIT}; 0 = no limit){stored}",
         )
+
+
+def holds_setting(settings: Any, name: str) -> bool:
+    """Whether a Settings message carries ``name``: one written, or sent, by
+    a Murmur from before a setting existed lacks it (proto3 would read 0,
+    which for a rate limit means none)."""
+    field = settings.DESCRIPTOR.fields_by_name[name]
+    return not field.has_presence or settings.HasField(name)
 
 
 def check_value(name: str, value: int) -> None:

@@ -13,6 +13,8 @@ HANDLE_PATTERN = re.compile(r"[A-Za-z0-9_]{1,15}")
 MAX_HANDLE = 15
 MAX_DISPLAY_NAME = 50
 MAX_BIO = 160
+# the profile fields UpdateUser may change, and their limits
+PROFILE_LIMITS = {"display_name": MAX_DISPLAY_NAME, "bio": MAX_BIO}
 MAX_TWEET = 280
 MAX_REQUEST_ID = 64
 DEFAULT_PAGE_SIZE = 20

@@ -25,6 +25,7 @@ from murmur import tls
 from murmur.addresses import address_problem
 from murmur.errors import WRITES_REFUSED_HEALTH, ServiceError, invalid, not_found
 from murmur.rpc_errors import rpc, streamed
+from murmur.setting_limits import holds_setting
 from murmur.slots import SLOT_COUNT, describe_slots, slot_ranges
 from murmur.v1 import admin_pb2, admin_pb2_grpc, murmur_pb2, shard_pb2, shard_pb2_grpc
 from server.admin_auth import operator_only
@@ -664,13 +665,11 @@ def _settings_ignored(
     asked = [field.name for field, _ in request.ListFields()]
     ignored = {}
     for shard_id, reply in sorted(replies.items()):
-        missing = [name for name in asked if not _holds(reply, name, getattr(request, name))]
+        missing = [
+            name
+            for name in asked
+            if not holds_setting(reply, name) or getattr(reply, name) != getattr(request, name)
+        ]
         if missing:
             ignored[shard_id] = missing
     return ignored
-
-
-def _holds(reply: shard_pb2.Settings, name: str, value: int) -> bool:
-    field = reply.DESCRIPTOR.fields_by_name[name]
-    present = not field.has_presence or reply.HasField(name)
-    return present and getattr(reply, name) == value

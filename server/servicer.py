@@ -26,6 +26,7 @@ from murmur.v1 import murmur_pb2, murmur_pb2_grpc, shard_pb2
 from murmur.validation import (
     MAX_BIO,
     MAX_DISPLAY_NAME,
+    PROFILE_LIMITS,
     check_handle,
     check_id,
     check_request_id,
@@ -210,13 +211,10 @@ class MurmurServicer(murmur_pb2_grpc.MurmurServicer):
     async def UpdateUser(self, request, context):
         user_id = check_id("user_id", request.user_id)
         forwarded = murmur_pb2.UpdateUserRequest(user_id=user_id)
-        if request.HasField("display_name"):
-            forwarded.display_name = check_short_text(
-                "display_name", request.display_name, MAX_DISPLAY_NAME
-            )
-        if request.HasField("bio"):
-            forwarded.bio = check_short_text("bio", request.bio, MAX_BIO)
-        if not forwarded.HasField("display_name") and not forwarded.HasField("bio"):
+        for name, limit in PROFILE_LIMITS.items():
+            if request.HasField(name):
+                setattr(forwarded, name, check_short_text(name, getattr(request, name), limit))
+        if not any(forwarded.HasField(name) for name in PROFILE_LIMITS):
             raise invalid("nothing to update: set display_name or bio (or both)")
         return await self._user_call(user_id, "UpdateUser", forwarded, context)
 

@@ -53,6 +53,9 @@ class Admission:
     full_at_ns: int | None  # the user's bucket full again; None: no limit
 
 
+UNLIMITED = Admission(0, None)  # what every write gets while its limit is 0
+
+
 class UserRateLimiter:
     """One kind of write's per-user budget on one shard."""
 
@@ -70,7 +73,7 @@ class UserRateLimiter:
         is over ``limit`` per minute (0: no limit). Call only when the write
         is otherwise going to happen: a no-op write must not spend the budget."""
         if limit <= 0:
-            return Admission(user_id, None)
+            return UNLIMITED
         now = self.clock()
         full_at = max(self._full_at.get(user_id, now), now) + WINDOW_NS // limit
         wait_s = (full_at - now - WINDOW_NS) / 1e9

@@ -48,14 +48,6 @@ RUNTIME_FIELDS = (
 )
 
 
-def is_stored(stored: shard_pb2.Settings, name: str) -> bool:
-    """Whether stored settings hold ``name``: those written before a setting
-    existed lack it (proto3 would read 0, which for a rate limit means none),
-    and the default applies."""
-    field = stored.DESCRIPTOR.fields_by_name[name]
-    return not field.has_presence or stored.HasField(name)
-
-
 def to_message(settings: ShardSettings) -> shard_pb2.Settings:
     return shard_pb2.Settings(**{name: getattr(settings, name) for name in RUNTIME_FIELDS})
 

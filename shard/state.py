@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from murmur.ids import IdClock
+from murmur.setting_limits import holds_setting
 from murmur.v1 import shard_pb2
 from shard import keys
 from shard.graph import FollowGraph
@@ -12,7 +13,7 @@ from shard.inbox import InboxStore
 from shard.outbox import Outbox
 from shard.ownership import SlotOwnership
 from shard.parked import ParkedQueues
-from shard.settings import RUNTIME_FIELDS, ShardSettings, is_stored, to_message
+from shard.settings import RUNTIME_FIELDS, ShardSettings, to_message
 from shard.store import DEFAULT_WRITE_BUFFER_MB, Store
 from shard.tweets import TweetStore
 from shard.users import UserStore
@@ -67,7 +68,7 @@ class ShardState:
         if raw is not None:
             stored = shard_pb2.Settings.FromString(raw)
             for name in RUNTIME_FIELDS:
-                if is_stored(stored, name):
+                if holds_setting(stored, name):  # else the default applies
                     setattr(settings, name, getattr(stored, name))
         for name, value in (overrides or {}).items():
             setattr(settings, name, value)

@@ -10,6 +10,7 @@ from murmur.errors import already_exists, invalid, not_found
 from murmur.ids import IdClock, millis_of_id, now_ms
 from murmur.slots import slot_for_handle, slot_for_user
 from murmur.v1 import murmur_pb2, shard_pb2
+from murmur.validation import PROFILE_LIMITS
 from shard import keys
 from shard.settings import is_celebrity
 from shard.store import Txn
@@ -106,7 +107,7 @@ class UserStore:
         user = record.user
         changes = {
             name: getattr(request, name)
-            for name in ("display_name", "bio")
+            for name in PROFILE_LIMITS
             if request.HasField(name) and getattr(request, name) != getattr(user, name)
         }
         if not changes:
