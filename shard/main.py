@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 
 import plyvel
@@ -36,6 +37,7 @@ from shard.state import ShardState
 from shard.store import DEFAULT_WRITE_BUFFER_MB
 
 MAX_SHARD_ID = (1 << 32) - 1
+log = logging.getLogger("murmur.shard")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="MB of writes LevelDB holds in memory before writing a table; larger absorbs "
         "fan-out bursts with less compaction, up to twice this in memory "
         f"({DEFAULT_WRITE_BUFFER_MB})",
+    )
+    parser.add_argument(
+        "--unsafe-no-fsync",
+        action="store_true",
+        help="UNSAFE: acknowledge writes without an fsync, so a power cut loses the "
+        "latest acknowledged ones (a process kill does not); for measuring what "
+        "durability costs, never for users' data (off)",
     )
     tls.add_flags(parser)
     parser.add_argument(
@@ -169,7 +178,12 @@ async def serve(args: argparse.Namespace) -> None:
     applier = DeliveryApplier(state)
     peers = PeerShards(state.ownership)
     worker = FanoutWorker(state, applier, peers)
-    servicer = ShardServicer(state, applier, worker, peers)
+    servicer = ShardServicer(state, applier, worker, peers, fsync=not args.unsafe_no_fsync)
+    if args.unsafe_no_fsync:
+        log.warning(
+            "--unsafe-no-fsync: writes are acknowledged without an fsync; "
+            "a power cut will lose the latest of them"
+        )
     add_service(process.server, servicer, shard_pb2.DESCRIPTOR.services_by_name["Shard"])
     register_metrics(state, worker, servicer.commits)
     serve_metrics(args.host, args.metrics_port, f"shard {state.shard_id}")

@@ -157,6 +157,12 @@ class ShardCollector(Collector):
             "Moving average of fsync wall time; it decides where fsyncs run",
             commits.sync_s,
         )
+        yield self._gauge(
+            "murmur_unsafe_no_fsync",
+            "1 if this shard acknowledges writes without fsyncs (--unsafe-no-fsync): "
+            "a power cut loses the latest acknowledged writes",
+            0 if commits.fsync else 1,
+        )
 
     def _placement_families(self) -> Iterator[Metric]:
         """Who lives here and what is moving: celebrities are pulled at read

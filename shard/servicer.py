@@ -53,10 +53,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         applier: DeliveryApplier,
         worker: FanoutWorker | None = None,
         peers: PeerShards | None = None,
+        fsync: bool = True,
     ) -> None:
         self.state = state
         self.applier = applier
-        self.commits = GroupCommit(state.store)
+        self.commits = GroupCommit(state.store, fsync=fsync)
         self.map_leases = MapLeases(state.store, state.ownership)
         self.batch_streams = BatchStreams(self)
         self.worker = worker

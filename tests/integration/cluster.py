@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 import weakref
 from pathlib import Path
@@ -463,3 +464,21 @@ def eventually(check, timeout: float = 10.0, interval: float = 0.05):
             if time.monotonic() > deadline:
                 raise
         time.sleep(interval)
+
+
+METRICS_LINE = re.compile(r"serving metrics on http://\S+:(\d+)/metrics")
+
+
+def metrics_port(log: Path) -> int:
+    """The port a process started with ``--metrics-port 0`` logged it bound."""
+    found = METRICS_LINE.findall(log.read_text(errors="replace"))
+    assert found, f"no metrics port logged in {log}:\n{log_tail(log)}"
+    return int(found[-1])
+
+
+def scrape(log: Path) -> str:
+    """The metrics of the process logging to ``log``."""
+    port = metrics_port(log)
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()

@@ -20,7 +20,7 @@ import pytest
 from client import errors
 from client.client import MurmurClient
 from murmur.v1 import murmur_pb2 as pb
-from tests.integration.cluster import ROOT, LocalCluster, eventually, log_tail
+from tests.integration.cluster import ROOT, LocalCluster, eventually, log_tail, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +212,42 @@ def test_kill9_shard_during_fanout_loses_nothing(fresh_cluster: LocalCluster) ->
 
 def _assert_follower_count(client: MurmurClient, user_id: int, count: int) -> None:
     assert client.get_user(user_id=user_id).follower_count == count
+
+
+def test_unsafe_no_fsync_still_survives_a_kill9(tmp_path: Path) -> None:
+    """``--unsafe-no-fsync`` gives up durability against a power cut only:
+    LevelDB hands each write to the OS before it returns, so a killed shard
+    still has every write it acknowledged. It says so in its log and in
+    ``murmur_unsafe_no_fsync``, and syncs nothing meanwhile."""
+    cluster = LocalCluster(
+        tmp_path / "cluster",
+        shards=2,
+        extra_args=["--metrics-port", "0"],
+        shard_args=["--unsafe-no-fsync"],
+    ).start()
+    try:
+        with MurmurClient(cluster.target) as client:
+            author = client.create_user(cluster.handle_on_shard(1, "unsafe"))
+            reader = client.create_user(cluster.handle_on_shard(0, "reader"))
+            client.follow(reader.user_id, author.user_id)
+            posted = [client.post_tweet(author.user_id, f"unsynced {i}") for i in range(20)]
+            shard_metrics = scrape(cluster.tmp_path / "shard-1.log")
+            cluster.kill_shard(1)
+            cluster.restart_shard(1)
+            reachable(client, author.user_id)
+            assert timeline(client, author.user_id) == newest_first(*posted)
+            eventually(lambda: _assert_home(client, reader.user_id, newest_first(*posted)))
+        assert "--unsafe-no-fsync: writes are acknowledged without an fsync" in (
+            cluster.shard_log(1)
+        )
+        assert 'murmur_unsafe_no_fsync{shard="1"} 1.0' in shard_metrics
+        assert 'murmur_fsyncs_total{shard="1"} 0.0' in shard_metrics
+    finally:
+        cluster.stop()
+
+
+def _assert_home(client: MurmurClient, user_id: int, want: list[int]) -> None:
+    assert home(client, user_id) == want
 
 
 # -- a crashed router --------------------------------------------------------------------

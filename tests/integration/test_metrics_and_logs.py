@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
@@ -27,12 +24,11 @@ from tests.integration.cluster import (
     LocalCluster,
     ServerProcess,
     eventually,
-    log_tail,
+    scrape,
 )
 
 pytestmark = pytest.mark.integration
 
-METRICS_LINE = re.compile(r"serving metrics on http://\S+:(\d+)/metrics")
 ROUTER_SERIES = (
     'murmur_rpc_total{code="OK",method="PostTweet",service="Murmur"}',
     "murmur_rpc_seconds_bucket",
@@ -55,21 +51,6 @@ SHARD_SERIES = (
     "murmur_fsync_seconds_average",
     'murmur_rpc_total{code="OK",method="ReadInbox",service="Shard"}',
 )
-
-
-def metrics_port(log: Path) -> int:
-    """The port a process started with ``--metrics-port 0`` logged it bound."""
-    found = METRICS_LINE.findall(log.read_text(errors="replace"))
-    assert found, f"no metrics port logged in {log}:\n{log_tail(log)}"
-    return int(found[-1])
-
-
-def scrape(log: Path) -> str:
-    """The metrics of the process logging to ``log``."""
-    port = metrics_port(log)
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()
 
 
 def _is_celebrity(client: MurmurClient, user_id: int) -> None:
@@ -102,6 +83,8 @@ def test_metrics_endpoints_expose_the_series(tmp_path):
         assert series in router, f"the router serves no {series}; its log: {tmp_path}/router.log"
     for series in SHARD_SERIES:
         assert series in shards, f"no shard serves {series}; their logs: {tmp_path}/shard-*.log"
+    unsafe = [line for line in shards.splitlines() if line.startswith("murmur_unsafe_no_fsync{")]
+    assert [line.split()[-1] for line in unsafe] == ["0.0", "0.0"]  # both shards sync writes
     celebrities = [
         float(line.split()[-1])
         for line in shards.splitlines()

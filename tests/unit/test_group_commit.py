@@ -162,3 +162,19 @@ def test_fsync_wall_time_is_counted_and_split_by_where_it_ran(clock):
     assert commits.inline_sync_seconds == pytest.approx(0.04)
     assert commits.sync_seconds == pytest.approx(0.08)
     assert commits.inline_syncs == 2
+
+
+def test_without_fsync_writes_are_acknowledged_without_syncing(clock):
+    """``--unsafe-no-fsync``: durable() returns at once and the store is
+    never asked to sync, however many writers wait."""
+
+    async def scenario():
+        store = FakeStore(clock)
+        store.error = OSError("a sync would have failed")  # and must not be attempted
+        commits = GroupCommit(store, fsync=False)
+        await asyncio.gather(*(commits.durable() for _ in range(5)))
+        return store, commits
+
+    store, commits = asyncio.run(scenario())
+    assert store.threads == []
+    assert (commits.syncs, commits.synced_writes, commits.sync_seconds) == (0, 0, 0.0)
