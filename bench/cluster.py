@@ -204,6 +204,7 @@ class MurmurCluster:
         self.fixed_ports: list[int] | None = None  # a restart keeps its ports
         self.router_port = 0
         self.metrics_ports: list[int] = []  # one per shard, kept across restarts
+        self.shard_flags: list[str] = []  # more flags for every shard's next start
 
     @property
     def target(self) -> str:
@@ -247,6 +248,7 @@ class MurmurCluster:
                         "0",
                         "--metrics-port",
                         str(self.metrics_ports[index]),
+                        *self.shard_flags,
                     ],
                     self.workdir / f"shard-{index}.log",
                     SHARD_BANNER,

@@ -52,6 +52,7 @@ P99_LIMIT_MS = 50.0
 # a side-by-side round: the same both ways, so each operation's two phases
 # centre on the same moment of the round
 ROUND_ORDER = ("ping", "home", "post", "post", "home", "ping")
+NO_FSYNC_ORDER = ("ping", "post", "post", "ping")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Plan:
     sweep_read_ops: int = 3000
     paired_rounds: int = 5  # side-by-side rounds for the ratios (ROUND_ORDER each)
     paired_duration: float = 3.0
+    no_fsync_rounds: int = 3  # rounds of Ping and posts with the shards' fsync off
     join_query_repeats: int = 100  # in-process runs of the join per sweep reader
     history_followees: int = 1000  # the join alone against each followee's history
     history_depths: list[int] = field(default_factory=lambda: [10, 100])
@@ -103,6 +105,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_read_ops=100,
             paired_rounds=1,
             paired_duration=0.4,
+            no_fsync_rounds=1,
             join_query_repeats=5,
             history_followees=20,
             history_depths=[2, 10],
@@ -132,6 +135,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sweep_read_ops=1000,
             paired_rounds=2,
             paired_duration=2.0,
+            no_fsync_rounds=1,
             join_query_repeats=20,
             history_depths=[5, 50],
             probes=16,
@@ -443,36 +447,77 @@ class Bench:
         the next phase. Each phase also records the share of its time the
         shards' event loops waited on fsyncs (on a cluster the bench
         started): what posts pay that a Ping does not, beside their CPU."""
-        c, rounds = self.plan.post_concurrency, []
-        cluster = system.cluster
-        for r in range(self.plan.paired_rounds):
-            phases = []
-            for i, op in enumerate(ROUND_ORDER):
-                waited = cluster.loop_fsync_s() if cluster else None
-                result = await self.closed(
-                    system,
-                    {op: 1.0},
-                    c,
-                    f"side by side {op} c{c} (round {r + 1}/{self.plan.paired_rounds}"
-                    f", phase {i + 1}/{len(ROUND_ORDER)})",
-                    duration=self.plan.paired_duration,
-                    tag=f"{self.tag}-pair{r}-{i}",  # request ids stay within 64 characters
-                )
-                phases.append(
-                    {
-                        "op": op,
-                        "throughput": result["throughput"],
-                        "p99_ms": result["ops"][op]["p99_ms"],
-                        "ops_failed": result["ops_failed"],
-                        "loop_fsync_share": loop_share(cluster, waited, result["duration_s"]),
-                    }
-                )
-                if op == "post":
-                    await self.quiet(system)
-            rounds.append(round_means(phases))
+        c, total = self.plan.post_concurrency, self.plan.paired_rounds
+        rounds = [
+            await self.paired_round(
+                system, ROUND_ORDER, f"side by side c{c} round {r + 1}/{total}", f"pair{r}"
+            )
+            for r in range(total)
+        ]
         return {
             "concurrency": c,
             "order": list(ROUND_ORDER),
+            "rounds": rounds,
+            "ratios": paired_ratios(rounds),
+        }
+
+    async def paired_round(
+        self, system: System, order: tuple[str, ...], label: str, tag: str
+    ) -> dict:
+        """One interleaved round: each operation of ``order`` in turn at the
+        post concurrency, the cluster let go idle after each post phase."""
+        c, cluster, phases = self.plan.post_concurrency, system.cluster, []
+        for i, op in enumerate(order):
+            waited = cluster.loop_fsync_s() if cluster else None
+            result = await self.closed(
+                system,
+                {op: 1.0},
+                c,
+                f"{label}, {op} (phase {i + 1}/{len(order)})",
+                duration=self.plan.paired_duration,
+                tag=f"{self.tag}-{tag}-{i}",  # request ids stay within 64 characters
+            )
+            phases.append(
+                {
+                    "op": op,
+                    "throughput": result["throughput"],
+                    "p99_ms": result["ops"][op]["p99_ms"],
+                    "ops_failed": result["ops_failed"],
+                    "loop_fsync_share": loop_share(cluster, waited, result["duration_s"]),
+                }
+            )
+            if op == "post":
+                await self.quiet(system)
+        return round_means(phases)
+
+    async def without_fsync(self, system: System) -> tuple[System, dict]:
+        """Ping and posts in interleaved rounds on the same cluster restarted
+        with ``--unsafe-no-fsync``: what posts would do if durability cost
+        nothing. Beside the side-by-side rounds' posts/Ping it shows how much
+        of the gap to the floor is the fsync every acknowledged post waits
+        for, and how much is the post's own work. The cluster is left
+        running unsafe; its next start is durable again."""
+        cluster = system.cluster
+        assert cluster is not None
+        cluster.shard_flags = ["--unsafe-no-fsync"]
+        try:
+            system, setup = await self.restart_with(
+                cluster, system, system.name, cluster.celebrity_threshold
+            )
+        finally:
+            cluster.shard_flags = []
+        total = self.plan.no_fsync_rounds
+        c = self.plan.post_concurrency
+        rounds = [
+            await self.paired_round(
+                system, NO_FSYNC_ORDER, f"without fsync c{c} round {r + 1}/{total}", f"nofs{r}"
+            )
+            for r in range(total)
+        ]
+        return system, {
+            "concurrency": c,
+            "order": list(NO_FSYNC_ORDER),
+            "setup": setup,
             "rounds": rounds,
             "ratios": paired_ratios(rounds),
         }
@@ -1009,6 +1054,8 @@ class Bench:
         else:
             with self.timed("strategy_hybrid"):
                 res["strategies"][hybrid] = await self.strategy(system, hybrid, args.threshold)
+            with self.timed("without_fsync"):
+                system, res["without_fsync"] = await self.without_fsync(system)
         return system, peak
 
     async def join_section(self) -> None:
@@ -1091,6 +1138,8 @@ def paired_ratios(rounds: list[dict]) -> dict[str, dict]:
     }
     out = {}
     for name, (op, field_name) in pairs.items():
+        if not all(op in r for r in rounds):
+            continue  # rounds without this operation (the ones without fsync have no home)
         per_round = [
             round(r[op][field_name] / r["ping"][field_name], 3)
             if r["ping"][field_name] > 0

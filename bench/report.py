@@ -119,6 +119,9 @@ def _floor_row(result: dict, target: FloorTarget, pair: tuple, phase: str | None
     at_most = target.key == "home_p99"
     limit = target.limit
     met = None if value is None else (value <= limit if at_most else value >= limit)
+    unsynced = _get(result, "without_fsync", "ratios", target.key, "median")
+    if unsynced is not None:
+        note += f"; without the fsync (not durable, its own rounds): {_fmt(unsynced, 3)}"
     return _row(f"{target.what} vs floor ({at})", target.goal, value, met, note)
 
 
@@ -223,6 +226,39 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
     return lines
 
 
+def _without_fsync_lines(result: dict) -> list[str]:
+    """Posts against Ping on the same cluster restarted without fsyncs, each
+    round beside its own Ping, and the durable rounds' median beside them."""
+    unsynced = result.get("without_fsync")
+    if not unsynced:
+        return []
+    ratio = unsynced["ratios"]["post_throughput"]
+    lines = [
+        "",
+        f"## Posts without the fsync: the same cluster restarted with `--unsafe-no-fsync`"
+        f" (not durable), Ping and posts at c{unsynced['concurrency']} in interleaved"
+        f" rounds ({', '.join(unsynced['order'])})",
+        "",
+        "| round | Ping/s | post/s | post / Ping |",
+        "|---|---|---|---|",
+    ]
+    for i, r in enumerate(unsynced["rounds"]):
+        lines.append(
+            f"| {i + 1} | {_fmt(r['ping']['throughput'])} | {_fmt(r['post']['throughput'])} | "
+            f"{_fmt(ratio['per_round'][i], 3)} |"
+        )
+    durable = _get(result, "side_by_side", "ratios", "post_throughput", "median")
+    lines += [
+        f"| median | | | {_fmt(ratio['median'], 3)} |",
+        "",
+        f"With the fsync (the side-by-side rounds above): {_fmt(durable, 3)}. The"
+        " difference is what the fsync each acknowledged post waits for costs; what"
+        " is left below 1.0 without it is the post's own work (its writes, its"
+        " fan-out) over a Ping's, on the same two cores.",
+    ]
+    return lines
+
+
 def _percent(share: float | None) -> str:
     return "–" if share is None else f"{share * 100:.0f}%"
 
@@ -310,6 +346,7 @@ def _closed_loop_lines(result: dict) -> list[str]:
             f"{_fmt(_ratio(mix.get('throughput'), ping.get('throughput')), 3)} |"
         )
     lines += _side_by_side_table(result.get("side_by_side"))
+    lines += _without_fsync_lines(result)
     return lines
 
 

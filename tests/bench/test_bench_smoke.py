@@ -32,6 +32,7 @@ SECTIONS = [
     "followee_sweep",
     "join",
     "strategies",
+    "without_fsync",
     "fanout",
     "disk",
     "targets",
@@ -93,6 +94,14 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         assert len(ratio["per_round"]) == 1 and ratio["median"] > 0
     home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))
     assert home_target["measured"] == paired["ratios"]["home_throughput"]["median"]
+
+    unsynced = result["without_fsync"]  # the hybrid cluster restarted --unsafe-no-fsync
+    (only,) = unsynced["rounds"]
+    assert [phase["op"] for phase in only["phases"]] == ["ping", "post", "post", "ping"]
+    assert all(phase["ops_failed"] == 0 for phase in only["phases"])
+    assert all(phase["loop_fsync_share"] == 0.0 for phase in only["phases"])  # none to wait on
+    assert unsynced["ratios"]["post_throughput"]["median"] > 0
+    assert "Posts without the fsync" in (out / "smoke.md").read_text()
 
     assert result["rate_sweep"]["steps"]
     assert "p99_crossing_rate" in result["rate_sweep"]
