@@ -101,6 +101,7 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert all(phase["ops_failed"] == 0 for phase in only["phases"])
     assert all(phase["loop_fsync_share"] == 0.0 for phase in only["phases"])  # none to wait on
     assert unsynced["ratios"]["post_throughput"]["median"] > 0
+    assert unsynced["setup"]["warm_up_posts_per_s"] > 0  # a phase before the rounds
     assert "Posts without the fsync" in (out / "smoke.md").read_text()
 
     assert result["rate_sweep"]["steps"]
