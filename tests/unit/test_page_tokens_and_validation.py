@@ -8,7 +8,7 @@ import unicodedata
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from murmur import page_tokens, validation
@@ -338,12 +338,25 @@ def test_tweet_keeps_newline_and_tab() -> None:
     assert validation.check_tweet_text("a\nb\tc") == "a\nb\tc"
 
 
+# what draws nothing: controls, format characters (Cf), combining marks with
+# no base (Mn, Me), separators (Z*), and the blank fillers Hangul and Braille
+# have as letters or symbols
+DRAWS_NOTHING = {"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"}
+BLANK_FILLERS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+
+
 @given(st.text(min_size=1, max_size=300))
+@example("\U0001bc9d")  # a lone Duployan selector (Mn): once taken for visible
+@example("\u200b\u2800 ")
 @PROPERTY
 def test_tweet_rule_property(text: str) -> None:
     normalized = unicodedata.normalize("NFC", text)
     controls = any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in normalized)
-    ok = bool(normalized.strip()) and len(normalized) <= 280 and not controls
+    visible = any(
+        not c.isspace() and unicodedata.category(c) not in DRAWS_NOTHING and c not in BLANK_FILLERS
+        for c in normalized
+    )
+    ok = visible and len(normalized) <= 280 and not controls
     if ok:
         assert validation.check_tweet_text(text) == normalized
     else:
