@@ -56,6 +56,10 @@ MAX_UINT32 = (1 << 32) - 1
 SHARD_ID = IdRange("a shard id", 0, MAX_UINT32)
 MB = 1024 * 1024
 TABLE_RANGES = 4  # slot ranges shown per shard in the status table before "…"
+UNSAFE_NO_FSYNC = (
+    "UNSAFE: acknowledges writes without an fsync (--unsafe-no-fsync); "
+    "a power cut loses its latest writes"
+)
 
 _RANGE_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
@@ -463,6 +467,9 @@ def status(session: AdminSession) -> None:
     for s in reply.shards:
         if s.health != health_cell(s.health):
             click.echo(f"shard {s.shard_id}: {s.health}")
+    for s in reply.shards:
+        if s.unsafe_no_fsync:
+            click.echo(f"shard {s.shard_id}: {UNSAFE_NO_FSYNC}")
 
 
 def _parked(parked_ops: Any) -> str:
@@ -511,6 +518,7 @@ def _stats_pairs(stats: apb.ShardStats, answered: bool) -> list[tuple[str, Any]]
         ("inbox_entries_delivered", stats.inbox_entries_delivered),
         ("fsyncs", stats.fsyncs),
         ("synced_writes", stats.synced_writes),
+        ("fsync", "OFF (--unsafe-no-fsync)" if s.unsafe_no_fsync else "on"),
     ]
     if not answered:
         shown = [(name, "-") for name, _ in shown]

@@ -165,6 +165,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
         status.key_counts.update(stats.key_counts)
         status.disk_bytes = stats.disk_bytes
+        status.unsafe_no_fsync = stats.unsafe_no_fsync
         return status, stats
 
     def _require_shard(self, shard_id: int) -> None:

@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from client import errors
 from client.client import MurmurClient
+from murmur.v1 import admin_pb2, admin_pb2_grpc
 from murmur.v1 import murmur_pb2 as pb
 from tests.integration.cluster import ROOT, LocalCluster, eventually, log_tail, scrape
 
@@ -217,13 +219,15 @@ def _assert_follower_count(client: MurmurClient, user_id: int, count: int) -> No
 def test_unsafe_no_fsync_still_survives_a_kill9(tmp_path: Path) -> None:
     """``--unsafe-no-fsync`` gives up durability against a power cut only:
     LevelDB hands each write to the OS before it returns, so a killed shard
-    still has every write it acknowledged. It says so in its log and in
-    ``murmur_unsafe_no_fsync``, and syncs nothing meanwhile."""
+    still has every write it acknowledged. It says so in its log, in
+    ``murmur_unsafe_no_fsync`` and in the Admin API's cluster status, and
+    syncs nothing meanwhile."""
     cluster = LocalCluster(
         tmp_path / "cluster",
         shards=2,
         extra_args=["--metrics-port", "0"],
         shard_args=["--unsafe-no-fsync"],
+        router_args=["--admin-token", "operator"],
     ).start()
     try:
         with MurmurClient(cluster.target) as client:
@@ -242,6 +246,13 @@ def test_unsafe_no_fsync_still_survives_a_kill9(tmp_path: Path) -> None:
         )
         assert 'murmur_unsafe_no_fsync{shard="1"} 1.0' in shard_metrics
         assert 'murmur_fsyncs_total{shard="1"} 0.0' in shard_metrics
+        with grpc.insecure_channel(cluster.target) as channel:
+            status = admin_pb2_grpc.AdminStub(channel).GetClusterStatus(
+                admin_pb2.GetClusterStatusRequest(),
+                metadata=[("authorization", "Bearer operator")],
+                timeout=10,
+            )
+        assert [(s.shard_id, s.unsafe_no_fsync) for s in status.shards] == [(0, True), (1, True)]
     finally:
         cluster.stop()
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from client.admin_cli import cli
+from client.admin_cli import UNSAFE_NO_FSYNC, cli
 from murmur.v1 import admin_pb2 as apb
 from murmur.v1 import admin_pb2_grpc as apb_grpc
 from tests.unit.loopback_server import serving
@@ -231,6 +231,25 @@ def test_status_keeps_reasons_out_of_the_table(fake: FakeAdmin) -> None:
     assert rows[1][5:] == ["-"] * 5 and rows[2][8] == "5", lines  # the fenced shard's counts
     assert max(len(line) for line in lines[:5]) < 120, lines
     assert lines[5:] == [f"shard 1: {silent}", f"shard 2: {REFUSING}"]
+
+
+def test_a_shard_without_fsync_is_flagged_in_status_and_stats(fake: FakeAdmin) -> None:
+    fake.status.shards.extend(
+        [
+            apb.ShardStatus(shard_id=0, address="a:1", health="SERVING", slot_count=2048),
+            apb.ShardStatus(
+                shard_id=1, address="b:1", health="SERVING", slot_count=2048, unsafe_no_fsync=True
+            ),
+        ]
+    )
+    result = run(fake, "status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"shard 1: {UNSAFE_NO_FSYNC}"
+    assert result.stdout.count("UNSAFE") == 1
+    fake.stats = _stats("SERVING")
+    assert _value(run(fake, "shard-stats", "2").stdout, "fsync") == "on"
+    fake.stats.status.unsafe_no_fsync = True
+    assert _value(run(fake, "shard-stats", "2").stdout, "fsync") == "OFF"
 
 
 # -- backup -------------------------------------------------------------------------
