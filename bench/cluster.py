@@ -287,6 +287,12 @@ class MurmurCluster:
         together (``murmur_inline_fsync_seconds_total``)."""
         return sum(scrape_counter(port, LOOP_FSYNC_METRIC) for port in self.metrics_ports)
 
+    def shards_without_fsync(self) -> int:
+        """How many shards report ``murmur_unsafe_no_fsync`` 1."""
+        return round(
+            sum(scrape_counter(port, "murmur_unsafe_no_fsync") for port in self.metrics_ports)
+        )
+
     def rss(self) -> dict[str, int]:
         return {name: rss_bytes(proc.pid) or 0 for name, proc in self.processes().items()}
 

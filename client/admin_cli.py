@@ -58,7 +58,7 @@ MB = 1024 * 1024
 TABLE_RANGES = 4  # slot ranges shown per shard in the status table before "…"
 UNSAFE_NO_FSYNC = (
     "UNSAFE: acknowledges writes without an fsync (--unsafe-no-fsync); "
-    "a power cut loses its latest writes"
+    "a power cut can lose acknowledged writes"
 )
 
 _RANGE_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")

@@ -18,10 +18,14 @@ the fsync goes to a thread and the loop keeps serving. The choice follows a
 moving average of recent fsyncs, so it adapts if the disk's speed changes.
 
 A shard started with ``--unsafe-no-fsync`` acknowledges writes once LevelDB
-has handed them to the OS, with no fsync: a process kill loses nothing, a
-power cut or kernel crash loses the writes since the OS last flushed. It is
-there to measure what durability costs (the benchmark's posts against its
-floor with and without the fsync, side by side), not to run users on.
+has handed them to the OS, with no group-commit fsync (the rare metadata
+writes made with ``sync=True`` still sync): a process kill loses nothing,
+but a power cut or kernel crash can lose acknowledged writes, and since a
+shard that took a delivery unsynced lets its sender forget it, can leave
+shards disagreeing (an inbox missing a tweet, an edge on one side only)
+until ``murmur-admin check --repair``. It is there to measure what
+durability costs (the benchmark's posts against its floor with and without
+the fsync), not to run users on.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class GroupCommit:
     ) -> None:
         self.store = store
         self.inline_below_s = inline_below_s
-        self.fsync = fsync  # False only under --unsafe-no-fsync
+        self.fsync_enabled = fsync  # False only under --unsafe-no-fsync
         self._waiting: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.syncs = 0
@@ -58,8 +62,8 @@ class GroupCommit:
 
     async def durable(self) -> None:
         """Return once every write committed before this call is on disk
-        (at once without ``fsync``: the writes are with the OS already)."""
-        if not self.fsync:
+        (at once under --unsafe-no-fsync: the writes are with the OS already)."""
+        if not self.fsync_enabled:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

@@ -80,9 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--unsafe-no-fsync",
         action="store_true",
-        help="UNSAFE: acknowledge writes without an fsync, so a power cut loses the "
-        "latest acknowledged ones (a process kill does not); for measuring what "
-        "durability costs, never for users' data (off)",
+        help="UNSAFE: acknowledge writes without the group commit's fsync, so a power "
+        "cut can lose acknowledged writes and leave shards disagreeing until "
+        "murmur-admin check --repair (a process kill loses nothing); for measuring "
+        "what durability costs, never for users' data (off)",
     )
     tls.add_flags(parser)
     parser.add_argument(
@@ -181,8 +182,7 @@ async def serve(args: argparse.Namespace) -> None:
     servicer = ShardServicer(state, applier, worker, peers, fsync=not args.unsafe_no_fsync)
     if args.unsafe_no_fsync:
         log.warning(
-            "--unsafe-no-fsync: writes are acknowledged without an fsync; "
-            "a power cut will lose the latest of them"
+            "--unsafe-no-fsync: writes are acknowledged without an fsync; a power cut can lose them"
         )
     add_service(process.server, servicer, shard_pb2.DESCRIPTOR.services_by_name["Shard"])
     register_metrics(state, worker, servicer.commits)

@@ -94,7 +94,7 @@ async def local_stats(state: ShardState, worker, commits) -> shard_pb2.LocalStat
         frozen_slots=sorted(state.ownership.frozen),
         parked_ops={d: n for d, n in state.parked.counts.items() if n},
         writes_refused=state.store.db.failure or "",
-        unsafe_no_fsync=not commits.fsync,
+        unsafe_no_fsync=not commits.fsync_enabled,
     )
 
 

@@ -159,9 +159,9 @@ class ShardCollector(Collector):
         )
         yield self._gauge(
             "murmur_unsafe_no_fsync",
-            "1 if this shard acknowledges writes without fsyncs (--unsafe-no-fsync): "
-            "a power cut loses the latest acknowledged writes",
-            0 if commits.fsync else 1,
+            "1 if this shard acknowledges writes without the group commit's fsync "
+            "(--unsafe-no-fsync): a power cut can lose acknowledged writes",
+            0 if commits.fsync_enabled else 1,
         )
 
     def _placement_families(self) -> Iterator[Metric]:

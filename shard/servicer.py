@@ -3,7 +3,8 @@
 Handlers never await between reading and committing a transaction, so on the
 single asyncio loop each write is atomic and counters stay exact without
 locks. Each acknowledged write is one LevelDB batch, on disk (fsynced, with
-concurrent writes sharing the fsync: see ``group_commit``) before the reply.
+concurrent writes sharing the fsync: see ``group_commit``) before the reply,
+unless the shard was started with --unsafe-no-fsync.
 """
 
 from __future__ import annotations

@@ -95,14 +95,17 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))
     assert home_target["measured"] == paired["ratios"]["home_throughput"]["median"]
 
-    unsynced = result["without_fsync"]  # the hybrid cluster restarted --unsafe-no-fsync
-    (only,) = unsynced["rounds"]
-    assert [phase["op"] for phase in only["phases"]] == ["ping", "post", "post", "ping"]
-    assert all(phase["ops_failed"] == 0 for phase in only["phases"])
-    assert all(phase["loop_fsync_share"] == 0.0 for phase in only["phases"])  # none to wait on
-    assert unsynced["ratios"]["post_throughput"]["median"] > 0
-    assert unsynced["setup"]["warm_up_posts_per_s"] > 0  # a phase before the rounds
-    assert "Posts without the fsync" in (out / "smoke.md").read_text()
+    fsync = result["without_fsync"]  # restarts with and without --unsafe-no-fsync, in turn
+    assert [r["side"] for r in fsync["restarts"]] == ["with_fsync", "without_fsync"]
+    assert all(r["warm_up_posts_per_s"] > 0 for r in fsync["restarts"])  # uncounted phases
+    for side in ("with_fsync", "without_fsync"):
+        (only,) = fsync[f"rounds_{side}"]
+        assert [phase["op"] for phase in only["phases"]] == ["ping", "post", "post", "ping"]
+        assert all(phase["ops_failed"] == 0 for phase in only["phases"])
+        assert fsync["ratios"][side]["post_throughput"]["median"] > 0
+    unsynced_posts = fsync["rounds_without_fsync"][0]["phases"][1:3]
+    assert all(phase["loop_fsync_share"] == 0.0 for phase in unsynced_posts)
+    assert "What the fsync costs posts" in (out / "smoke.md").read_text()
 
     assert result["rate_sweep"]["steps"]
     assert "p99_crossing_rate" in result["rate_sweep"]

@@ -220,8 +220,8 @@ def test_unsafe_no_fsync_still_survives_a_kill9(tmp_path: Path) -> None:
     """``--unsafe-no-fsync`` gives up durability against a power cut only:
     LevelDB hands each write to the OS before it returns, so a killed shard
     still has every write it acknowledged. It says so in its log, in
-    ``murmur_unsafe_no_fsync`` and in the Admin API's cluster status, and
-    syncs nothing meanwhile."""
+    ``murmur_unsafe_no_fsync`` and in the Admin API's cluster status, and its
+    group commit syncs nothing meanwhile."""
     cluster = LocalCluster(
         tmp_path / "cluster",
         shards=2,

@@ -296,6 +296,11 @@ def test_tweet_length_boundaries() -> None:
     assert validation.check_tweet_text("😀" * 280) == "😀" * 280
 
 
+@pytest.mark.parametrize("text", ["e\u0301", "\u3164a", "\u200b\U0001f600"])
+def test_a_visible_character_among_invisible_ones_is_enough(text: str) -> None:
+    assert validation.check_tweet_text(text) == unicodedata.normalize("NFC", text)
+
+
 @pytest.mark.parametrize("text", ["", " ", "   \n\t ", "\u3000", "\u00a0\u2003", "\r\n"])
 def test_tweet_whitespace_only_rejected(text: str) -> None:
     with pytest.raises(InvalidInput, match="text"):
@@ -303,7 +308,16 @@ def test_tweet_whitespace_only_rejected(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["\u200b", "\ufeff\u2060", "\u0301\u0302", "\u2800 \u3164", "\u115f\u1160\uffa0"]
+    "text",
+    [
+        "\u200b",
+        "\ufeff\u2060",
+        "\u0301\u0302",
+        "\u2800 \u3164",
+        "\u115f\u1160\uffa0",
+        "\U0001bc9d",  # a Duployan selector (Mn) alone
+        "\u20dd",  # an enclosing circle (Me) around nothing
+    ],
 )
 def test_tweet_that_shows_nothing_rejected(text: str) -> None:
     with pytest.raises(InvalidInput, match="^text must contain at least one visible character"):
