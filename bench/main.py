@@ -491,7 +491,7 @@ class Bench:
                 await self.quiet(system)
         return round_means(phases)
 
-    async def without_fsync(self, system: System) -> tuple[System, dict]:
+    async def fsync_cost(self, system: System) -> tuple[System, dict]:
         """What the fsync costs posts, as posts/Ping with and without it
         measured the same way: for each pair of rounds the cluster is
         restarted durable, warmed with a post phase it does not count, and
@@ -1088,8 +1088,8 @@ class Bench:
         else:
             with self.timed("strategy_hybrid"):
                 res["strategies"][hybrid] = await self.strategy(system, hybrid, args.threshold)
-            with self.timed("without_fsync"):
-                system, res["without_fsync"] = await self.without_fsync(system)
+            with self.timed("fsync_cost"):
+                system, res["fsync_cost"] = await self.fsync_cost(system)
         return system, peak
 
     async def join_section(self) -> None:

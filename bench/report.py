@@ -119,7 +119,7 @@ def _floor_row(result: dict, target: FloorTarget, pair: tuple, phase: str | None
     at_most = target.key == "home_p99"
     limit = target.limit
     met = None if value is None else (value <= limit if at_most else value >= limit)
-    fsync = _get(result, "without_fsync", "ratios", default={})
+    fsync = _get(result, "fsync_cost", "ratios", default={})
     unsynced = _get(fsync, "without_fsync", target.key, "median")
     if unsynced is not None:
         synced = _get(fsync, "with_fsync", target.key, "median")
@@ -231,10 +231,10 @@ def _side_by_side_table(paired: dict | None) -> list[str]:
     return lines
 
 
-def _without_fsync_lines(result: dict) -> list[str]:
+def _fsync_cost_lines(result: dict) -> list[str]:
     """Posts against Ping after restarts with the fsync and without it,
     round by round, each beside its own Ping."""
-    fsync = result.get("without_fsync")
+    fsync = result.get("fsync_cost")
     if not fsync:
         return []
     lines = [
@@ -352,7 +352,7 @@ def _closed_loop_lines(result: dict) -> list[str]:
             f"{_fmt(_ratio(mix.get('throughput'), ping.get('throughput')), 3)} |"
         )
     lines += _side_by_side_table(result.get("side_by_side"))
-    lines += _without_fsync_lines(result)
+    lines += _fsync_cost_lines(result)
     return lines
 
 

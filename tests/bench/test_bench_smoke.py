@@ -32,7 +32,7 @@ SECTIONS = [
     "followee_sweep",
     "join",
     "strategies",
-    "without_fsync",
+    "fsync_cost",
     "fanout",
     "disk",
     "targets",
@@ -95,7 +95,7 @@ def test_tiny_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     home_target = next(t for t in result["targets"] if t["target"].startswith("home-timeline thr"))
     assert home_target["measured"] == paired["ratios"]["home_throughput"]["median"]
 
-    fsync = result["without_fsync"]  # restarts with and without --unsafe-no-fsync, in turn
+    fsync = result["fsync_cost"]  # restarts with and without --unsafe-no-fsync, in turn
     assert [r["side"] for r in fsync["restarts"]] == ["with_fsync", "without_fsync"]
     assert all(r["warm_up_posts_per_s"] > 0 for r in fsync["restarts"])  # uncounted phases
     for side in ("with_fsync", "without_fsync"):
