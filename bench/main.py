@@ -73,7 +73,7 @@ class Plan:
     sweep_read_ops: int = 3000
     paired_rounds: int = 5  # side-by-side rounds for the ratios (ROUND_ORDER each)
     paired_duration: float = 3.0
-    no_fsync_rounds: int = 3  # rounds of Ping and posts with the shards' fsync off
+    no_fsync_rounds: int = 3  # pairs of rounds after restarts with and without the fsync
     join_query_repeats: int = 100  # in-process runs of the join per sweep reader
     history_followees: int = 1000  # the join alone against each followee's history
     history_depths: list[int] = field(default_factory=lambda: [10, 100])
@@ -500,10 +500,9 @@ class Bench:
         same point of the run, so the difference is the fsync's, not the
         state's (a restart turns the log into tables and empties caches; in
         a probe, posts after the first restart since loading ran ~30% slower
-        for more than ten seconds). Each
-        restart is checked for the flag it was asked for. The cluster is left
-        running unsafe (the join section stops it next); its next start is
-        durable."""
+        for more than ten seconds). Each restart is checked for the flag it
+        was asked for. The cluster is left running unsafe (the join section
+        stops it next); its next start is durable."""
         cluster = system.cluster
         assert cluster is not None
         c, total = self.plan.post_concurrency, self.plan.no_fsync_rounds
@@ -1173,7 +1172,7 @@ def paired_ratios(rounds: list[dict]) -> dict[str, dict]:
     out = {}
     for name, (op, field_name) in pairs.items():
         if not all(op in r for r in rounds):
-            continue  # rounds without this operation (the ones without fsync have no home)
+            continue  # rounds without this operation (fsync_cost's rounds read no homes)
         per_round = [
             round(r[op][field_name] / r["ping"][field_name], 3)
             if r["ping"][field_name] > 0
