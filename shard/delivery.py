@@ -125,7 +125,9 @@ class DeliveryApplier:
             txn,
             shard_pb2.OutboxRecord(
                 status_sync=shard_pb2.StatusSync(
-                    followee_id=add.followee_id, follower_id=add.follower_id
+                    followee_id=add.followee_id,
+                    follower_id=add.follower_id,
+                    followed_ms=add.followed_ms,
                 )
             ),
         )
@@ -153,6 +155,8 @@ class DeliveryApplier:
             edge = self.state.graph.following_edge(txn, follower, sync.followee_id)
             if edge is None or sync.celebrity_version < edge.celebrity_version:
                 continue
+            if sync.followed_ms and sync.followed_ms != edge.followed_ms:
+                continue  # it answers an earlier follow of the pair; this one's sync follows
             flipped = sync.celebrity_version > edge.celebrity_version
             edge.celebrity = sync.celebrity
             edge.celebrity_version = sync.celebrity_version

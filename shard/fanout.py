@@ -327,6 +327,7 @@ class FanoutWorker:
         per_follower = len(sync.tweets) + PROMOTION_COST
         if status.follower_id:
             followers, more = [status.follower_id], False
+            sync.followed_ms = status.followed_ms  # the follow it answers
         else:
             followers, more = self._followers_page(
                 status.followee_id,
@@ -586,12 +587,16 @@ class FanoutWorker:
                 return self._unrefreshed(op, slot_for_user(body.followee_id))
             sync = self._follow_sync(record)
             sync.follower_ids[:] = body.follower_ids
+            sync.followed_ms = body.followed_ms  # still the follow it answers
             return shard_pb2.DeliveryOp(follow_sync=sync)
         if not self.state.ownership.owned[slot_for_user(body.follower_id)]:
             return self._unrefreshed(op, slot_for_user(body.follower_id))
         pair = {"followee_id": body.followee_id, "follower_id": body.follower_id}
-        if self.state.graph.following_edge(txn, body.follower_id, body.followee_id) is not None:
-            return shard_pb2.DeliveryOp(add_follower=shard_pb2.AddFollower(**pair))
+        edge = self.state.graph.following_edge(txn, body.follower_id, body.followee_id)
+        if edge is not None:
+            return shard_pb2.DeliveryOp(
+                add_follower=shard_pb2.AddFollower(**pair, followed_ms=edge.followed_ms)
+            )
         return shard_pb2.DeliveryOp(remove_follower=shard_pb2.RemoveFollower(**pair))
 
     def _unrefreshed(self, op: shard_pb2.DeliveryOp, slot: int) -> shard_pb2.DeliveryOp:

@@ -153,10 +153,15 @@ def stored_record_slot(seq: int, raw: bytes) -> int | None:
         return None
 
 
-def add_follower_record(followee: int, follower: int) -> shard_pb2.OutboxRecord:
-    """Carry a new follow edge's far side to the followee's shard."""
+def add_follower_record(
+    followee: int, follower: int, followed_ms: int = 0
+) -> shard_pb2.OutboxRecord:
+    """Carry a new follow edge's far side to the followee's shard, naming
+    the follow by its edge's ``followed_ms``."""
     op = shard_pb2.DeliveryOp(
-        add_follower=shard_pb2.AddFollower(followee_id=followee, follower_id=follower)
+        add_follower=shard_pb2.AddFollower(
+            followee_id=followee, follower_id=follower, followed_ms=followed_ms
+        )
     )
     return shard_pb2.OutboxRecord(direct=op)
 

@@ -171,7 +171,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         state.graph.put_following(txn, follower, followee, edge)
         record.user.following_count += 1
         state.users.put(txn, record)
-        state.outbox.append(txn, add_follower_record(followee, follower))
+        state.outbox.append(txn, add_follower_record(followee, follower, edge.followed_ms))
         txn.commit(sync=False)
         self.follow_limits.spend(admitted)
         await self.commits.durable()

@@ -326,7 +326,10 @@ def test_follow_is_idempotent(shard: Shard) -> None:
     assert len(after) == len(before) + 1
     _, record = after[-1]
     assert record.WhichOneof("work") == "direct"
-    assert record.direct.add_follower == shard_pb2.AddFollower(followee_id=b, follower_id=a)
+    edge = shard.state.graph.following_edge(shard.state.store.txn(), a, b)
+    assert record.direct.add_follower == shard_pb2.AddFollower(
+        followee_id=b, follower_id=a, followed_ms=edge.followed_ms
+    )  # the follow named, so that its sync is told from an earlier follow's
     assert record.created_ms > 0
     assert shard.edges(a, shard_pb2.FOLLOWING) == [b]
     # Follow alone does not touch the far side: that is the outbox's job
