@@ -30,11 +30,17 @@ RATE_LIMITS = {
 }
 
 
+def flag_for(name: str) -> str:
+    """The command-line flag of a setting (``post_rate_limit`` ->
+    ``--post-rate-limit``), for parsers and for launchers passing it on."""
+    return "--" + name.replace("_", "-")
+
+
 def add_rate_limit_flags(parser: argparse.ArgumentParser, stored: str = "") -> None:
     """--post-rate-limit and --follow-rate-limit, held to the settings' limits."""
     for name, what in RATE_LIMITS.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            flag_for(name),
             type=setting_flag(name),
             default=None,
             help=f"{what} one user may make per minute "

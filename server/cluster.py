@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from murmur import tls
 from murmur.addresses import MAX_PORT, bind_family, bind_host, listen_host, port_flag
 from murmur.serving import add_logging_flags
-from murmur.setting_limits import RATE_LIMITS, add_rate_limit_flags, setting_flag
+from murmur.setting_limits import RATE_LIMITS, add_rate_limit_flags, flag_for, setting_flag
 from server.admin_auth import operator_token
 from server.main import cache_ms
 
@@ -126,7 +126,7 @@ def setting_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--inbox-cap", str(args.inbox_cap)]
     for name in RATE_LIMITS:
         if getattr(args, name) is not None:
-            flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+            flags += [flag_for(name), str(getattr(args, name))]
     return flags
 
 
